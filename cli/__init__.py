@@ -1,0 +1,1 @@
+"""The `durable` command line, installed as the `durable_cli` package."""

@@ -1,0 +1,61 @@
+"""The `durable` command group and the one error boundary.
+
+Commands import the engine lazily so that `durable --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from durable.errors import DurableError
+
+
+class DurableGroup(click.Group):
+    """Turns a `DurableError` into one line on stderr (then detail lines) and its exit code.
+
+    Nothing else is caught: an exception that is not a `DurableError` is a bug, and
+    its traceback is what a bug report needs.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except DurableError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=DurableGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="durable", prog_name="durable")
+def cli() -> None:
+    """Run workflows of tool calls in parallel, journaled to SQLite.
+
+    A crashed or interrupted run resumes where it stopped: finished tasks are
+    never run again.
+
+    \b
+    Start with:
+      durable validate examples/research/workflow.yaml
+      durable run examples/research/workflow.yaml
+      durable runs
+    """
+
+
+def _register() -> None:
+    from durable_cli import inspect_cmds
+
+    for command in inspect_cmds.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="durable")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

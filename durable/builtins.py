@@ -1,0 +1,135 @@
+"""The built-in tools: `echo`, `sleep`, `shell` and `http`.
+
+All four are async so that they run on the event loop with no thread hop. `shell`
+never goes through a shell: a string command is split into words *before* references
+are substituted (see `shell_words`), so a substituted value is always data inside
+one argument, never shell syntax. Write `["sh", "-c", "..."]` if you want a shell,
+and accept what that means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from typing import Any
+
+from durable.tools import REGISTRY
+
+
+class ToolFailed(Exception):
+    """A built-in tool's own failure (non-zero exit, HTTP error status)."""
+
+
+async def echo(*args: Any, **kwargs: Any) -> Any:
+    """Return the input as it came: a mapping input as a dict, anything else as is."""
+    if args:
+        return args[0]
+    return kwargs
+
+
+async def sleep(seconds: float, result: Any = None) -> Any:
+    """Sleep, then return `result`. Useful for tests and for pacing."""
+    await asyncio.sleep(float(seconds))
+    return result
+
+
+def shell_words(raw_input: Any) -> Any:
+    """Split a string `command` into argv words before any `${...}` is substituted."""
+    if isinstance(raw_input, str):
+        raw_input = {"command": raw_input}
+    if isinstance(raw_input, dict) and isinstance(raw_input.get("command"), str):
+        return {**raw_input, "command": shlex.split(raw_input["command"])}
+    return raw_input
+
+
+async def shell(
+    command: list[str] | str,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Run a program without a shell. Output: `{returncode, stdout, stderr}`.
+
+    A non-zero exit fails the task unless `check` is false.
+    """
+    argv = shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+    if not argv:
+        raise ToolFailed("shell: empty command")
+    import os
+
+    full_env = {**os.environ, **{k: str(v) for k, v in env.items()}} if env else None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=full_env,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise ToolFailed(f"shell: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+    try:
+        out, err = await process.communicate(stdin.encode() if stdin is not None else None)
+    except asyncio.CancelledError:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
+    result = {
+        "returncode": process.returncode,
+        "stdout": out.decode(errors="replace"),
+        "stderr": err.decode(errors="replace"),
+    }
+    if check and process.returncode != 0:
+        tail = result["stderr"].strip().splitlines()[-1:] or [""]
+        raise ToolFailed(f"shell: {argv[0]} exited with {process.returncode}: {tail[0]}".rstrip(": "))
+    return result
+
+
+async def http(
+    url: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+    body: str | None = None,
+    params: dict[str, Any] | None = None,
+    timeout: float | None = 30.0,
+    raise_for_status: bool = True,
+) -> dict[str, Any]:
+    """An HTTP request on aiohttp. Output: `{status, headers, json}` or `{status, headers, text}`.
+
+    A 4xx/5xx status fails the task (so `retries` apply) unless `raise_for_status` is false.
+    """
+    import aiohttp  # imported here: it costs ~0.1 s of start-up that most runs never need
+
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=client_timeout) as session,
+            session.request(
+                method.upper(), url, headers=headers, json=json, data=body, params=params
+            ) as response,
+        ):
+            result: dict[str, Any] = {"status": response.status, "headers": dict(response.headers)}
+            text = await response.text()
+            if response.content_type == "application/json" or response.content_type.endswith("+json"):
+                import msgspec
+
+                try:
+                    result["json"] = msgspec.json.decode(text)
+                except msgspec.DecodeError:
+                    result["text"] = text
+            else:
+                result["text"] = text
+    except aiohttp.ClientError as exc:
+        raise ToolFailed(f"http: {method.upper()} {url}: {type(exc).__name__}: {exc}") from None
+    if raise_for_status and result["status"] >= 400:
+        raise ToolFailed(f"http: {method.upper()} {url} returned {result['status']}")
+    return result
+
+
+for _fn in (echo, sleep, http):
+    REGISTRY.add(_fn)
+REGISTRY.add(shell, prepare=shell_words)

@@ -1,0 +1,212 @@
+"""The workflow as a DAG: validation, levels, and what dispatch needs, computed once.
+
+Edges come from explicit `dependencies` and from every `${TASK.output}` reference in
+a task's `input` or `when`. Validation collects every problem before it reports,
+so a user fixes a file in one pass. networkx is used to *plan* (cycles, topological
+generations, export); the engine's dispatch loop never calls it: it works on the
+plain tuples of `TaskPlan`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from durable.errors import DurableError, ExpressionError, ReferenceSyntaxError, ValidationError
+from durable.expr import Expression
+from durable.expr import parse as parse_expression
+from durable.refs import Ref, Template
+from durable.spec import TRIGGERS, Task, Workflow
+from durable.tools import ToolDef
+
+ToolResolver = Callable[[str], ToolDef]
+
+
+@dataclass(slots=True, eq=False)
+class TaskPlan:
+    """Everything dispatch needs about one task, with no graph library in sight."""
+
+    spec: Task
+    tool: ToolDef | None
+    template: Template
+    when: Expression | None
+    deps: tuple[str, ...]
+    dependents: list[str] = field(default_factory=list)
+    level: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+@dataclass(slots=True, eq=False)
+class Plan:
+    workflow: Workflow
+    tasks: dict[str, TaskPlan]
+    levels: list[list[str]]
+    graph: nx.DiGraph
+
+    def ready_tasks(self, finished: Iterable[str]) -> list[str]:
+        """Tasks not yet finished whose dependencies have all finished, in file order."""
+        done = set(finished)
+        return [tid for tid, t in self.tasks.items() if tid not in done and all(d in done for d in t.deps)]
+
+    def summary(self) -> str:
+        count = len(self.tasks)
+        return (
+            f"{self.workflow.name}: {count} task{'s' if count != 1 else ''}, "
+            f"{len(self.levels)} level{'s' if len(self.levels) != 1 else ''}, "
+            f"max concurrency {self.workflow.max_concurrency}"
+        )
+
+
+def build(
+    workflow: Workflow,
+    resolve_tool: ToolResolver | None,
+    source: str = "<workflow>",
+    problems: Iterable[str] = (),
+) -> Plan:
+    """Validate a workflow and plan it; raise `ValidationError` with every problem found.
+
+    `resolve_tool` maps a tool name to its definition (raising `DurableError` for an
+    unknown one); `None` skips tool checks, e.g. to draw the graph of a file whose
+    tool modules are not importable here. `problems` found earlier (imports that
+    failed) are reported together with these.
+    """
+    problems = list(problems)
+    tasks: dict[str, TaskPlan] = {}
+    seen = Counter(task.id for task in workflow.tasks)
+    for task_id, count in seen.items():
+        if count > 1:
+            problems.append(f"task '{task_id}': duplicate id (used {count} times)")
+
+    used_tools: set[str] = set()
+    for task in workflow.tasks:
+        if task.id in tasks:
+            continue
+        tasks[task.id] = _plan_task(task, workflow, seen, resolve_tool, problems)
+        used_tools.add(task.tool)
+
+    for name in workflow.limits:
+        if name not in used_tools:
+            problems.append(f"field 'limits': no task uses tool '{name}'")
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(tasks)
+    for plan in tasks.values():
+        for dep in plan.deps:
+            if dep in tasks:
+                graph.add_edge(dep, plan.id)
+                if dep != plan.id:
+                    tasks[dep].dependents.append(plan.id)
+    problems.extend(_cycles(graph))
+
+    if problems:
+        raise ValidationError(source, problems)
+
+    order = {task_id: number for number, task_id in enumerate(tasks)}
+    levels = [sorted(gen, key=order.__getitem__) for gen in nx.topological_generations(graph)]
+    for number, level in enumerate(levels):
+        for task_id in level:
+            tasks[task_id].level = number
+    return Plan(workflow, tasks, levels, graph)
+
+
+def _plan_task(
+    task: Task,
+    workflow: Workflow,
+    known: Counter[str],
+    resolve_tool: ToolResolver | None,
+    problems: list[str],
+) -> TaskPlan:
+    where = f"task '{task.id}'"
+    tool: ToolDef | None = None
+    if resolve_tool is not None:
+        try:
+            tool = resolve_tool(task.tool)
+        except DurableError as exc:
+            problems.append(f"{where}: field 'tool': {exc.message}" + "".join(f" ({d})" for d in exc.details))
+
+    try:
+        template = Template(tool.template_source(task.input) if tool else task.input)
+    except ReferenceSyntaxError as exc:
+        problems.append(f"{where}: field 'input': {exc.message}")
+        template = Template(None)
+    refs = list(template.refs)
+
+    when = None
+    if task.when is not None:
+        try:
+            when = parse_expression(task.when)
+            refs.extend(when.refs)
+        except ExpressionError as exc:
+            problems.append(f"{where}: field 'when': {exc.message}")
+
+    if task.trigger not in TRIGGERS:
+        problems.append(f"{where}: field 'trigger': unknown trigger '{task.trigger}' (expected {', '.join(TRIGGERS)})")
+
+    deps: dict[str, None] = {}
+    for dep in task.dependencies:
+        if dep == task.id:
+            problems.append(f"{where}: field 'dependencies': a task cannot depend on itself")
+        elif dep not in known:
+            problems.append(f"{where}: field 'dependencies': unknown task '{dep}'")
+        else:
+            deps[dep] = None
+    for ref in refs:
+        problems.extend(_check_ref(ref, task, workflow, known))
+        if ref.kind == "task" and ref.name in known and ref.name != task.id:
+            deps[ref.name] = None
+    return TaskPlan(spec=task, tool=tool, template=template, when=when, deps=tuple(deps))
+
+
+def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) -> list[str]:
+    where = f"task '{task.id}'"
+    if ref.kind == "param" and ref.name not in workflow.params:
+        return [f"{where}: reference {ref}: unknown param '{ref.name}' (declare it under params)"]
+    if ref.kind == "task":
+        if ref.name == task.id:
+            return [f"{where}: reference {ref}: a task cannot reference its own output"]
+        if ref.name not in known:
+            return [f"{where}: reference {ref}: unknown task '{ref.name}'"]
+    return []
+
+
+def _cycles(graph: nx.DiGraph) -> list[str]:
+    problems = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) < 2:
+            continue
+        cycle = nx.find_cycle(graph.subgraph(component))
+        path = [edge[0] for edge in cycle] + [cycle[0][0]]
+        problems.append("cycle: " + " -> ".join(path))
+    return sorted(problems)
+
+
+def to_dot(plan: Plan) -> str:
+    lines = [f'digraph "{plan.workflow.name}" {{', "  rankdir=LR;"]
+    for task_id, task in plan.tasks.items():
+        lines.append(f'  "{task_id}" [label="{task_id}\\n{task.spec.tool}"];')
+    for src, dst in plan.graph.edges:
+        lines.append(f'  "{src}" -> "{dst}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def to_mermaid(plan: Plan) -> str:
+    lines = ["flowchart LR"]
+    for task_id, task in plan.tasks.items():
+        lines.append(f'  {task_id}["{task_id}: {task.spec.tool}"]')
+    for src, dst in plan.graph.edges:
+        lines.append(f"  {src} --> {dst}")
+    return "\n".join(lines)
+
+
+def to_text(plan: Plan) -> str:
+    lines = [plan.summary()]
+    for number, level in enumerate(plan.levels):
+        lines.append(f"level {number}: {', '.join(level)}")
+    return "\n".join(lines)

@@ -1,0 +1,29 @@
+"""From a workflow (a file, or one built in code) to a validated `Plan`.
+
+The one place that does the I/O validation needs: reading the file and importing
+the tool modules it names. Everything after that is `graph.build`, which is pure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from durable import graph, spec, tools
+from durable.spec import Workflow
+
+
+def plan_file(path: str | Path, check_tools: bool = True) -> tuple[graph.Plan, Path]:
+    """Load, import and validate a workflow file; return its plan and its folder."""
+    workflow = spec.load(path)
+    base_dir = Path(path).resolve().parent
+    return plan_workflow(workflow, base_dir, str(path), check_tools), base_dir
+
+
+def plan_workflow(
+    workflow: Workflow, base_dir: str | Path, source: str = "<workflow>", check_tools: bool = True
+) -> graph.Plan:
+    problems = tools.import_modules(workflow.imports, base_dir) if check_tools else []
+    if not check_tools:
+        tools.add_search_path(str(Path(base_dir).resolve()))
+    resolver = tools.REGISTRY.resolve if check_tools else None
+    return graph.build(workflow, resolver, source, problems)

@@ -1,0 +1,214 @@
+"""`${...}` references: parsing them out of task inputs, and substituting values.
+
+Grammar of what goes between `${` and `}`::
+
+    params.NAME | run.id | TASK.output ( .KEY | [INDEX] )*
+
+A string that is exactly one reference is replaced by the value itself, keeping its
+type (a list stays a list). A reference embedded in longer text is interpolated as
+text: strings as they are, everything else as JSON (`null`, `true`, `[1, 2]`). `$${`
+is a literal `${`.
+
+Inputs are compiled once into a `Template`; rendering it walks only the parts that
+hold references, so a constant input costs nothing per call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from durable.errors import ReferenceSyntaxError, ResolutionError
+
+_REF = re.compile(r"\$(\$?)\{([^{}]*)\}")
+_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_ROOT = re.compile(rf"\s*({_NAME})\s*(?:\.\s*({_NAME}))?")
+_STEP = re.compile(rf"\.({_NAME})|\[\s*(-?\d+)\s*\]|\[\s*\"([^\"]*)\"\s*\]|\[\s*'([^']*)'\s*\]")
+
+
+class Ref(msgspec.Struct, frozen=True):
+    """One parsed reference. `kind` is "param", "run" or "task"; `name` the param or task id."""
+
+    kind: str
+    name: str
+    path: tuple[str | int, ...] = ()
+    text: str = ""
+
+    def __str__(self) -> str:
+        return "${" + self.text + "}"
+
+
+def parse_ref(inner: str) -> Ref:
+    """Parse the text between `${` and `}`."""
+    text = inner.strip()
+    root = _ROOT.match(text)
+    if not root or root.group(2) is None:
+        raise ReferenceSyntaxError(
+            f"bad reference '${{{inner}}}': expected params.NAME, run.id or TASK.output[.key]"
+        )
+    head, member = root.group(1), root.group(2)
+    rest = text[root.end() :]
+    path: list[str | int] = []
+    pos = 0
+    while pos < len(rest):
+        if rest[pos].isspace():
+            pos += 1
+            continue
+        step = _STEP.match(rest, pos)
+        if not step:
+            raise ReferenceSyntaxError(f"bad reference '${{{inner}}}': cannot parse '{rest[pos:]}'")
+        key, index, dq, sq = step.groups()
+        if index is not None:
+            path.append(int(index))
+        else:
+            path.append(next(part for part in (key, dq, sq) if part is not None))
+        pos = step.end()
+    if head == "params":
+        return Ref("param", member, tuple(path), text)
+    if head == "run":
+        if member != "id" or path:
+            raise ReferenceSyntaxError(f"bad reference '${{{inner}}}': the only run field is run.id")
+        return Ref("run", "id", (), text)
+    if member != "output":
+        raise ReferenceSyntaxError(
+            f"bad reference '${{{inner}}}': a task reference reads '{head}.output', not '{head}.{member}'"
+        )
+    return Ref("task", head, tuple(path), text)
+
+
+class Scope(msgspec.Struct):
+    """What references resolve against: params, the run id, and *committed* task outputs.
+
+    The engine only ever puts an output here after its `task_succeeded` event is
+    committed; that is the durability barrier. A skipped task's output is `None`.
+    """
+
+    params: Mapping[str, Any]
+    run_id: str
+    outputs: Mapping[str, Any]
+
+
+def resolve(ref: Ref, scope: Scope) -> Any:
+    """The value of one reference, or a `ResolutionError` naming the missing key."""
+    if ref.kind == "run":
+        return scope.run_id
+    if ref.kind == "param":
+        if ref.name not in scope.params:
+            raise ResolutionError(f"{ref}: no param '{ref.name}'")
+        value = scope.params[ref.name]
+    else:
+        if ref.name not in scope.outputs:
+            raise ResolutionError(f"{ref}: task '{ref.name}' has no committed output")
+        value = scope.outputs[ref.name]
+    for step in ref.path:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            raise ResolutionError(f"{ref}: {_missing(value, step)}") from None
+    return value
+
+
+def _missing(value: Any, step: str | int) -> str:
+    if value is None:
+        return f"cannot read {step!r} of null"
+    if isinstance(step, int):
+        if isinstance(value, list):
+            return f"index {step} out of range (length {len(value)})"
+        return f"cannot index a {type(value).__name__} with [{step}]"
+    if isinstance(value, dict):
+        keys = ", ".join(sorted(map(str, value))[:10]) or "none"
+        return f"missing key '{step}' (keys: {keys})"
+    return f"cannot read key '{step}' of a {type(value).__name__}"
+
+
+def as_text(value: Any) -> str:
+    """How a value reads when interpolated into a string."""
+    if isinstance(value, str):
+        return value
+    return msgspec.json.encode(value).decode()
+
+
+class Template:
+    """A compiled task input. `refs` lists every reference; `render(scope)` substitutes them."""
+
+    __slots__ = ("_build", "refs")
+
+    def __init__(self, value: Any) -> None:
+        refs: list[Ref] = []
+        self._build = _compile(value, refs)
+        self.refs: tuple[Ref, ...] = tuple(refs)
+
+    @property
+    def is_constant(self) -> bool:
+        return not self.refs
+
+    def render(self, scope: Scope) -> Any:
+        return self._build(scope)
+
+
+def _compile(value: Any, refs: list[Ref]) -> Any:
+    """Return a function scope -> value. Constant subtrees are returned as they are."""
+    if isinstance(value, str):
+        return _compile_string(value, refs)
+    if isinstance(value, dict):
+        parts = {k: _compile(v, refs) for k, v in value.items()}
+        if all(p.__class__ is _Const for p in parts.values()):
+            return _Const(value)
+        return lambda scope: {k: p(scope) for k, p in parts.items()}
+    if isinstance(value, list):
+        items = [_compile(v, refs) for v in value]
+        if all(p.__class__ is _Const for p in items):
+            return _Const(value)
+        return lambda scope: [p(scope) for p in items]
+    return _Const(value)
+
+
+class _Const:
+    """A constant subtree. Renders to the same object every time; tools must not mutate input."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __call__(self, scope: Scope) -> Any:
+        return self.value
+
+
+def _compile_string(text: str, refs: list[Ref]) -> Any:
+    if "$" not in text:
+        return _Const(text)
+    pieces: list[str | Ref] = []
+    pos = 0
+    for match in _REF.finditer(text):
+        pieces.append(text[pos : match.start()])
+        if match.group(1):  # `$${...}` escapes a literal `${...}`
+            pieces.append("${" + match.group(2) + "}")
+        else:
+            ref = parse_ref(match.group(2))
+            refs.append(ref)
+            pieces.append(ref)
+        pos = match.end()
+    pieces.append(text[pos:])
+    _check_unclosed(text)
+    pieces = [p for p in pieces if p != ""]
+    if len(pieces) == 1 and isinstance(pieces[0], Ref):
+        only = pieces[0]
+        return lambda scope: resolve(only, scope)
+    if not any(isinstance(p, Ref) for p in pieces):
+        return _Const("".join(p for p in pieces if isinstance(p, str)))
+    return lambda scope: "".join(p if isinstance(p, str) else as_text(resolve(p, scope)) for p in pieces)
+
+
+def _check_unclosed(text: str) -> None:
+    stripped = _REF.sub("", text)
+    if "${" in stripped:
+        raise ReferenceSyntaxError(f"bad reference in '{text}': '${{' is never closed")
+
+
+def find_refs(value: Any) -> tuple[Ref, ...]:
+    """Every reference inside a (nested) value, in order."""
+    return Template(value).refs

@@ -1,0 +1,164 @@
+"""The tool registry: `@durable.tool`, `module:function` references, and `imports:`.
+
+A tool is any Python callable, sync or async. Registering it gives it a short name
+that workflow files use; a `package.module:function` reference needs no
+registration at all. Whether a tool is async or CPU-bound decides where it runs
+(see `executors.py`); this module only records it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from durable.errors import ToolNotFound
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ToolDef(msgspec.Struct, frozen=True):
+    """A resolved tool: the callable and how it must be run."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    cpu_bound: bool = False
+    # Turns the raw `input` into the template to substitute; `shell` uses it to split a
+    # command into words before substitution, so values never become shell syntax.
+    prepare: Callable[[Any], Any] | None = None
+
+    def template_source(self, raw_input: Any) -> Any:
+        return self.prepare(raw_input) if self.prepare is not None else raw_input
+
+
+class Registry:
+    """Name -> tool. Re-registering a name replaces it (a module imported again re-registers)."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, ToolDef] = {}
+
+    def add(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        cpu_bound: bool = False,
+        prepare: Callable[[Any], Any] | None = None,
+    ) -> ToolDef:
+        if not callable(fn):
+            raise TypeError(f"a tool must be callable, got {type(fn).__name__}")
+        tool_def = ToolDef(
+            name=name or fn.__name__,
+            fn=fn,
+            is_async=inspect.iscoroutinefunction(fn),
+            cpu_bound=cpu_bound,
+            prepare=prepare,
+        )
+        if tool_def.is_async and cpu_bound:
+            raise TypeError(f"tool '{tool_def.name}': an async function cannot be cpu_bound")
+        self._tools[tool_def.name] = tool_def
+        return tool_def
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    def resolve(self, name: str) -> ToolDef:
+        """A registered name, or a `module:function` imported on demand."""
+        found = self._tools.get(name)
+        if found is not None:
+            return found
+        if ":" not in name:
+            raise ToolNotFound(f"unknown tool '{name}'", _suggest(name, self._tools))
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ToolNotFound(f"tool '{name}': cannot import module '{module_name}': {exc}") from None
+        fn: Any = module
+        for part in attr.split("."):
+            fn = getattr(fn, part, None)
+        if fn is None or not callable(fn):
+            raise ToolNotFound(f"tool '{name}': module '{module_name}' has no function '{attr}'")
+        registered = getattr(fn, "__durable_tool__", None)
+        return registered if isinstance(registered, ToolDef) else ToolDef(name, fn, inspect.iscoroutinefunction(fn))
+
+
+def _suggest(name: str, known: Iterable[str]) -> list[str]:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3)
+    return [f"did you mean {', '.join(repr(c) for c in close)}?"] if close else []
+
+
+REGISTRY = Registry()
+
+
+@overload
+def tool(fn: F, /) -> F: ...
+@overload
+def tool(*, name: str | None = None, cpu_bound: bool = False) -> Callable[[F], F]: ...
+
+
+def tool(
+    fn: F | None = None, /, *, name: str | None = None, cpu_bound: bool = False
+) -> F | Callable[[F], F]:
+    """Register a function as a tool: `@tool`, or `@tool(name="web_search", cpu_bound=True)`.
+
+    The function itself is returned unchanged, so it stays callable and picklable.
+    """
+
+    def register(function: F) -> F:
+        tool_def = REGISTRY.add(function, name=name, cpu_bound=cpu_bound)
+        function.__durable_tool__ = tool_def  # type: ignore[attr-defined]
+        return function
+
+    return register(fn) if fn is not None else register
+
+
+def import_modules(imports: Iterable[str], base_dir: str | Path) -> list[str]:
+    """Import the workflow's `imports:` modules, found relative to `base_dir` first.
+
+    Returns one problem string per module that fails, rather than raising, so that
+    validation can report them all. The folder is put on `sys.path` so that
+    `module:function` references and process-pool workers find the same modules.
+    """
+    folder = str(Path(base_dir).resolve())
+    add_search_path(folder)
+    problems = []
+    for module_name in imports:
+        existing = sys.modules.get(module_name)
+        if existing is not None and not _is_under(getattr(existing, "__file__", None), folder):
+            # Another workflow's module of the same name (e.g. two `tools.py`):
+            # load this folder's one instead of silently reusing the other.
+            if _local_module_exists(folder, module_name):
+                del sys.modules[module_name]
+        try:
+            importlib.import_module(module_name)
+        except Exception as exc:  # an import can fail in any way; report it, don't crash
+            problems.append(f"imports: cannot import '{module_name}': {type(exc).__name__}: {exc}")
+    return problems
+
+
+def add_search_path(folder: str) -> None:
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+def _is_under(file: str | None, folder: str) -> bool:
+    return file is not None and str(Path(file).resolve()).startswith(folder + "/")
+
+
+def _local_module_exists(folder: str, module_name: str) -> bool:
+    base = Path(folder, *module_name.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+import durable.builtins  # noqa: E402,F401  (registers echo, sleep, shell, http)
