@@ -44,10 +44,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from durable_cli import inspect_cmds
+    from durable_cli import inspect_cmds, journal_cmds, run_cmds
 
-    for command in inspect_cmds.COMMANDS:
-        cli.add_command(command)
+    for module in (run_cmds, journal_cmds, inspect_cmds):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register()

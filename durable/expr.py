@@ -11,6 +11,8 @@ there is no path to Python's internals. Arithmetic is on numbers only (plus stri
 concatenation), and `**` is refused when the result would exceed 10,000 bits.
 Sub-expressions without references are evaluated at parse time, so `9**9**9` is a
 validation error, not a hung run.
+Expressions nested deeper than `MAX_DEPTH` are refused too, so evaluating one can
+never exhaust the stack.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from durable.refs import _REF, Ref, Scope, as_text, parse_ref, resolve
 
 MAX_LENGTH = 2000
 MAX_POWER_BITS = 10_000
+# Evaluation recurses once per level; a shallow cap keeps it far from Python's limit
+# wherever the engine happens to evaluate it.
+MAX_DEPTH = 100
 
 _PLACEHOLDER = "_durable_ref_{}_"
 _PLACEHOLDER_RE = re.compile(r"_durable_ref_(\d+)_")
@@ -81,6 +86,8 @@ def parse(source: str) -> Expression:
         raise ExpressionError(f"'{source}': syntax error ({exc.msg})") from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError(f"'{source}': too deeply nested or not parseable") from None
+    if _depth(tree.body) > MAX_DEPTH:
+        raise ExpressionError(f"'{source}': nested deeper than {MAX_DEPTH} levels")
     compiler = _Compiler(source, tuple(refs))
     try:
         node = compiler.compile(tree.body)
@@ -202,6 +209,8 @@ class _Compiler:
                 first, constant = self._compile(left)
                 chain = []
                 for op, right in zip(ops, comparators, strict=True):
+                    if type(op) not in _COMPARE:
+                        raise self.refuse("identity comparisons ('is', 'is not')")
                     symbol, function = _COMPARE[type(op)]
                     rhs, rc = self._compile(right)
                     constant = constant and rc
@@ -274,11 +283,14 @@ class _Compiler:
             if symbol == "**":
                 _check_power(source, a, b)
             try:
-                return function(a, b)
+                result = function(a, b)
             except ZeroDivisionError:
                 raise EvaluationError(f"'{source}': division by zero") from None
             except OverflowError:
                 raise EvaluationError(f"'{source}': number too large") from None
+            if isinstance(result, complex):
+                raise EvaluationError(f"'{source}': {a} {symbol} {b} is not a real number")
+            return result
 
         return evaluate
 
@@ -300,6 +312,16 @@ class _Compiler:
             return True
 
         return evaluate
+
+
+def _depth(tree: ast.AST) -> int:
+    """How deeply the syntax tree nests, counted without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check_power(source: str, base: Any, exponent: Any) -> None:

@@ -135,6 +135,9 @@ def _plan_task(
     except ReferenceSyntaxError as exc:
         problems.append(f"{where}: field 'input': {exc.message}")
         template = Template(None)
+    except ValueError as exc:  # a tool's `prepare` refused the input, e.g. shell's unclosed quote
+        problems.append(f"{where}: field 'input': tool '{task.tool}' cannot take it: {exc}")
+        template = Template(None)
     refs = list(template.refs)
 
     when = None

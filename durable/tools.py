@@ -78,10 +78,14 @@ class Registry:
         if ":" not in name:
             raise ToolNotFound(f"unknown tool '{name}'", _suggest(name, self._tools))
         module_name, _, attr = name.partition(":")
+        if not module_name or not attr:
+            raise ToolNotFound(f"tool '{name}': expected 'module:function'")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ToolNotFound(f"tool '{name}': cannot import module '{module_name}': {exc}") from None
+        except Exception as exc:  # an import can fail in any way (SyntaxError, its own errors)
+            raise ToolNotFound(
+                f"tool '{name}': cannot import module '{module_name}': {type(exc).__name__}: {exc}"
+            ) from None
         fn: Any = module
         for part in attr.split("."):
             fn = getattr(fn, part, None)

@@ -1,0 +1,98 @@
+"""Commands that drive a run: `run` and `resume`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import click
+
+from durable_cli.options import db_option, durability_option, fail_fast_option, jobs_option, json_option
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    from durable.errors import ParamError
+
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ParamError(f"bad -p '{pair}': expected KEY=VALUE")
+        params[name] = value
+    return params
+
+
+def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+    from durable.errors import Interrupted
+    from durable.report import JsonReporter, summary_line
+    from durable.state import RunState
+
+    counts = RunState(tasks=result.tasks).counts()
+    if not isinstance(reporter, JsonReporter):
+        click.echo(summary_line(result.run_id, result.status, counts, elapsed))
+        for task_id, task in result.tasks.items():
+            if task.state == "failed":
+                click.echo(f"  {task_id}: {task.error}", err=True)
+    if result.status == "interrupted":
+        raise Interrupted(result.run_id)
+    if result.status != "succeeded":
+        click.get_current_context().exit(1)
+
+
+@click.command()
+@click.argument("workflow", type=click.Path(dir_okay=False))
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a param (repeatable).")
+@db_option
+@click.option("--run-id", default=None, help="Use this run id instead of a generated one.")
+@jobs_option
+@json_option
+@fail_fast_option
+@durability_option
+def run(workflow: str, params: tuple[str, ...], db: str | None, run_id: str | None, jobs: int | None,
+        as_json: bool, fail_fast: bool, durability: str) -> None:
+    """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
+
+    Exit codes: 0 succeeded, 1 finished with failed tasks, 2 bad input, 130 interrupted.
+    """
+    from durable import report, runner
+
+    reporter = report.for_output(as_json)
+    hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
+    started = time.monotonic()
+    result = asyncio.run(
+        runner.arun(workflow, _parse_params(params), db=db, run_id=run_id, max_concurrency=jobs,
+                    fail_fast=fail_fast, durability=durability, handle_signals=True, hooks=hooks)
+    )
+    _finish(result, reporter, time.monotonic() - started)
+
+
+@click.command()
+@click.argument("run_id")
+@db_option
+@jobs_option
+@json_option
+@fail_fast_option
+@durability_option
+def resume(run_id: str, db: str | None, jobs: int | None, as_json: bool, fail_fast: bool, durability: str) -> None:
+    """Continue an interrupted or failed run.
+
+    Tasks whose success was committed are kept with their outputs and never run
+    again; everything else (running when the process died, failed, cancelled, not
+    started) runs. A run that already succeeded is left alone.
+    """
+    from durable import report, runner
+
+    reporter = report.for_output(as_json)
+    hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
+    started = time.monotonic()
+    result = asyncio.run(
+        runner.aresume(run_id, db=db, max_concurrency=jobs, fail_fast=fail_fast, durability=durability,
+                       handle_signals=True, hooks=hooks)
+    )
+    if result.already_finished:
+        click.echo(f"run {run_id} already succeeded; nothing to resume")
+        return
+    _finish(result, reporter, time.monotonic() - started)
+
+
+COMMANDS = [run, resume]

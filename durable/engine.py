@@ -1,0 +1,365 @@
+"""The scheduler: dispatch ready tasks as soon as their own dependencies have committed.
+
+Dispatch is event-driven, not level by level: when a task's terminal event is
+committed, each dependent's count of unfinished dependencies drops, and a
+dependent whose count reaches zero is decided at once (run, skip, or
+upstream-failed). A slow task holds up only what depends on it.
+
+Concurrency is bounded by counters, not by parking thousands of coroutines on a
+semaphore: at most `max_concurrency` attempts exist at once, and at most
+`limits[tool]` of one tool; a ready task whose tool is saturated waits in that
+tool's queue without blocking other tools.
+
+The durability barrier: a task's output enters the `Scope` that dependents are
+rendered from only in the commit callback of its `task_succeeded` event. Nothing
+downstream can see an output that a crash could still take back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from durable.errors import DurableError
+from durable.events import (
+    Event,
+    RunFinished,
+    RunInterrupted,
+    TaskCancelled,
+    TaskFailed,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+    TaskUpstreamFailed,
+    encode_data,
+)
+from durable.executors import Executors, TaskContext, idempotency_key
+from durable.graph import Plan, TaskPlan
+from durable.journal import Journal
+from durable.refs import Scope
+from durable.state import (
+    CANCELLED,
+    FAILED,
+    KEPT,
+    PENDING,
+    SKIPPED,
+    SUCCEEDED,
+    TERMINAL,
+    UPSTREAM_FAILED,
+    RunState,
+)
+
+INTERRUPTED = "interrupted"
+_BLOCKING = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED})
+
+EventSink = Callable[[Event], None]
+
+
+class Engine:
+    """Drives one session of one run. Create it, then `await engine.run()` once."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        journal: Journal,
+        run_id: str,
+        params: dict[str, Any],
+        state: RunState,
+        *,
+        max_concurrency: int | None = None,
+        fail_fast: bool = False,
+        on_event: EventSink | None = None,
+        executors: Executors | None = None,
+    ) -> None:
+        self.plan = plan
+        self.journal = journal
+        self.run_id = run_id
+        self.state = state
+        self.max_concurrency = max_concurrency or plan.workflow.max_concurrency
+        self.limits = plan.workflow.limits
+        self.fail_fast = fail_fast
+        self._on_event = on_event
+        self.executors = executors or Executors(self.max_concurrency)
+        self.scope = Scope(params=params, run_id=run_id, outputs={})
+
+        self._remaining: dict[str, int] = {}
+        self._ready: deque[str] = deque()
+        self._parked: dict[str, deque[str]] = {}
+        self._running = 0
+        self._running_by_tool: dict[str, int] = {}
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._backoff: dict[str, asyncio.TimerHandle] = {}
+        self._tries: dict[str, int] = {}
+        self._unfinished = 0
+        self._stopping: str | None = None  # None, "interrupted" or "fail_fast"
+        self._fatal: BaseException | None = None
+        self._done = asyncio.Event()
+        self.peak_running = 0
+
+    # -- public --------------------------------------------------------------
+
+    async def run(self) -> str:
+        """Run until every task is finished or the run is stopped; return the run status."""
+        self._start()
+        await self._done.wait()
+        self.executors.shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+        if self._stopping == INTERRUPTED:
+            self.emit(RunInterrupted(at=time.time()))
+            await self.journal.flush()
+            return INTERRUPTED
+        status = FAILED if self._stopping else self.state.outcome()
+        self.emit(RunFinished(at=time.time(), status=status))
+        await self.journal.flush()
+        return status
+
+    def interrupt(self) -> None:
+        """Stop starting tasks, cancel the running ones; the run stays resumable."""
+        self._stop(INTERRUPTED)
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot: attempts running, tasks ready but waiting for a slot, tasks left."""
+        waiting = len(self._ready) + sum(len(q) for q in self._parked.values())
+        return {"running": self._running, "queued": waiting, "unfinished": self._unfinished}
+
+    # -- start ---------------------------------------------------------------
+
+    def _start(self) -> None:
+        tasks = self.state.tasks
+        for task_id, task in tasks.items():
+            if task.state == SUCCEEDED:
+                self.scope.outputs[task_id] = task.output  # type: ignore[index]
+            elif task.state == SKIPPED:
+                self.scope.outputs[task_id] = None  # type: ignore[index]
+            else:
+                self._unfinished += 1
+        if not self._unfinished:
+            self._done.set()
+            return
+        for task_id, plan in self.plan.tasks.items():
+            if tasks[task_id].state in KEPT:
+                continue
+            self._remaining[task_id] = sum(1 for dep in plan.deps if tasks[dep].state not in KEPT)
+        for task_id, count in list(self._remaining.items()):
+            if count == 0:
+                self._decide(task_id)
+        self._pump()
+
+    # -- deciding and dispatching -------------------------------------------
+
+    def _decide(self, task_id: str) -> None:
+        """All dependencies are finished: run the task, skip it, or mark it upstream-failed."""
+        if self._stopping:
+            return
+        plan = self.plan.tasks[task_id]
+        trigger = plan.spec.trigger
+        dep_states = [self.state.tasks[dep].state for dep in plan.deps]
+        now = time.time()
+        if trigger != "all_done":
+            if any(s in _BLOCKING for s in dep_states):
+                self._finish(task_id, TaskUpstreamFailed(task_id=task_id, at=now))
+                return
+            if trigger == "all_success" and SKIPPED in dep_states:
+                skipped = next(dep for dep in plan.deps if self.state.tasks[dep].state == SKIPPED)
+                self._finish(task_id, TaskSkipped(task_id=task_id, at=now, reason=f"upstream '{skipped}' skipped"))
+                return
+        if plan.when is not None:
+            try:
+                go = bool(plan.when.evaluate(self.scope))
+            except DurableError as exc:
+                self._finish(task_id, TaskFailed(task_id=task_id, at=now, error=f"when: {exc.message}"))
+                return
+            if not go:
+                reason = f"condition false: {plan.when.source}"
+                self._finish(task_id, TaskSkipped(task_id=task_id, at=now, reason=reason))
+                return
+        self._ready.append(task_id)
+
+    def _pump(self) -> None:
+        """Start ready tasks while there are free slots."""
+        ready = self._ready
+        while ready and self._running < self.max_concurrency and not self._stopping:
+            task_id = ready.popleft()
+            tool = self.plan.tasks[task_id].spec.tool
+            limit = self.limits.get(tool)
+            if limit is not None:
+                if self._running_by_tool.get(tool, 0) >= limit:
+                    self._parked.setdefault(tool, deque()).append(task_id)
+                    continue
+                self._running_by_tool[tool] = self._running_by_tool.get(tool, 0) + 1
+            self._running += 1
+            self.peak_running = max(self.peak_running, self._running)
+            self._launch(task_id)
+
+    def _launch(self, task_id: str) -> None:
+        attempt = self.state.tasks[task_id].attempts + 1
+        self._tries[task_id] = self._tries.get(task_id, 0) + 1
+        self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
+        task = asyncio.get_running_loop().create_task(self._attempt(task_id, attempt), name=task_id)
+        self._active[task_id] = task
+        task.add_done_callback(self._attempt_done)
+
+    def _release(self, task_id: str) -> None:
+        self._running -= 1
+        tool = self.plan.tasks[task_id].spec.tool
+        if tool in self._running_by_tool:
+            self._running_by_tool[tool] -= 1
+            parked = self._parked.get(tool)
+            if parked:
+                self._ready.appendleft(parked.popleft())
+        self._pump()
+
+    # -- one attempt ----------------------------------------------------------
+
+    async def _attempt(self, task_id: str, attempt: int) -> None:
+        plan = self.plan.tasks[task_id]
+        try:
+            output, data = await self._call(plan, attempt)
+        except asyncio.CancelledError:
+            self._release(task_id)
+            self.emit(TaskCancelled(task_id=task_id, attempt=attempt, at=time.time()))
+            self._settle(task_id)
+            return
+        except _AttemptFailed as failure:
+            self._release(task_id)
+            self._failed(plan, attempt, failure.error, failure.retryable)
+            return
+        self._release(task_id)
+        self._finish(task_id, TaskSucceeded(task_id=task_id, attempt=attempt, at=time.time(), output=output), data)
+
+    async def _call(self, plan: TaskPlan, attempt: int) -> tuple[Any, bytes | None]:
+        """Render the input from committed outputs, call the tool, encode its output."""
+        try:
+            value = plan.template.render(self.scope)
+        except DurableError as exc:
+            raise _AttemptFailed(f"input: {exc.message}", retryable=False) from None
+        context = TaskContext(self.run_id, plan.id, attempt, idempotency_key(self.run_id, plan.id))
+        assert plan.tool is not None
+        try:
+            async with asyncio.timeout(plan.spec.timeout):
+                output = await self.executors.call(plan.tool, value, context)
+        except TimeoutError:
+            raise _AttemptFailed(f"timed out after {plan.spec.timeout:g}s") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a tool may raise anything; that is the task failing
+            raise _AttemptFailed(_describe(exc)) from None
+        try:
+            data = encode_data(TaskSucceeded(task_id=plan.id, at=0.0, output=output))
+        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+            raise _AttemptFailed(
+                f"output of type {type(output).__name__} is not serialisable: {exc}", retryable=False
+            ) from None
+        return output, data
+
+    def _failed(self, plan: TaskPlan, attempt: int, error: str, retryable: bool) -> None:
+        task_id = plan.id
+        tries = self._tries[task_id]
+        if retryable and tries <= plan.spec.retries and not self._stopping:
+            delay = plan.spec.retry_delay * 2 ** (tries - 1)
+            self.emit(TaskRetrying(task_id=task_id, attempt=attempt, at=time.time(), error=error, delay=delay))
+            self._backoff[task_id] = asyncio.get_running_loop().call_later(delay, self._retry, task_id)
+            return
+        self._finish(task_id, TaskFailed(task_id=task_id, attempt=attempt, at=time.time(), error=error))
+        if self.fail_fast:
+            self._stop("fail_fast")
+
+    def _retry(self, task_id: str) -> None:
+        del self._backoff[task_id]
+        self._ready.append(task_id)
+        self._pump()
+
+    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+        self._active.pop(task.get_name(), None)
+        if not task.cancelled() and task.exception() is not None:
+            self._crash(task.exception())  # type: ignore[arg-type]
+        self._check_stopped()
+
+    # -- finishing -------------------------------------------------------------
+
+    def _finish(self, task_id: str, event: Event, data: Any = None) -> None:
+        """Record a terminal event; its dependents learn of it only once it is committed."""
+        self.state.apply(event)
+        if self._on_event is not None:
+            self._on_event(event)
+        committed = self.journal.append(self.run_id, event, data if data is not None else encode_data(event))
+        committed.add_done_callback(lambda future: self._committed(future, event))
+
+    def _committed(self, future: asyncio.Future[None], event: Any) -> None:
+        try:
+            if future.exception() is not None:
+                self._crash(future.exception())  # type: ignore[arg-type]
+                return
+            task_id = event.task_id
+            if isinstance(event, TaskSucceeded):
+                self.scope.outputs[task_id] = event.output  # type: ignore[index]
+            elif isinstance(event, TaskSkipped):
+                self.scope.outputs[task_id] = None  # type: ignore[index]
+            self._settle(task_id)
+            remaining = self._remaining
+            for dependent in self.plan.tasks[task_id].dependents:
+                remaining[dependent] -= 1
+                if remaining[dependent] == 0 and self.state.tasks[dependent].state == PENDING:
+                    self._decide(dependent)
+            self._pump()
+        except BaseException as exc:  # a bug in a callback must not hang the run
+            self._crash(exc)
+
+    def _settle(self, task_id: str) -> None:
+        if self.state.tasks[task_id].state in TERMINAL:
+            self._unfinished -= 1
+        if self._unfinished == 0:
+            self._done.set()
+        self._check_stopped()
+
+    # -- stopping ----------------------------------------------------------------
+
+    def _stop(self, why: str) -> None:
+        if self._stopping:
+            return
+        self._stopping = why
+        now = time.time()
+        for task_id, handle in list(self._backoff.items()):
+            handle.cancel()
+            del self._backoff[task_id]
+            self.emit(TaskCancelled(task_id=task_id, attempt=self.state.tasks[task_id].attempts, at=now))
+        for task in list(self._active.values()):
+            task.cancel()
+        self._check_stopped()
+
+    def _check_stopped(self) -> None:
+        if self._stopping and not self._active and not self._backoff:
+            self._done.set()
+
+    def _crash(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+        for task in list(self._active.values()):
+            task.cancel()
+        self._done.set()
+
+    def emit(self, event: Event) -> None:
+        self.state.apply(event)
+        if self._on_event is not None:
+            self._on_event(event)
+        self.journal.append(self.run_id, event)
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, error: str, retryable: bool = True) -> None:
+        super().__init__(error)
+        self.error = error
+        self.retryable = retryable
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,135 @@
+"""The journal's vocabulary: one tagged union of event Structs.
+
+An event is a fact that happened to a run, with the time it happened. Nothing else
+in durable records state: the state of a run is the fold of its events
+(`state.py`). In the journal an event is a row: the common columns (`run_id`,
+`task_id`, `attempt`, `kind`, `at`) plus `data`, the msgpack of the fields that
+only its kind has (`FIELDS`), or NULL when it has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="kind", kw_only=True):
+    at: float
+
+
+class RunStarted(_Event, tag="run_started"):
+    pass
+
+
+class RunResumed(_Event, tag="run_resumed"):
+    pass
+
+
+class RunFinished(_Event, tag="run_finished"):
+    status: str
+
+
+class RunInterrupted(_Event, tag="run_interrupted"):
+    pass
+
+
+class _TaskEvent(_Event, frozen=True, kw_only=True):
+    task_id: str
+    attempt: int = 0
+
+
+class TaskStarted(_TaskEvent, tag="task_started"):
+    pass
+
+
+class TaskSucceeded(_TaskEvent, tag="task_succeeded"):
+    output: Any = None
+
+
+class TaskRetrying(_TaskEvent, tag="task_retrying"):
+    error: str
+    delay: float
+
+
+class TaskFailed(_TaskEvent, tag="task_failed"):
+    error: str
+
+
+class TaskSkipped(_TaskEvent, tag="task_skipped"):
+    reason: str
+
+
+class TaskUpstreamFailed(_TaskEvent, tag="task_upstream_failed"):
+    pass
+
+
+class TaskCancelled(_TaskEvent, tag="task_cancelled"):
+    pass
+
+
+Event = (
+    RunStarted
+    | RunResumed
+    | RunFinished
+    | RunInterrupted
+    | TaskStarted
+    | TaskSucceeded
+    | TaskRetrying
+    | TaskFailed
+    | TaskSkipped
+    | TaskUpstreamFailed
+    | TaskCancelled
+)
+
+KINDS: dict[str, type[_Event]] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]
+
+_COMMON = {"at", "task_id", "attempt"}
+FIELDS: dict[str, tuple[str, ...]] = {
+    kind: tuple(f for f in cls.__struct_fields__ if f not in _COMMON) for kind, cls in KINDS.items()
+}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def kind_of(event: Event) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]
+
+
+def encode_data(event: Event) -> bytes | None:
+    """The `data` column: msgpack of the kind's own fields, or None when it has none.
+
+    Raises `msgspec.EncodeError`/`TypeError` for an output msgspec cannot encode;
+    the engine turns that into a task failure that names the type.
+    """
+    names = FIELDS[kind_of(event)]
+    if not names:
+        return None
+    if names == ("output",):
+        return _encoder.encode(event.output)  # type: ignore[union-attr]
+    return _encoder.encode({name: getattr(event, name) for name in names})
+
+
+def from_row(kind: str, task_id: str | None, attempt: int | None, at: float, data: bytes | None) -> Event:
+    """Rebuild an event from a journal row."""
+    cls = KINDS[kind]
+    fields: dict[str, Any] = {"at": at}
+    if task_id is not None:
+        fields["task_id"] = task_id
+        fields["attempt"] = attempt or 0
+    names = FIELDS[kind]
+    if data is not None:
+        if names == ("output",):
+            fields["output"] = _decoder.decode(data)
+        else:
+            fields.update(_decoder.decode(data))
+    return cls(**fields)
+
+
+def to_dict(event: Event, run_id: str, seq: int | None = None) -> dict[str, Any]:
+    """The JSON-lines form of an event (`durable run --json`, `durable log --json`)."""
+    record: dict[str, Any] = {"seq": seq} if seq is not None else {}
+    record.update(run_id=run_id, kind=kind_of(event))
+    record.update(msgspec.structs.asdict(event))
+    return record

@@ -1,0 +1,71 @@
+"""Reading runs back out of the journal: `runs`, `status`, `log` and `output`.
+
+A run's status is the fold's, with one fact the journal cannot hold: whether a live
+process drives it. A run that has no `run_finished` and whose lock is free was
+interrupted (or its process died); one whose lock is held is running.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from durable import spec as spec_module
+from durable.journal import Journal, RunLock, RunRecord
+from durable.state import RunState
+
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+
+
+class RunView(msgspec.Struct):
+    record: RunRecord
+    state: RunState
+    status: str
+    last_seq: int
+
+
+async def view_run(journal: Journal, record: RunRecord) -> RunView:
+    workflow = spec_module.decode(record.spec)
+    events = await journal.events(record.run_id)
+    state = RunState.fold((task.id for task in workflow.tasks), (event for _, event in events))
+    if state.status is not None:
+        status = state.status
+    elif RunLock(journal.path, record.run_id).is_held_elsewhere():
+        status = RUNNING
+    else:
+        status = INTERRUPTED
+    return RunView(record, state, status, events[-1][0] if events else 0)
+
+
+def runs_document(view: RunView) -> dict[str, Any]:
+    """One entry of `durable runs --json`."""
+    return {
+        "run_id": view.record.run_id,
+        "workflow": view.record.workflow,
+        "status": view.status,
+        "created_at": view.record.created_at,
+        "finished_at": view.state.finished_at,
+        "counts": view.state.counts(),
+    }
+
+
+def status_document(view: RunView) -> dict[str, Any]:
+    """`durable status --json`."""
+    return {
+        "run_id": view.record.run_id,
+        "workflow": view.record.workflow,
+        "status": view.status,
+        "tasks": {
+            task_id: {
+                "state": task.state,
+                "attempts": task.attempts,
+                "started_at": task.started_at,
+                "finished_at": task.finished_at,
+                "output": task.output,
+                "error": task.error,
+            }
+            for task_id, task in view.state.tasks.items()
+        },
+    }

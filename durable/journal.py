@@ -1,0 +1,348 @@
+"""The SQLite journal: schema, group-commit appends, reads, and the per-run lock.
+
+One file holds every run. `runs` has a row per run (the spec snapshot, so a resume
+needs nothing else); `events` is the append-only log that `state.py` folds. Triggers
+make UPDATE and DELETE of either table fail: history is never rewritten.
+
+Writes go through one writer coroutine that does group commit: it takes every row
+queued since its last commit, writes them with one `executemany` in one
+transaction, commits, then wakes the waiters of that batch. Under load, many events
+share one commit; alone, an event pays for one commit of its own.
+
+A file that is not SQLite, a SQLite file of another program, or a journal of a newer
+schema is refused before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from durable.errors import JournalError, RunExists, RunLocked, RunNotFound
+from durable.events import Event, encode_data, from_row, kind_of
+
+SCHEMA_VERSION = 1
+DEFAULT_PATH = ".durable/journal.db"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+DURABILITY = {
+    # In WAL mode a NORMAL commit survives the process dying (the OS has the pages)
+    # but the last commits may roll back on power loss; FULL fsyncs every commit.
+    "normal": "NORMAL",
+    "full": "FULL",
+    # No syncs at all: for tests and benchmarks only.
+    "off": "OFF",
+}
+
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS runs (
+    run_id     TEXT PRIMARY KEY,
+    workflow   TEXT NOT NULL,
+    spec       BLOB NOT NULL,   -- JSON snapshot of the workflow as it was run
+    spec_hash  TEXT NOT NULL,
+    params     BLOB NOT NULL,   -- JSON of the effective params
+    base_dir   TEXT NOT NULL,   -- where `imports:` are found on resume
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq     INTEGER PRIMARY KEY,
+    run_id  TEXT NOT NULL,
+    task_id TEXT,
+    attempt INTEGER,
+    kind    TEXT NOT NULL,
+    at      REAL NOT NULL,
+    data    BLOB
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
+CREATE TRIGGER IF NOT EXISTS runs_append_only_update BEFORE UPDATE ON runs
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS runs_append_only_delete BEFORE DELETE ON runs
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
+"""
+
+_INSERT_EVENT = "INSERT INTO events (run_id, task_id, attempt, kind, at, data) VALUES "
+_ROW = "(?, ?, ?, ?, ?, ?)"
+# SQLite allows 32,766 bound variables per statement (since 3.32); six per row.
+_ROWS_PER_STATEMENT = 5000
+
+
+_ENCODE: Any = object()
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    run_id: str
+    workflow: str
+    spec: bytes
+    spec_hash: str
+    params: dict[str, Any]
+    base_dir: str
+    created_at: float
+
+
+def default_path() -> str:
+    return os.environ.get("DURABLE_DB") or DEFAULT_PATH
+
+
+def check_file(path: Path, create: bool) -> None:
+    """Refuse what is not a durable journal, without writing a byte to it.
+
+    Uses the stdlib driver: this runs once, before the async connection exists.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        if not create:
+            raise JournalError(str(path), "no journal here (run a workflow first, or pass --db)")
+        return
+    if path.is_dir():
+        raise JournalError(str(path), "is a directory, not a journal file")
+    with path.open("rb") as handle:
+        if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise JournalError(str(path), "not a SQLite database (refusing to touch it)")
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(str(path), f"cannot read the journal: {exc}") from None
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            str(path),
+            f"journal schema version {version} is newer than this durable understands "
+            f"({SCHEMA_VERSION}); upgrade durable",
+        )
+    if version == 0 and tables:
+        raise JournalError(str(path), "a SQLite database of another program, not a durable journal")
+
+
+class Journal:
+    """An open journal. Use `await Journal.open(path)`, and `await journal.close()`."""
+
+    def __init__(self, path: Path, connection: aiosqlite.Connection) -> None:
+        self.path = path
+        self._conn = connection
+        self._queue: list[tuple[Any, ...]] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0
+        self.events_written = 0
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = True,
+                   durability: str = "normal") -> Journal:
+        resolved = Path(path or default_path())
+        check_file(resolved, create)
+        if create:
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = await aiosqlite.connect(resolved, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalError(str(resolved), f"cannot open: {exc}") from None
+        journal = cls(resolved, connection)
+        try:
+            await journal._setup(durability)
+        except sqlite3.Error as exc:
+            await connection.close()
+            raise JournalError(str(resolved), f"cannot open: {exc}") from None
+        return journal
+
+    async def _setup(self, durability: str) -> None:
+        # WAL: readers (status, log --follow) never block the writer, and appends are
+        # sequential writes to the log rather than page rewrites.
+        await self._conn.execute("PRAGMA journal_mode=WAL")
+        await self._conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+        # Another process (a `status` reader, a second journal user) holding the lock
+        # makes us wait up to 5 s instead of failing at once.
+        await self._conn.execute("PRAGMA busy_timeout=5000")
+        version = (await (await self._conn.execute("PRAGMA user_version")).fetchone())[0]
+        if version == 0:
+            # Idempotent (IF NOT EXISTS) and in one IMMEDIATE transaction, so two
+            # processes creating the same journal at once both end up with one schema.
+            await self._conn.executescript(_SCHEMA)
+
+    # -- writing -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer coroutine. Appends before this are queued, not lost."""
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="journal-writer")
+
+    async def create_run(self, record: RunRecord) -> None:
+        try:
+            await self._conn.execute(
+                "INSERT INTO runs (run_id, workflow, spec, spec_hash, params, base_dir, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.run_id, record.workflow, record.spec, record.spec_hash,
+                 msgspec.json.encode(record.params), record.base_dir, record.created_at),
+            )
+        except sqlite3.IntegrityError:
+            raise RunExists(record.run_id) from None
+
+    def append(self, run_id: str, event: Event, data: Any = _ENCODE) -> asyncio.Future[None]:
+        """Queue an event; the returned future resolves once it is committed.
+
+        `data` may be passed pre-encoded (the engine encodes an output once, to
+        check that it is serialisable). Appending never waits: only a caller that
+        needs the durability barrier awaits the future.
+        """
+        if data is _ENCODE:
+            data = encode_data(event)
+        task_id = getattr(event, "task_id", None)
+        attempt = getattr(event, "attempt", None)
+        self._queue.append((run_id, task_id, attempt, kind_of(event), event.at, data))
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+            self._wakeup.set()
+        return self._batch
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed."""
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            rows, batch = self._queue, self._batch
+            if batch is None:
+                if self._closing:
+                    return
+                continue
+            self._queue, self._batch = [], None
+            try:
+                await self._write(rows)
+            except sqlite3.Error as exc:
+                batch.set_exception(JournalError(str(self.path), f"cannot write: {exc}"))
+                batch.exception()  # mark retrieved: the engine learns of it at its next barrier
+            else:
+                batch.set_result(None)
+
+    async def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write a batch as multi-row INSERTs in autocommit mode.
+
+        One statement is one atomic transaction and one hop to aiosqlite's thread;
+        `executemany` plus `commit` would be two hops (or three with a BEGIN).
+        """
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            sql = _INSERT_EVENT + ", ".join([_ROW] * len(chunk))
+            await self._conn.execute(sql, [value for row in chunk for value in row])
+            self.commits += 1
+        self.events_written += len(rows)
+
+    async def close(self) -> None:
+        """Commit what is queued, stop the writer and close the connection."""
+        if self._writer is not None:
+            self._closing = True
+            self._wakeup.set()
+            await asyncio.shield(self._writer)
+        await self._conn.close()
+
+    # -- reading -------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        cursor = await self._conn.execute(
+            "SELECT run_id, workflow, spec, spec_hash, params, base_dir, created_at FROM runs WHERE run_id = ?",
+            (run_id,),
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise RunNotFound(run_id, str(self.path))
+        return _record(row)
+
+    async def list_runs(self) -> list[RunRecord]:
+        cursor = await self._conn.execute(
+            "SELECT run_id, workflow, spec, spec_hash, params, base_dir, created_at FROM runs ORDER BY created_at, rowid"
+        )
+        return [_record(row) for row in await cursor.fetchall()]
+
+    async def read_events(self, run_id: str, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
+        """Yield `(seq, event)` for a run, oldest first, in chunks (not row by row)."""
+        cursor = await self._conn.execute(
+            "SELECT seq, kind, task_id, attempt, at, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (run_id, after),
+        )
+        while rows := await cursor.fetchmany(10_000):
+            for seq, kind, task_id, attempt, at, data in rows:
+                yield seq, from_row(kind, task_id, attempt, at, data)
+
+    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
+        return [item async for item in self.read_events(run_id, after)]
+
+    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows. For tests and diagnostics."""
+        cursor = await self._conn.execute(sql, tuple(parameters))
+        return list(await cursor.fetchall())
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    run_id, workflow, spec, spec_hash, params, base_dir, created_at = row
+    return RunRecord(run_id, workflow, spec, spec_hash, msgspec.json.decode(params), base_dir, created_at)
+
+
+class RunLock:
+    """Only one process drives a run: an exclusive `flock` on a per-run lock file.
+
+    The OS releases the lock when the process dies, however it dies, so a crashed
+    run is never locked out of its own resume. Lock files live beside the journal in
+    `<journal>.locks/`; they are empty and left in place.
+    """
+
+    def __init__(self, journal_path: Path, run_id: str) -> None:
+        self.path = Path(f"{journal_path}.locks") / run_id
+        self.run_id = run_id
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLocked(self.run_id) from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def is_held_elsewhere(self) -> bool:
+        """True when a live process drives the run. Never creates the lock file."""
+        if not self.path.exists():
+            return False
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

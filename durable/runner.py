@@ -1,0 +1,208 @@
+"""The Python API: run a workflow, or resume a run, and get a `RunResult` back.
+
+`arun`/`aresume` are the async forms; `run`/`resume` wrap them in `asyncio.run`.
+Each opens the journal, takes the run's lock, folds what the journal already knows,
+and hands over to the `Engine`. The CLI is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from durable import spec as spec_module
+from durable.engine import INTERRUPTED, Engine
+from durable.errors import ParamError
+from durable.events import Event, RunResumed, RunStarted
+from durable.journal import Journal, RunLock, RunRecord
+from durable.loader import plan_file, plan_workflow
+from durable.state import SUCCEEDED, RunState, TaskState
+from durable.spec import Workflow
+
+
+class RunResult(msgspec.Struct):
+    """What a run ended as. `status` is succeeded, failed or interrupted."""
+
+    run_id: str
+    workflow: str
+    status: str
+    tasks: dict[str, TaskState]
+    already_finished: bool = False
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        return {task_id: task.output for task_id, task in self.tasks.items() if task.state == SUCCEEDED}
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCEEDED
+
+
+class Hooks(msgspec.Struct):
+    """Optional callbacks for a front end (the CLI's reporters)."""
+
+    on_start: Callable[[str, Workflow, RunState, bool], None] | None = None
+    on_event: Callable[[Event], None] | None = None
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(5)
+
+
+def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The workflow's params with overrides applied; an undeclared name is an error.
+
+    Overrides from the command line arrive as text. Where the declared default is
+    not text, the value is read as JSON when it parses (`-p size=50` gives the
+    number 50, `-p tags='["a"]'` a list); otherwise it stays text.
+    """
+    params = dict(workflow.params)
+    for name, value in (overrides or {}).items():
+        if name not in params:
+            declared = ", ".join(sorted(params)) or "none"
+            raise ParamError(f"param '{name}' is not declared by workflow '{workflow.name}' (declared: {declared})")
+        if isinstance(value, str) and not isinstance(params[name], str):
+            try:
+                value = msgspec.json.decode(value)
+            except msgspec.DecodeError:
+                pass
+        params[name] = value
+    return params
+
+
+async def arun(
+    workflow: str | os.PathLike[str] | Workflow,
+    params: Mapping[str, Any] | None = None,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    max_concurrency: int | None = None,
+    fail_fast: bool = False,
+    durability: str = "normal",
+    base_dir: str | os.PathLike[str] | None = None,
+    handle_signals: bool = False,
+    hooks: Hooks | None = None,
+) -> RunResult:
+    """Run a workflow (a file path, or a `Workflow` built in code) to the end.
+
+    `base_dir` is where a code-built workflow's `imports:` are found (default: the
+    current directory). With `handle_signals`, SIGINT/SIGTERM interrupt the run
+    cleanly; it is journaled and can be resumed.
+    """
+    if isinstance(workflow, Workflow):
+        folder = Path(base_dir or os.getcwd()).resolve()
+        plan = plan_workflow(workflow, folder)
+    else:
+        plan, folder = plan_file(workflow)
+    effective = merge_params(plan.workflow, params)
+    run_id = run_id or new_run_id()
+    journal = await Journal.open(db, create=True, durability=durability)
+    try:
+        with RunLock(journal.path, run_id):
+            await journal.create_run(
+                RunRecord(
+                    run_id=run_id,
+                    workflow=plan.workflow.name,
+                    spec=spec_module.encode(plan.workflow),
+                    spec_hash=spec_module.spec_hash(plan.workflow),
+                    params=effective,
+                    base_dir=str(folder),
+                    created_at=time.time(),
+                )
+            )
+            state = RunState.new(plan.tasks)
+            return await _drive(
+                journal, plan, run_id, effective, state, RunStarted(at=time.time()),
+                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), resumed=False,
+            )
+    finally:
+        await journal.close()
+
+
+async def aresume(
+    run_id: str,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    max_concurrency: int | None = None,
+    fail_fast: bool = False,
+    durability: str = "normal",
+    handle_signals: bool = False,
+    hooks: Hooks | None = None,
+) -> RunResult:
+    """Continue a run: keep what succeeded or was skipped, run everything else.
+
+    A run that already succeeded is returned as it is, with `already_finished` set,
+    and nothing runs.
+    """
+    journal = await Journal.open(db, create=False, durability=durability)
+    try:
+        record = await journal.get_run(run_id)
+        with RunLock(journal.path, run_id):
+            workflow = spec_module.decode(record.spec)
+            events = [event for _, event in await journal.events(run_id)]
+            state = RunState.fold((task.id for task in workflow.tasks), events)
+            if state.status == SUCCEEDED:
+                return RunResult(run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True)
+            plan = plan_workflow(workflow, record.base_dir, source=f"run '{run_id}'")
+            return await _drive(
+                journal, plan, run_id, record.params, state, RunResumed(at=time.time()),
+                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), resumed=True,
+            )
+    finally:
+        await journal.close()
+
+
+async def _drive(
+    journal: Journal,
+    plan: Any,
+    run_id: str,
+    params: dict[str, Any],
+    state: RunState,
+    opening: Event,
+    max_concurrency: int | None,
+    fail_fast: bool,
+    handle_signals: bool,
+    hooks: Hooks,
+    resumed: bool,
+) -> RunResult:
+    journal.start()
+    engine = Engine(
+        plan, journal, run_id, params, state,
+        max_concurrency=max_concurrency, fail_fast=fail_fast, on_event=hooks.on_event,
+    )
+    if hooks.on_start is not None:
+        hooks.on_start(run_id, plan.workflow, state, resumed)
+    engine.emit(opening)
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, engine.interrupt)
+    try:
+        status = await engine.run()
+    finally:
+        if handle_signals:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+    return RunResult(run_id, plan.workflow.name, status, state.tasks)
+
+
+def run(workflow: str | os.PathLike[str] | Workflow, params: Mapping[str, Any] | None = None,
+        **options: Any) -> RunResult:
+    """Synchronous `arun`."""
+    return asyncio.run(arun(workflow, params, **options))
+
+
+def resume(run_id: str, **options: Any) -> RunResult:
+    """Synchronous `aresume`."""
+    return asyncio.run(aresume(run_id, **options))
+
+
+__all__ = ["INTERRUPTED", "Hooks", "RunResult", "arun", "aresume", "merge_params", "resume", "run"]

@@ -1,0 +1,155 @@
+"""The fold: events -> the state of a run. The one way to know what a run has done.
+
+The live scheduler applies each event as it emits it; `durable resume`, `status`
+and `runs` fold the journal's events. Both use `RunState.apply`, so there is no
+second opinion. The fold never reads the clock: times come in the events.
+
+Task states::
+
+    pending -> running -> succeeded | failed | retrying | cancelled
+    retrying -> running | cancelled
+    pending -> skipped | upstream_failed
+
+`run_resumed` starts a new session: every task that did not succeed or get skipped
+goes back to `pending` (a task that was `running` when the process died runs again:
+delivery is at-least-once). An event that breaks these rules raises
+`IllegalTransition`: a journal that says so is corrupt, or the engine has a bug.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from durable.events import (
+    Event,
+    RunFinished,
+    RunInterrupted,
+    RunResumed,
+    RunStarted,
+    TaskCancelled,
+    TaskFailed,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+    TaskUpstreamFailed,
+)
+
+PENDING = "pending"
+RUNNING = "running"
+RETRYING = "retrying"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+SKIPPED = "skipped"
+UPSTREAM_FAILED = "upstream_failed"
+CANCELLED = "cancelled"
+
+#: States a resume keeps: their outputs are final.
+KEPT = frozenset({SUCCEEDED, SKIPPED})
+#: States in which a task is finished for the rest of this session.
+TERMINAL = frozenset({SUCCEEDED, FAILED, SKIPPED, UPSTREAM_FAILED, CANCELLED})
+
+
+class IllegalTransition(Exception):
+    """An event that the state machine forbids. A bug or a corrupt journal, never user error."""
+
+
+class TaskState(msgspec.Struct):
+    state: str = PENDING
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: Any = None
+    error: str | None = None
+    reason: str | None = None
+
+
+class RunState(msgspec.Struct):
+    """Per-task states plus the run-level facts. Build with `RunState.new(task_ids)`."""
+
+    tasks: dict[str, TaskState]
+    started_at: float | None = None
+    finished_at: float | None = None
+    status: str | None = None
+    interrupted: bool = False
+    sessions: int = 0
+
+    @classmethod
+    def new(cls, task_ids: Iterable[str]) -> RunState:
+        return cls(tasks={task_id: TaskState() for task_id in task_ids})
+
+    @classmethod
+    def fold(cls, task_ids: Iterable[str], events: Iterable[Event]) -> RunState:
+        state = cls.new(task_ids)
+        for event in events:
+            state.apply(event)
+        return state
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(task.state for task in self.tasks.values()))
+
+    def outcome(self) -> str:
+        """What the run's status is if it ended now: succeeded only if nothing is left undone."""
+        if all(task.state in KEPT for task in self.tasks.values()):
+            return SUCCEEDED
+        return FAILED
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case TaskStarted(task_id=task_id, attempt=attempt, at=at):
+                task = self._task(task_id, event, (PENDING, RETRYING))
+                task.state = RUNNING
+                task.attempts = attempt
+                if task.started_at is None:
+                    task.started_at = at
+                task.error = None
+            case TaskSucceeded(task_id=task_id, output=output, at=at):
+                task = self._task(task_id, event, (RUNNING,))
+                task.state, task.output, task.finished_at = SUCCEEDED, output, at
+            case TaskRetrying(task_id=task_id, error=error):
+                task = self._task(task_id, event, (RUNNING,))
+                task.state, task.error = RETRYING, error
+            case TaskFailed(task_id=task_id, error=error, at=at):
+                task = self._task(task_id, event, (RUNNING, PENDING))
+                task.state, task.error, task.finished_at = FAILED, error, at
+            case TaskSkipped(task_id=task_id, reason=reason, at=at):
+                task = self._task(task_id, event, (PENDING,))
+                task.state, task.reason, task.finished_at = SKIPPED, reason, at
+            case TaskUpstreamFailed(task_id=task_id, at=at):
+                task = self._task(task_id, event, (PENDING,))
+                task.state, task.finished_at = UPSTREAM_FAILED, at
+            case TaskCancelled(task_id=task_id, at=at):
+                task = self._task(task_id, event, (RUNNING, RETRYING))
+                task.state, task.finished_at = CANCELLED, at
+            case RunStarted(at=at):
+                if self.sessions:
+                    raise IllegalTransition("run_started twice")
+                self.started_at, self.sessions = at, 1
+            case RunResumed():
+                if not self.sessions:
+                    raise IllegalTransition("run_resumed before run_started")
+                self.sessions += 1
+                self.status, self.finished_at, self.interrupted = None, None, False
+                for task in self.tasks.values():
+                    if task.state not in KEPT:
+                        task.state, task.finished_at, task.error = PENDING, None, None
+            case RunFinished(status=status, at=at):
+                self.status, self.finished_at = status, at
+            case RunInterrupted(at=at):
+                self.interrupted, self.finished_at = True, at
+            case _:
+                raise IllegalTransition(f"unknown event {event!r}")
+
+    def _task(self, task_id: str, event: Event, allowed: tuple[str, ...]) -> TaskState:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise IllegalTransition(f"{type(event).__name__} for unknown task '{task_id}'")
+        if task.state not in allowed:
+            raise IllegalTransition(
+                f"task '{task_id}': {type(event).__name__} is illegal in state '{task.state}'"
+            )
+        return task
