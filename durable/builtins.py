@@ -10,7 +10,11 @@ and accept what that means.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
 import shlex
+import signal
 from typing import Any
 
 from durable.tools import REGISTRY
@@ -21,10 +25,13 @@ class ToolFailed(Exception):
 
 
 async def echo(*args: Any, **kwargs: Any) -> Any:
-    """Return the input as it came: a mapping input as a dict, anything else as is."""
+    """Return the input as it came: a mapping input as a dict, anything else as is.
+
+    A null input (and so an empty mapping, which arrives the same way) echoes as null.
+    """
     if args:
         return args[0]
-    return kwargs
+    return kwargs or None
 
 
 async def sleep(seconds: float, result: Any = None) -> Any:
@@ -33,12 +40,21 @@ async def sleep(seconds: float, result: Any = None) -> Any:
     return result
 
 
+_WHOLE_REFERENCE = re.compile(r"\s*\$\{[^{}]*\}\s*")
+
+
 def shell_words(raw_input: Any) -> Any:
-    """Split a string `command` into argv words before any `${...}` is substituted."""
+    """Split a string `command` into argv words before any `${...}` is substituted.
+
+    A command that is one whole reference is left alone: its value (a list of
+    words, or a string to split) arrives as data, never as shell syntax.
+    """
     if isinstance(raw_input, str):
         raw_input = {"command": raw_input}
-    if isinstance(raw_input, dict) and isinstance(raw_input.get("command"), str):
-        return {**raw_input, "command": shlex.split(raw_input["command"])}
+    if isinstance(raw_input, dict):
+        command = raw_input.get("command")
+        if isinstance(command, str) and not _WHOLE_REFERENCE.fullmatch(command):
+            return {**raw_input, "command": shlex.split(command)}
     return raw_input
 
 
@@ -56,8 +72,6 @@ async def shell(
     argv = shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
     if not argv:
         raise ToolFailed("shell: empty command")
-    import os
-
     full_env = {**os.environ, **{k: str(v) for k, v in env.items()}} if env else None
     try:
         process = await asyncio.create_subprocess_exec(
@@ -67,15 +81,18 @@ async def shell(
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            # Its own process group, so that a timeout or Ctrl-C kills the whole tree
+            # (an `sh -c` and whatever it started), not just the direct child.
+            start_new_session=True,
         )
     except OSError as exc:
         raise ToolFailed(f"shell: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
     try:
         out, err = await process.communicate(stdin.encode() if stdin is not None else None)
     except asyncio.CancelledError:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
         raise
     result = {
         "returncode": process.returncode,
@@ -125,6 +142,9 @@ async def http(
                 result["text"] = text
     except aiohttp.ClientError as exc:
         raise ToolFailed(f"http: {method.upper()} {url}: {type(exc).__name__}: {exc}") from None
+    except TimeoutError:
+        # aiohttp's own `timeout` (the task's `timeout:` cancels instead).
+        raise ToolFailed(f"http: {method.upper()} {url}: timed out after {timeout:g}s (the tool's own timeout)") from None
     if raise_for_status and result["status"] >= 400:
         raise ToolFailed(f"http: {method.upper()} {url} returned {result['status']}")
     return result

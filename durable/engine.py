@@ -37,7 +37,9 @@ from durable.events import (
     TaskStarted,
     TaskSucceeded,
     TaskUpstreamFailed,
+    decode_output,
     encode_data,
+    encode_output,
 )
 from durable.executors import Executors, TaskContext, idempotency_key
 from durable.graph import Plan, TaskPlan
@@ -201,20 +203,26 @@ class Engine:
     def _launch(self, task_id: str) -> None:
         attempt = self.state.tasks[task_id].attempts + 1
         self._tries[task_id] = self._tries.get(task_id, 0) + 1
-        self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
+        # The task is scheduled before `task_started` wakes the writer, so a tool
+        # that finishes in its first step gets both events into one commit.
         task = asyncio.get_running_loop().create_task(self._attempt(task_id, attempt), name=task_id)
+        self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
         self._active[task_id] = task
         task.add_done_callback(self._attempt_done)
 
     def _release(self, task_id: str) -> None:
+        """Free a task's slot now, and fill it."""
         self._running -= 1
+        self._free_tool_slot(task_id)
+        self._pump()
+
+    def _free_tool_slot(self, task_id: str) -> None:
         tool = self.plan.tasks[task_id].spec.tool
         if tool in self._running_by_tool:
             self._running_by_tool[tool] -= 1
             parked = self._parked.get(tool)
             if parked:
                 self._ready.appendleft(parked.popleft())
-        self._pump()
 
     # -- one attempt ----------------------------------------------------------
 
@@ -223,41 +231,56 @@ class Engine:
         try:
             output, data = await self._call(plan, attempt)
         except asyncio.CancelledError:
-            self._release(task_id)
-            self.emit(TaskCancelled(task_id=task_id, attempt=attempt, at=time.time()))
-            self._settle(task_id)
+            self._cancelled(task_id, attempt)
             return
         except _AttemptFailed as failure:
-            self._release(task_id)
             self._failed(plan, attempt, failure.error, failure.retryable)
             return
-        self._release(task_id)
-        self._finish(task_id, TaskSucceeded(task_id=task_id, attempt=attempt, at=time.time(), output=output), data)
+        succeeded = TaskSucceeded(task_id=task_id, attempt=attempt, at=time.time(), output=output)
+        self._finish(task_id, succeeded, data, holds_slot=True)
 
     async def _call(self, plan: TaskPlan, attempt: int) -> tuple[Any, bytes | None]:
-        """Render the input from committed outputs, call the tool, encode its output."""
+        """Render the input from committed outputs, call the tool, encode its output.
+
+        The output handed on is the one decoded back from what the journal stores,
+        so that dependents see the same value live as after a resume (a tuple is a
+        list, a set is refused, a dataclass is a dict).
+        """
         try:
             value = plan.template.render(self.scope)
         except DurableError as exc:
             raise _AttemptFailed(f"input: {exc.message}", retryable=False) from None
         context = TaskContext(self.run_id, plan.id, attempt, idempotency_key(self.run_id, plan.id))
         assert plan.tool is not None
+        timeout = plan.spec.timeout
         try:
-            async with asyncio.timeout(plan.spec.timeout):
+            if timeout is None:
                 output = await self.executors.call(plan.tool, value, context)
-        except TimeoutError:
-            raise _AttemptFailed(f"timed out after {plan.spec.timeout:g}s") from None
-        except asyncio.CancelledError:
+            else:
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        output = await self.executors.call(plan.tool, value, context)
+                except TimeoutError:
+                    if deadline.expired():
+                        raise _AttemptFailed(f"timed out after {timeout:g}s") from None
+                    raise
+        except (asyncio.CancelledError, _AttemptFailed):
             raise
         except Exception as exc:  # a tool may raise anything; that is the task failing
             raise _AttemptFailed(_describe(exc)) from None
         try:
-            data = encode_data(TaskSucceeded(task_id=plan.id, at=0.0, output=output))
+            data = encode_output(output)
         except (TypeError, msgspec.EncodeError, OverflowError) as exc:
             raise _AttemptFailed(
                 f"output of type {type(output).__name__} is not serialisable: {exc}", retryable=False
             ) from None
-        return output, data
+        return decode_output(data), data
+
+    def _cancelled(self, task_id: str, attempt: int) -> None:
+        self.emit(TaskCancelled(task_id=task_id, attempt=attempt, at=time.time()))
+        self._release(task_id)
+        self._settle(task_id)
 
     def _failed(self, plan: TaskPlan, attempt: int, error: str, retryable: bool) -> None:
         task_id = plan.id
@@ -266,10 +289,13 @@ class Engine:
             delay = plan.spec.retry_delay * 2 ** (tries - 1)
             self.emit(TaskRetrying(task_id=task_id, attempt=attempt, at=time.time(), error=error, delay=delay))
             self._backoff[task_id] = asyncio.get_running_loop().call_later(delay, self._retry, task_id)
+            self._release(task_id)  # no slot is held through the backoff
             return
-        self._finish(task_id, TaskFailed(task_id=task_id, attempt=attempt, at=time.time(), error=error))
+        # --fail-fast stops dispatch before this slot can go to a queued task.
         if self.fail_fast:
             self._stop("fail_fast")
+        failed = TaskFailed(task_id=task_id, attempt=attempt, at=time.time(), error=error)
+        self._finish(task_id, failed, holds_slot=True)
 
     def _retry(self, task_id: str) -> None:
         del self._backoff[task_id]
@@ -277,27 +303,39 @@ class Engine:
         self._pump()
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
-        self._active.pop(task.get_name(), None)
-        if not task.cancelled() and task.exception() is not None:
+        task_id = task.get_name()
+        self._active.pop(task_id, None)
+        if task.cancelled():
+            # Cancelled before its first step, so `_attempt` never ran to record it.
+            self._cancelled(task_id, self.state.tasks[task_id].attempts)
+        elif task.exception() is not None:
             self._crash(task.exception())  # type: ignore[arg-type]
         self._check_stopped()
 
     # -- finishing -------------------------------------------------------------
 
-    def _finish(self, task_id: str, event: Event, data: Any = None) -> None:
-        """Record a terminal event; its dependents learn of it only once it is committed."""
+    def _finish(self, task_id: str, event: Event, data: Any = None, holds_slot: bool = False) -> None:
+        """Record a terminal event; its dependents learn of it only once it is committed.
+
+        An attempt keeps its concurrency slot until its outcome is committed, so
+        that at any moment at most `max_concurrency` tasks have run without a
+        committed outcome: that bounds what a crash can make run twice.
+        """
         self.state.apply(event)
         if self._on_event is not None:
             self._on_event(event)
         committed = self.journal.append(self.run_id, event, data if data is not None else encode_data(event))
-        committed.add_done_callback(lambda future: self._committed(future, event))
+        committed.add_done_callback(lambda future: self._committed(future, event, holds_slot))
 
-    def _committed(self, future: asyncio.Future[None], event: Any) -> None:
+    def _committed(self, future: asyncio.Future[None], event: Any, holds_slot: bool) -> None:
         try:
             if future.exception() is not None:
                 self._crash(future.exception())  # type: ignore[arg-type]
                 return
             task_id = event.task_id
+            if holds_slot:
+                self._running -= 1
+                self._free_tool_slot(task_id)
             if isinstance(event, TaskSucceeded):
                 self.scope.outputs[task_id] = event.output  # type: ignore[index]
             elif isinstance(event, TaskSkipped):
@@ -305,6 +343,8 @@ class Engine:
             self._settle(task_id)
             remaining = self._remaining
             for dependent in self.plan.tasks[task_id].dependents:
+                if dependent not in remaining:
+                    continue  # kept from an earlier session (e.g. an all_done cleanup)
                 remaining[dependent] -= 1
                 if remaining[dependent] == 0 and self.state.tasks[dependent].state == PENDING:
                     self._decide(dependent)

@@ -111,6 +111,15 @@ def encode_data(event: Event) -> bytes | None:
     return _encoder.encode({name: getattr(event, name) for name in names})
 
 
+def encode_output(output: Any) -> bytes:
+    """The `data` of a `task_succeeded` event: the output itself, as msgpack."""
+    return _encoder.encode(output)
+
+
+def decode_output(data: bytes) -> Any:
+    return _decoder.decode(data)
+
+
 def from_row(kind: str, task_id: str | None, attempt: int | None, at: float, data: bytes | None) -> Event:
     """Rebuild an event from a journal row."""
     cls = KINDS[kind]

@@ -179,13 +179,24 @@ def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) ->
 
 
 def _cycles(graph: nx.DiGraph) -> list[str]:
+    """One cycle per strongly connected component, starting at its first task in file order.
+
+    The component is copied in file order rather than viewed with `graph.subgraph`,
+    whose iteration follows set (hash) order and would name a different cycle, or the
+    same one from a different start, on each run.
+    """
+    order = {task_id: number for number, task_id in enumerate(graph)}
     problems = []
     for component in nx.strongly_connected_components(graph):
         if len(component) < 2:
             continue
-        cycle = nx.find_cycle(graph.subgraph(component))
-        path = [edge[0] for edge in cycle] + [cycle[0][0]]
-        problems.append("cycle: " + " -> ".join(path))
+        sub = nx.DiGraph()
+        sub.add_nodes_from(sorted(component, key=order.__getitem__))
+        sub.add_edges_from((u, v) for u, v in graph.edges if u in component and v in component)
+        path = [edge[0] for edge in nx.find_cycle(sub, source=next(iter(sub)))]
+        start = min(range(len(path)), key=lambda i: order[path[i]])
+        path = path[start:] + path[:start]
+        problems.append("cycle: " + " -> ".join([*path, path[0]]))
     return sorted(problems)
 
 

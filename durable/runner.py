@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import signal
 import time
@@ -20,7 +21,7 @@ import msgspec
 
 from durable import spec as spec_module
 from durable.engine import INTERRUPTED, Engine
-from durable.errors import ParamError
+from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
 from durable.journal import Journal, RunLock, RunRecord
 from durable.loader import plan_file, plan_workflow
@@ -53,8 +54,18 @@ class Hooks(msgspec.Struct):
     on_event: Callable[[Event], None] | None = None
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def new_run_id() -> str:
     return secrets.token_hex(5)
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids name lock files, so they are plain words: no paths, no spaces."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise DurableError(f"bad run id '{run_id}': use up to 64 letters, digits, '_', '-' or '.'")
+    return run_id
 
 
 def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -103,7 +114,7 @@ async def arun(
     else:
         plan, folder = plan_file(workflow)
     effective = merge_params(plan.workflow, params)
-    run_id = run_id or new_run_id()
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     journal = await Journal.open(db, create=True, durability=durability)
     try:
         with RunLock(journal.path, run_id):

@@ -62,6 +62,10 @@ class Registry:
         if tool_def.is_async and cpu_bound:
             raise TypeError(f"tool '{tool_def.name}': an async function cannot be cpu_bound")
         self._tools[tool_def.name] = tool_def
+        try:
+            fn.__durable_tool__ = tool_def  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass  # a builtin or a bound method: reachable by name only
         return tool_def
 
     def names(self) -> list[str]:
@@ -91,6 +95,8 @@ class Registry:
             fn = getattr(fn, part, None)
         if fn is None or not callable(fn):
             raise ToolNotFound(f"tool '{name}': module '{module_name}' has no function '{attr}'")
+        # A registered function keeps its options (above all `prepare`, which keeps
+        # substituted values out of shell syntax) when it is named as module:function.
         registered = getattr(fn, "__durable_tool__", None)
         return registered if isinstance(registered, ToolDef) else ToolDef(name, fn, inspect.iscoroutinefunction(fn))
 
@@ -120,8 +126,7 @@ def tool(
     """
 
     def register(function: F) -> F:
-        tool_def = REGISTRY.add(function, name=name, cpu_bound=cpu_bound)
-        function.__durable_tool__ = tool_def  # type: ignore[attr-defined]
+        REGISTRY.add(function, name=name, cpu_bound=cpu_bound)
         return function
 
     return register(fn) if fn is not None else register
@@ -152,7 +157,10 @@ def import_modules(imports: Iterable[str], base_dir: str | Path) -> list[str]:
 
 
 def add_search_path(folder: str) -> None:
-    if folder not in sys.path:
+    """Put `folder` first on `sys.path`, moving it there if it is already further down."""
+    if sys.path[:1] != [folder]:
+        if folder in sys.path:
+            sys.path.remove(folder)
         sys.path.insert(0, folder)
 
 

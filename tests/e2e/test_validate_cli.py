@@ -35,7 +35,8 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.
     cwd = tmp_path_factory.mktemp("validate")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
         futures = {
-            name: pool.submit(durable, "validate", str(INVALID / name), cwd=cwd) for name in EXPECTED
+            name: pool.submit(durable, "validate", str(INVALID / name), cwd=cwd)
+            for name in EXPECTED
         }
         return {name: future.result() for name, future in futures.items()}
 

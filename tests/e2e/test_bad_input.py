@@ -1,0 +1,386 @@
+"""What the real command does with bad input: one clear line, the right exit code, no harm.
+
+Each case checks that the first line on stderr names the culprit (the task, the run
+id, the param, the file), that the exit code is the documented one (1 for a run
+whose tasks failed, 2 for bad input), that no traceback leaks out, and, where a
+journal exists, that it is exactly as it was before: a refused command writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+DURABLE = os.path.join(os.path.dirname(sys.executable), "durable")
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def durable(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DURABLE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], code: int, *culprits: str) -> None:
+    """Exit `code`, no traceback, and a first stderr line that names every culprit."""
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output, output
+    lines = result.stderr.splitlines()
+    assert lines, f"nothing on stderr; stdout was {result.stdout!r}"
+    for culprit in culprits:
+        assert culprit in lines[0], lines[0]
+
+
+def digest(db: Path) -> str:
+    """A hash of everything the journal holds: every run row and every event row."""
+    connection = sqlite3.connect(db)
+    try:
+        runs = connection.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+        events = connection.execute("SELECT * FROM events ORDER BY seq").fetchall()
+    finally:
+        connection.close()
+    return hashlib.sha256(repr((runs, events)).encode()).hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_for_started(db: Path, run_id: str, task_id: str, timeout: float = 20) -> None:
+    """Poll the journal (not the clock) until the task has a `task_started` event."""
+    sql = "SELECT count(*) FROM events WHERE run_id = ? AND task_id = ? AND kind = 'task_started'"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            connection = sqlite3.connect(db, timeout=5)
+            try:
+                if connection.execute(sql, (run_id, task_id)).fetchone()[0]:
+                    return
+            finally:
+                connection.close()
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"task {task_id} of run {run_id} did not start within {timeout}s")
+
+
+SIMPLE = """
+name: simple
+params: {count: 2}
+tasks:
+  - {id: a, tool: echo, input: {count: "${params.count}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def journal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A valid journal holding one succeeded run, `known`."""
+    folder = tmp_path_factory.mktemp("journal")
+    workflow = write(folder, "simple.yaml", SIMPLE)
+    db = folder / "journal.db"
+    result = durable(folder, "run", str(workflow), "--db", str(db), "--run-id", "known")
+    assert result.returncode == 0, result.stderr
+    return {"folder": folder, "workflow": workflow, "db": db}
+
+
+# -- tasks that fail: the run finishes, exit 1 --------------------------------
+
+TOOLS = '''
+from __future__ import annotations
+
+import durable
+
+
+@durable.tool
+def make_object() -> object:
+    return object()
+
+
+@durable.tool
+def make_set() -> set:
+    return {1, 2}
+
+
+@durable.tool
+def kind_of(value: object) -> str:
+    """The Python type a dependent was handed."""
+    return type(value).__name__
+
+
+@durable.tool
+def explode() -> None:
+    raise RuntimeError("kaboom")
+'''
+
+FAILING = {
+    "object": """
+name: unserialisable
+imports: [tools]
+tasks:
+  - {id: bad, tool: make_object}
+  - {id: fine, tool: echo, input: {n: 1}}
+""",
+    "set": """
+name: a_set
+imports: [tools]
+tasks:
+  - {id: bad, tool: make_set}
+  - {id: seen, tool: kind_of, input: {value: "${bad.output}"}}
+""",
+    "raises": """
+name: raises
+imports: [tools]
+tasks:
+  - {id: bad, tool: explode}
+  - {id: fine, tool: echo, input: {n: 1}}
+""",
+    "timeout": """
+name: slow
+tasks:
+  - {id: bad, tool: sleep, input: {seconds: 20}, timeout: 0.2}
+  - {id: fine, tool: echo, input: {n: 1}}
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Each FAILING workflow run once (all at once), with its `status --json`."""
+
+    def run(name: str) -> dict[str, Any]:
+        folder = tmp_path_factory.mktemp(name)
+        write(folder, "tools.py", TOOLS)
+        workflow = write(folder, "workflow.yaml", FAILING[name])
+        db = str(folder / "journal.db")
+        began = time.monotonic()
+        result = durable(folder, "run", str(workflow), "--db", db, "--run-id", name)
+        elapsed = time.monotonic() - began
+        status = durable(folder, "status", name, "--db", db, "--json")
+        assert status.returncode == 0, status.stderr
+        log = durable(folder, "log", name, "--db", db, "--json") if name == "object" else None
+        return {
+            "result": result,
+            "elapsed": elapsed,
+            "status": json.loads(status.stdout),
+            "log": log,
+        }
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(FAILING, pool.map(run, FAILING), strict=True))
+
+
+def test_unserialisable_output_fails_the_task_naming_the_type(
+    failing: dict[str, dict[str, Any]],
+) -> None:
+    case = failing["object"]
+    assert_refused(case["result"], 1, "bad", "object")
+    tasks = case["status"]["tasks"]
+    assert tasks["bad"]["state"] == "failed"
+    assert "object" in tasks["bad"]["error"]
+    assert tasks["fine"]["state"] == "succeeded"
+    # The journal holds the failure, and reading it back works.
+    assert case["log"].returncode == 0, case["log"].stderr
+    bad_kinds = [
+        e["kind"]
+        for e in map(json.loads, case["log"].stdout.splitlines())
+        if e.get("task_id") == "bad"
+    ]
+    assert bad_kinds == ["task_started", "task_failed"]
+
+
+def test_set_output_is_refused_or_handed_on_as_journaled(
+    failing: dict[str, dict[str, Any]],
+) -> None:
+    """A set is not JSON. Either the task fails naming the type, or it is journaled
+    (msgspec writes it as an array) and dependents get what the journal holds.
+
+    Fails today: the task succeeds, the journal holds a list, but the dependent in the
+    same session is handed the Python set, so a resumed run would see something else.
+    """
+    case = failing["set"]
+    tasks = case["status"]["tasks"]
+    if tasks["bad"]["state"] == "failed":
+        assert_refused(case["result"], 1, "bad", "set")
+        assert "set" in tasks["bad"]["error"]
+    else:
+        assert case["result"].returncode == 0, case["result"].stderr
+        assert isinstance(tasks["bad"]["output"], list)
+        assert tasks["seen"]["output"] == "list"
+
+
+def test_raising_tool_fails_the_task_with_its_error(failing: dict[str, dict[str, Any]]) -> None:
+    case = failing["raises"]
+    assert_refused(case["result"], 1, "bad", "kaboom")
+    tasks = case["status"]["tasks"]
+    assert tasks["bad"]["state"] == "failed"
+    assert "RuntimeError" in tasks["bad"]["error"] and "kaboom" in tasks["bad"]["error"]
+    assert tasks["fine"]["state"] == "succeeded"
+    assert case["status"]["status"] == "failed"
+
+
+def test_timeout_fails_the_task(failing: dict[str, dict[str, Any]]) -> None:
+    case = failing["timeout"]
+    assert_refused(case["result"], 1, "bad", "timed out")
+    assert case["elapsed"] < 10
+    tasks = case["status"]["tasks"]
+    assert tasks["bad"]["state"] == "failed"
+    assert "timed out" in tasks["bad"]["error"]
+    assert tasks["fine"]["state"] == "succeeded"
+
+
+# -- bad input: exit 2, nothing written ---------------------------------------
+
+
+@pytest.mark.parametrize("command", ["resume", "status", "log", "output"])
+def test_unknown_run_id(journal: dict[str, Path], command: str) -> None:
+    db = journal["db"]
+    before = digest(db)
+    result = durable(journal["folder"], command, "no-such-run", "--db", str(db))
+    assert_refused(result, 2, "no-such-run")
+    assert result.stdout == ""
+    assert digest(db) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (("-p", "nosuch=1"), "nosuch"),
+        (("-p", "noequals"), "noequals"),
+    ],
+    ids=["undeclared-param", "malformed-param"],
+)
+def test_bad_param(journal: dict[str, Path], args: tuple[str, ...], culprit: str) -> None:
+    db = journal["db"]
+    before = digest(db)
+    result = durable(journal["folder"], "run", str(journal["workflow"]), *args, "--db", str(db))
+    assert_refused(result, 2, culprit)
+    assert digest(db) == before
+
+
+def test_missing_workflow_file(journal: dict[str, Path]) -> None:
+    db = journal["db"]
+    before = digest(db)
+    result = durable(journal["folder"], "run", "does-not-exist.yaml", "--db", str(db))
+    assert_refused(result, 2, "does-not-exist.yaml")
+    assert digest(db) == before
+
+
+# A command that would create the journal, one that reads it, one that would drive a run.
+JOURNAL_COMMANDS = [("run", "WORKFLOW"), ("status", "known"), ("resume", "known")]
+
+
+def _command(args: tuple[str, ...], workflow: Path) -> list[str]:
+    return [str(workflow) if arg == "WORKFLOW" else arg for arg in args]
+
+
+@pytest.mark.parametrize("args", JOURNAL_COMMANDS, ids=lambda args: args[0])
+def test_journal_that_is_not_sqlite(tmp_path: Path, args: tuple[str, ...]) -> None:
+    workflow = write(tmp_path, "simple.yaml", SIMPLE)
+    db = write(tmp_path, "notes.db", "these are my notes, not a journal\n")
+    before = file_hash(db)
+    result = durable(tmp_path, *_command(args, workflow), "--db", str(db))
+    assert_refused(result, 2, "notes.db")
+    assert "SQLite" in result.stderr
+    assert file_hash(db) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "simple.yaml"]
+
+
+@pytest.fixture(scope="module")
+def newer_journal(journal: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bytes of a valid journal whose schema version says a newer durable wrote it."""
+    folder = tmp_path_factory.mktemp("newer")
+    db = folder / "journal.db"
+    db.write_bytes(journal["db"].read_bytes())
+    connection = sqlite3.connect(db)
+    connection.execute("PRAGMA user_version = 999")
+    connection.commit()
+    connection.close()
+    assert not Path(f"{db}-wal").exists()
+    return db.read_bytes()
+
+
+@pytest.mark.parametrize("args", JOURNAL_COMMANDS, ids=lambda args: args[0])
+def test_journal_of_a_newer_schema(
+    tmp_path: Path, newer_journal: bytes, args: tuple[str, ...]
+) -> None:
+    workflow = write(tmp_path, "simple.yaml", SIMPLE)
+    db = tmp_path / "journal.db"
+    db.write_bytes(newer_journal)
+    result = durable(tmp_path, *_command(args, workflow), "--db", str(db))
+    assert_refused(result, 2, "journal.db", "999")
+    assert db.read_bytes() == newer_journal
+
+
+GATED = """
+name: gated
+params: {gate: none}
+tasks:
+  - {id: gate, tool: shell, input: {command: ["test", "-e", "${params.gate}"]}}
+  - {id: hold, tool: sleep, dependencies: [gate], input: {seconds: 30}}
+"""
+
+
+def test_second_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
+    workflow = write(tmp_path, "gated.yaml", GATED)
+    gate = tmp_path / "gate"
+    db = tmp_path / "journal.db"
+    first = durable(
+        tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "g", "-p", f"gate={gate}"
+    )
+    assert first.returncode == 1, first.stderr
+    gate.touch()
+    driver = subprocess.Popen(
+        [DURABLE, "resume", "g", "--db", str(db)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_started(db, "g", "hold")
+        before = digest(db)
+        second = durable(tmp_path, "resume", "g", "--db", str(db))
+        assert_refused(second, 2, "'g'", "another live process")
+        assert digest(db) == before
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGINT)
+        driver.communicate(timeout=20)
+        assert driver.returncode == 130
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
+@pytest.mark.parametrize("where", ["default", "--db"])
+def test_status_without_a_journal_creates_none(tmp_path: Path, where: str) -> None:
+    args = ["--db", str(tmp_path / "sub" / "journal.db")] if where == "--db" else []
+    env = {k: v for k, v in os.environ.items() if k != "DURABLE_DB"}
+    result = durable(tmp_path, "status", "anything", *args, env=env)
+    assert_refused(result, 2, "journal")
+    assert list(tmp_path.iterdir()) == []

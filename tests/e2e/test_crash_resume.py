@@ -1,0 +1,400 @@
+"""Crash and resume, end to end: SIGKILL the real `durable` command mid-run, resume it.
+
+The workflow is generated: 202 tasks mixing a fan-out, a chain, diamonds and a final
+join, all calling one tool from a `tools.py` written beside it. The tool appends its
+task id to a side-effect file named by the `CRASH_LOG` environment variable when it
+begins (and `ID returned` when it is done), so each process of a run (the first
+`run`, each `resume`) writes its own file, and the test can tell which session ran
+what.
+
+Kill moments are found by watching the journal, never by sleeping: a read-only
+SQLite connection polls the count of committed events for the run, and the process
+is killed as soon as the count reaches its target. Whatever the journal holds after
+the kill was committed before it.
+
+What must hold after the resume (the at-least-once contract of DESIGN.md §3):
+
+- the run succeeded, every task succeeded, and outputs equal an uninterrupted run's;
+- a task whose `task_succeeded` was committed before a kill never runs again;
+- per kill, at most `max_concurrency` tasks run a second time, even when the journal
+  is slow to commit;
+- no task runs twice within one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+DURABLE = os.path.join(os.path.dirname(sys.executable), "durable")
+CONCURRENCY = 8
+FAN = 60
+CHAIN = 40
+DIAMONDS = 25
+TASK_COUNT = 1 + FAN + CHAIN + 4 * DIAMONDS + 1
+POLL_SECONDS = 0.002
+DEADLINE_SECONDS = 60.0
+
+TOOLS = '''\
+"""The crash test's tool: a side effect, a short sleep, and a deterministic output."""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+
+import durable
+
+
+@durable.tool
+def step(id: str, parts: list[int] | None = None) -> dict:
+    fd = os.open(os.environ["CRASH_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{id}\\n".encode())
+        time.sleep(0.02)
+        parts = parts or []
+        total = (zlib.crc32(id.encode()) + 31 * sum(parts)) % 1_000_000_007
+        os.write(fd, f"{id} returned\\n".encode())
+    finally:
+        os.close(fd)
+    return {"id": id, "sum": total, "n": len(parts)}
+'''
+
+
+def workflow_document() -> dict[str, Any]:
+    """The 202-task workflow: fan-out, chain, diamonds, and a join over all three."""
+
+    def task(task_id: str, *upstream: str) -> dict[str, Any]:
+        parts = [f"${{{up}.output.sum}}" for up in upstream]
+        return {"id": task_id, "tool": "step", "input": {"id": task_id, "parts": parts}}
+
+    tasks = [task("root")]
+    fan = [f"fan_{i:03d}" for i in range(FAN)]
+    tasks += [task(name, "root") for name in fan]
+    chain = [f"chain_{i:03d}" for i in range(CHAIN)]
+    tasks += [task(chain[0])]
+    tasks += [task(chain[i], chain[i - 1]) for i in range(1, CHAIN)]
+    joins = []
+    for i in range(DIAMONDS):
+        a, b, c, d = (f"diamond_{i:02d}_{side}" for side in "abcd")
+        tasks += [task(a, fan[i]), task(b, a), task(c, a), task(d, b, c)]
+        joins.append(d)
+    tasks.append(task("join", fan[-1], chain[-1], *joins))
+    assert len(tasks) == TASK_COUNT
+    return {
+        "name": "crash_resume",
+        "max_concurrency": CONCURRENCY,
+        "imports": ["tools"],
+        "tasks": tasks,
+    }
+
+
+# -- driving the command ----------------------------------------------------------
+
+
+def session_env(log: Path) -> dict[str, str]:
+    return {**os.environ, "CRASH_LOG": str(log)}
+
+
+def durable(*commands: list[str], cwd: Path, env: dict[str, str] | None = None) -> list[str]:
+    """Run durable commands at once (they only read); return their stdout, each exit 0."""
+    processes = [
+        subprocess.Popen(
+            [DURABLE, *args],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for args in commands
+    ]
+    outputs = []
+    for args, process in zip(commands, processes, strict=True):
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, f"durable {' '.join(args)}: {stdout}{stderr}"
+        outputs.append(stdout)
+    return outputs
+
+
+def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [DURABLE, *args],
+        cwd=cwd,
+        env=session_env(log),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def read_only(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+
+
+def count_events(db: Path, run_id: str, kind: str) -> int:
+    """Committed events of one kind for a run; 0 while the journal does not exist yet."""
+    if not db.exists():
+        return 0
+    try:
+        connection = read_only(db)
+        try:
+            row = connection.execute(
+                "SELECT count(*) FROM events WHERE run_id = ? AND kind = ?", (run_id, kind)
+            ).fetchone()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:  # schema or WAL index not created yet
+        return 0
+    return row[0]
+
+
+def wait_for(
+    process: subprocess.Popen[bytes], db: Path, run_id: str, kind: str, target: int
+) -> None:
+    """Return as soon as the journal holds `target` committed events of `kind`."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while count_events(db, run_id, kind) < target:
+        if process.poll() is not None:
+            stderr = process.stderr.read().decode() if process.stderr else ""
+            pytest.fail(f"durable exited ({process.returncode}) before {target} {kind}: {stderr}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {target} {kind} events within {DEADLINE_SECONDS}s")
+        time.sleep(POLL_SECONDS)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    if process.stderr:
+        process.stderr.close()
+
+
+def kill_when(
+    process: subprocess.Popen[bytes], db: Path, run_id: str, kind: str, target: int
+) -> None:
+    """SIGKILL the process as soon as the journal holds `target` events of `kind`."""
+    wait_for(process, db, run_id, kind, target)
+    kill(process)
+
+
+def committed_successes(db: Path, run_id: str) -> set[str]:
+    connection = read_only(db)
+    try:
+        rows = connection.execute(
+            "SELECT task_id FROM events WHERE run_id = ? AND kind = 'task_succeeded'", (run_id,)
+        ).fetchall()
+    finally:
+        connection.close()
+    return {task_id for (task_id,) in rows}
+
+
+class Session:
+    """What one process ran, from its side-effect file: tool calls begun, and returned."""
+
+    def __init__(self, log: Path) -> None:
+        lines = log.read_text().splitlines() if log.exists() else []
+        self.ran = Counter(line for line in lines if " " not in line)
+        self.returned = {line.split()[0] for line in lines if line.endswith(" returned")}
+
+
+def assert_interrupted(run_id: str, db: Path, cwd: Path) -> None:
+    runs, status = durable(
+        ["runs", "--db", str(db), "--json"], ["status", run_id, "--db", str(db), "--json"], cwd=cwd
+    )
+    statuses = {doc["run_id"]: doc["status"] for doc in json.loads(runs)}
+    assert statuses[run_id] == "interrupted"
+    assert json.loads(status)["status"] == "interrupted"
+
+
+def resume_to_end(run_id: str, db: Path, cwd: Path, log: Path) -> None:
+    durable(["resume", run_id, "--db", str(db)], cwd=cwd, env=session_env(log))
+
+
+def assert_final(run_id: str, db: Path, cwd: Path, reference: dict[str, Any]) -> None:
+    status, output = durable(
+        ["status", run_id, "--db", str(db), "--json"], ["output", run_id, "--db", str(db)], cwd=cwd
+    )
+    document = json.loads(status)
+    assert document["status"] == "succeeded"
+    assert len(document["tasks"]) == TASK_COUNT
+    assert {task["state"] for task in document["tasks"].values()} == {"succeeded"}
+    assert json.loads(output) == reference
+
+
+def assert_sessions(sessions: list[Session], committed: list[set[str]]) -> None:
+    """`sessions[k]`: what process k ran; `committed[k]`: successes committed when it ended.
+
+    A task committed by the end of session k never runs in a later session; what ran
+    in session k without committing runs again later, and there are at most
+    `CONCURRENCY` such tasks: one per slot.
+    """
+    everything = sum((session.ran for session in sessions), Counter())
+    assert len(committed[-1]) == TASK_COUNT
+    assert set(everything) == committed[-1]
+    for k, session in enumerate(sessions):
+        doubled = sorted(task for task, n in session.ran.items() if n > 1)
+        assert not doubled, f"session {k} ran tasks twice: {doubled}"
+    for k in range(len(sessions) - 1):
+        assert committed[k] <= set(sum((s.ran for s in sessions[: k + 1]), Counter()))
+        later = set(sum((s.ran for s in sessions[k + 1 :]), Counter()))
+        rerun = later & committed[k]
+        assert not rerun, f"committed before kill {k}, yet ran again: {sorted(rerun)}"
+        lost = set(sessions[k].ran) - committed[k]
+        assert lost <= later, f"ran in session {k}, never committed nor run again"
+        returned = sorted(lost & sessions[k].returned)
+        assert len(lost) <= CONCURRENCY, (
+            f"kill {k}: {len(lost)} tasks ran without a committed success (> {CONCURRENCY}); "
+            f"{len(returned)} of them had returned, their success not yet committed: {returned}"
+        )
+    assert all(everything[task] == 1 for task in committed[0])
+    twice = [task for task, n in everything.items() if n > 1]
+    assert len(twice) <= CONCURRENCY * (len(sessions) - 1)
+
+
+# -- fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("crash_workflow")
+    (folder / "tools.py").write_text(TOOLS)
+    path = folder / "workflow.yaml"
+    path.write_text(yaml.safe_dump(workflow_document(), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(workflow: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Outputs of the same workflow run once without interruption."""
+    folder = tmp_path_factory.mktemp("crash_reference")
+    db, log = folder / "journal.db", folder / "log-0"
+    run = ["run", str(workflow), "--db", str(db), "--run-id", "reference"]
+    durable(run, cwd=folder, env=session_env(log))
+    session = Session(log)
+    assert len(session.ran) == TASK_COUNT and set(session.ran.values()) == {1}
+    (output,) = durable(["output", "reference", "--db", str(db)], cwd=folder)
+    outputs = json.loads(output)
+    assert len(outputs) == TASK_COUNT
+    assert outputs["join"]["n"] == 2 + DIAMONDS
+    return outputs
+
+
+# -- tests ------------------------------------------------------------------------
+
+LATE = math.ceil(0.95 * TASK_COUNT)
+
+
+def kill_moments() -> list[Any]:
+    moments = [
+        pytest.param("task_started", 1, id="early-first-start"),
+        pytest.param("task_succeeded", 1, id="early-first-success"),
+        pytest.param("task_succeeded", LATE, id="late-95pct"),
+    ]
+    for seed in (1, 2, 3):
+        target = random.Random(seed).randint(2, LATE - 1)
+        moments.append(pytest.param("task_succeeded", target, id=f"seed{seed}-at{target}"))
+    return moments
+
+
+@pytest.mark.parametrize(("kind", "target"), kill_moments())
+def test_kill_then_resume(
+    kind: str, target: int, workflow: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    db, run_id = tmp_path / "journal.db", "crash"
+    logs = [tmp_path / "log-0", tmp_path / "log-1"]
+
+    process = start(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    kill_when(process, db, run_id, kind, target)
+    before = committed_successes(db, run_id)
+    if kind == "task_succeeded":
+        assert len(before) >= target
+    assert len(before) < TASK_COUNT
+    assert_interrupted(run_id, db, tmp_path)
+
+    resume_to_end(run_id, db, tmp_path, logs[1])
+    assert_final(run_id, db, tmp_path, reference)
+    assert_sessions([Session(log) for log in logs], [before, committed_successes(db, run_id)])
+
+
+@pytest.mark.parametrize("seed", [7])
+def test_kill_a_resume_then_resume_again(
+    seed: int, workflow: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    db, run_id = tmp_path / "journal.db", "crash-twice"
+    logs = [tmp_path / f"log-{k}" for k in range(3)]
+    rng = random.Random(seed)
+
+    process = start(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    kill_when(process, db, run_id, "task_succeeded", rng.randint(20, TASK_COUNT // 3))
+    first = committed_successes(db, run_id)
+    assert_interrupted(run_id, db, tmp_path)
+
+    process = start(["resume", run_id, "--db", str(db)], tmp_path, logs[1])
+    target = len(first) + max(1, (LATE - len(first)) * rng.randint(3, 7) // 10)
+    kill_when(process, db, run_id, "task_succeeded", target)
+    second = committed_successes(db, run_id)
+    assert first < second
+    assert len(second) < TASK_COUNT
+    assert_interrupted(run_id, db, tmp_path)
+
+    resume_to_end(run_id, db, tmp_path, logs[2])
+    assert_final(run_id, db, tmp_path, reference)
+    assert_sessions(
+        [Session(log) for log in logs], [first, second, committed_successes(db, run_id)]
+    )
+
+
+def test_kill_while_commits_stall(
+    workflow: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """A slow journal (another writer, a slow disk) must not widen what a crash loses.
+
+    Another connection holds the journal's write lock, so durable's commits wait.
+    Tools keep returning meanwhile; if their slots were freed before their success
+    is committed, new tasks would start and the work at risk would grow past
+    `max_concurrency`. The test waits on the side-effect file for that to happen
+    (or for a second, about fifty tool calls' time, to prove it does not), then kills.
+    """
+    db, run_id = tmp_path / "journal.db", "stall"
+    logs = [tmp_path / "log-0", tmp_path / "log-1"]
+
+    process = start(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    # root and chain_000 are the only tasks without dependencies: after both commit,
+    # sixty fan-out tasks are ready at once.
+    wait_for(process, db, run_id, "task_succeeded", 2)
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=5)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        before = committed_successes(db, run_id)
+        deadline = time.monotonic() + 1.0  # well within durable's 5 s busy timeout
+        while time.monotonic() < deadline:
+            if len(set(Session(logs[0]).ran) - before) > CONCURRENCY:
+                break
+            time.sleep(POLL_SECONDS)
+        kill(process)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert committed_successes(db, run_id) == before
+    assert_interrupted(run_id, db, tmp_path)
+
+    resume_to_end(run_id, db, tmp_path, logs[1])
+    assert_final(run_id, db, tmp_path, reference)
+    assert_sessions([Session(log) for log in logs], [before, committed_successes(db, run_id)])

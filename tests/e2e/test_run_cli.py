@@ -1,0 +1,657 @@
+"""`durable run` and the commands that read a run back, driven as the real command.
+
+Every test writes its workflow into its own temporary folder, runs the command with
+that folder as the working directory and its own `--db`, and reads the outcome
+back through the CLI (`status --json`, `log --json`, ...) or, where it must wait
+for a moment mid-run, by polling the journal itself rather than sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+DURABLE = os.path.join(os.path.dirname(sys.executable), "durable")
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+TERMINAL_KINDS = {"task_succeeded", "task_failed", "task_cancelled", "task_retrying"}
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def durable(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the command to completion; never raises on a non-zero exit."""
+    return subprocess.run(
+        [DURABLE, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """Start the command in the background, its output piped."""
+    return subprocess.Popen(
+        [DURABLE, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def journal_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the journal directly; an empty list while it does not exist yet."""
+    if not db.exists():
+        return []
+    try:
+        connection = sqlite3.connect(db, timeout=5)
+        try:
+            return connection.execute(sql, params).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:  # not created yet, or locked for a moment
+        return []
+
+
+def wait_for_events(db: Path, run_id: str, kind: str, count: int, timeout: float = 20) -> None:
+    """Poll the journal until `count` events of `kind` exist for the run."""
+    deadline = time.monotonic() + timeout
+    sql = "SELECT count(*) FROM events WHERE run_id = ? AND kind = ?"
+    while time.monotonic() < deadline:
+        rows = journal_rows(db, sql, (run_id, kind))
+        if rows and rows[0][0] >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {count} {kind} event(s) for run {run_id} in {timeout}s")
+
+
+def kinds(db: Path, run_id: str) -> list[tuple[str | None, str]]:
+    return [
+        (task_id, kind)
+        for task_id, kind in journal_rows(
+            db, "SELECT task_id, kind FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+    ]
+
+
+def event_count(db: Path) -> int:
+    return journal_rows(db, "SELECT count(*) FROM events")[0][0]
+
+
+class Lines:
+    """A child's stdout, line by line, read by a thread so that every wait can time out.
+
+    (Selecting on the pipe and then calling `readline` is not enough: the text
+    wrapper may buffer several lines at once, and the next select never wakes.)
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def next(self, timeout: float = 20) -> str:
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output within {timeout}s") from None
+        assert line is not None, "the output ended"
+        return line
+
+    def rest(self, timeout: float = 20) -> str:
+        """Everything until the stream closes."""
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"output still open after {timeout}s"
+        lines = []
+        while (line := self._queue.get_nowait()) is not None:
+            lines.append(line)
+        return "".join(lines)
+
+
+def max_overlap(events: list[dict[str, Any]]) -> int:
+    """The most attempts running at once, from a run's JSON events in seq order."""
+    running = peak = 0
+    for event in events:
+        if event["kind"] == "task_started":
+            running += 1
+            peak = max(peak, running)
+        elif event["kind"] in TERMINAL_KINDS:
+            running -= 1
+    return peak
+
+
+# -- a run with a failure, read back every way --------------------------------
+
+MIXED = """
+name: mixed
+params: {greeting: hello, count: 2}
+tasks:
+  - id: ok
+    tool: echo
+    input: {greeting: "${params.greeting}", count: "${params.count}"}
+  - id: after_ok
+    tool: echo
+    input: {got: "${ok.output.greeting}"}
+  - id: broken
+    tool: shell
+    input: {command: ["sh", "-c", "echo oops >&2; exit 3"]}
+  - id: after_broken
+    tool: echo
+    input: {x: "${broken.output}"}
+  - id: far_after_broken
+    tool: echo
+    dependencies: [after_broken]
+    input: {}
+"""
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One failed run of MIXED with `--json`, shared by the read-back tests."""
+    folder = tmp_path_factory.mktemp("mixed")
+    workflow = write(folder, "mixed.yaml", MIXED)
+    db = folder / "journal.db"
+    result = durable(folder, "run", str(workflow), "--db", str(db), "--run-id", "mixed-1", "--json")
+    status = durable(folder, "status", "mixed-1", "--db", str(db), "--json")
+    return {"folder": folder, "db": db, "result": result, "status": status}
+
+
+def test_failed_task_exits_1_and_spares_the_independent_branch(mixed: dict[str, Any]) -> None:
+    result = mixed["result"]
+    assert result.returncode == 1, result.stderr
+    no_traceback(result)
+    status = as_json(mixed["status"])
+    states = {task_id: task["state"] for task_id, task in status["tasks"].items()}
+    assert states == {
+        "ok": "succeeded",
+        "after_ok": "succeeded",
+        "broken": "failed",
+        "after_broken": "upstream_failed",
+        "far_after_broken": "upstream_failed",
+    }
+    assert status["status"] == "failed"
+    assert "3" in status["tasks"]["broken"]["error"]
+
+
+def test_status_json_has_exactly_the_documented_shape(mixed: dict[str, Any]) -> None:
+    status = as_json(mixed["status"])
+    assert set(status) == {"run_id", "workflow", "status", "tasks"}
+    assert (status["run_id"], status["workflow"]) == ("mixed-1", "mixed")
+    for task in status["tasks"].values():
+        assert set(task) == {"state", "attempts", "started_at", "finished_at", "output", "error"}
+    ok = status["tasks"]["ok"]
+    assert ok["output"] == {"greeting": "hello", "count": 2}
+    assert ok["attempts"] == 1 and ok["error"] is None
+    assert ok["started_at"] <= ok["finished_at"]
+    assert status["tasks"]["far_after_broken"]["attempts"] == 0
+
+
+def test_status_text_names_the_run_and_the_error(mixed: dict[str, Any]) -> None:
+    result = durable(mixed["folder"], "status", "mixed-1", "--db", str(mixed["db"]))
+    assert result.returncode == 0, result.stderr
+    assert "mixed-1" in result.stdout.splitlines()[0]
+    broken = next(line for line in result.stdout.splitlines() if "broken" in line)
+    assert "failed" in broken and "3" in broken
+
+
+def test_run_json_prints_one_object_per_event(mixed: dict[str, Any]) -> None:
+    events = json_lines(mixed["result"].stdout)
+    assert all(event["run_id"] == "mixed-1" and "kind" in event for event in events)
+    assert events[0]["kind"] == "run_started"
+    assert events[-1]["kind"] == "run_finished"
+    assert events[-1]["status"] == "failed"
+    # The same transitions the journal holds, in the same order.
+    assert [(e.get("task_id"), e["kind"]) for e in events] == kinds(mixed["db"], "mixed-1")
+
+
+def test_log_plain_and_json(mixed: dict[str, Any]) -> None:
+    folder, db = mixed["folder"], str(mixed["db"])
+    journal = kinds(mixed["db"], "mixed-1")
+    plain = durable(folder, "log", "mixed-1", "--db", db)
+    assert plain.returncode == 0, plain.stderr
+    assert len(plain.stdout.splitlines()) == len(journal)
+    assert "broken failed" in plain.stdout
+
+    events = json_lines(durable(folder, "log", "mixed-1", "--db", db, "--json").stdout)
+    seqs = [event["seq"] for event in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert [(e.get("task_id"), e["kind"]) for e in events] == journal
+    assert all(event["run_id"] == "mixed-1" for event in events)
+
+
+def test_output_all_and_one(mixed: dict[str, Any]) -> None:
+    folder, db = mixed["folder"], str(mixed["db"])
+    outputs = as_json(durable(folder, "output", "mixed-1", "--db", db))
+    assert outputs == {"ok": {"greeting": "hello", "count": 2}, "after_ok": {"got": "hello"}}
+    one = as_json(durable(folder, "output", "mixed-1", "after_ok", "--db", db))
+    assert one == {"got": "hello"}
+
+
+# -- succeeding runs ------------------------------------------------------------
+
+SIMPLE = """
+name: simple
+params: {count: 2, word: hi}
+tasks:
+  - id: a
+    tool: echo
+    input: {count: "${params.count}", word: "${params.word}"}
+  - id: b
+    tool: echo
+    input: {twice: "${a.output.count} and ${a.output.word}"}
+"""
+
+
+def test_run_prints_run_id_first_and_runs_lists_oldest_first(tmp_path: Path) -> None:
+    workflow = write(tmp_path, "simple.yaml", SIMPLE)
+    db = tmp_path / "j.db"
+    first = durable(tmp_path, "run", str(workflow), "--db", str(db))
+    second = durable(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "second-run")
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    no_traceback(first)
+
+    runs = as_json(durable(tmp_path, "runs", "--db", str(db), "--json"))
+    assert isinstance(runs, list) and len(runs) == 2
+    for entry in runs:
+        assert {"run_id", "workflow", "status", "created_at", "counts"} <= set(entry)
+        assert entry["workflow"] == "simple"
+        assert entry["status"] == "succeeded"
+        assert entry["counts"] == {"succeeded": 2}
+    assert runs[1]["run_id"] == "second-run"
+    assert runs[0]["created_at"] <= runs[1]["created_at"]
+    assert runs[0]["run_id"] in first.stdout.splitlines()[0]
+    assert "second-run" in second.stdout.splitlines()[0]
+
+    # A run id already in the journal is refused, and nothing is written.
+    before = event_count(db)
+    again = durable(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "second-run")
+    assert again.returncode == 2
+    no_traceback(again)
+    assert "second-run" in again.stderr.splitlines()[0]
+    assert event_count(db) == before
+
+
+def test_param_override_coerces_numbers_only_where_the_default_is_one(tmp_path: Path) -> None:
+    workflow = write(tmp_path, "simple.yaml", SIMPLE)
+    db = str(tmp_path / "j.db")
+    result = durable(
+        tmp_path, "run", str(workflow), "--db", db, "--run-id", "p", "-p", "count=5", "-p", "word=7"
+    )
+    assert result.returncode == 0, result.stderr
+    assert as_json(durable(tmp_path, "output", "p", "--db", db)) == {
+        "a": {"count": 5, "word": "7"},
+        "b": {"twice": "5 and 7"},
+    }
+
+
+PROBE = '''
+from __future__ import annotations
+
+import asyncio
+
+import durable
+
+_running = 0
+_peak = 0
+
+
+@durable.tool
+async def probe(seconds: float) -> int:
+    """Sleep; return the most probes this process has seen running at once so far."""
+    global _running, _peak
+    _running += 1
+    _peak = max(_peak, _running)
+    await asyncio.sleep(seconds)
+    _running -= 1
+    return _peak
+'''
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Four independent async probes under `-j 2`, in a workflow that would allow eight."""
+    folder = tmp_path_factory.mktemp("wide")
+    write(folder, "tools.py", PROBE)
+    tasks = "".join(f"  - {{id: t{i}, tool: probe, input: {{seconds: 0.25}}}}\n" for i in range(4))
+    workflow = write(
+        folder, "wide.yaml", f"name: wide\nimports: [tools]\nmax_concurrency: 8\ntasks:\n{tasks}"
+    )
+    result = durable(
+        folder, "run", str(workflow), "--db", str(folder / "j.db"), "-j", "2", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    return {"events": json_lines(result.stdout)}
+
+
+def test_jobs_bounds_concurrency(wide: dict[str, Any]) -> None:
+    peaks = [e["output"] for e in wide["events"] if e["kind"] == "task_succeeded"]
+    assert len(peaks) == 4
+    assert max(peaks) == 2
+
+
+def test_journal_never_shows_more_running_than_jobs(wide: dict[str, Any]) -> None:
+    """The fold of the journal must not claim three attempts running under `-j 2`.
+
+    Fails today: the engine journals the next task's `task_started` before the
+    finished task's `task_succeeded` (it frees the slot first, then records).
+    """
+    assert max_overlap(wide["events"]) == 2
+
+
+def test_fail_fast_cancels_the_rest(tmp_path: Path) -> None:
+    workflow = write(
+        tmp_path,
+        "ff.yaml",
+        """
+name: ff
+tasks:
+  - {id: broken, tool: shell, input: {command: ["sh", "-c", "sleep 0.2; exit 1"]}}
+  - {id: slow, tool: sleep, input: {seconds: 30}}
+  - {id: after_slow, tool: echo, input: {x: "${slow.output}"}}
+""",
+    )
+    db = str(tmp_path / "j.db")
+    began = time.monotonic()
+    result = durable(tmp_path, "run", str(workflow), "--db", db, "--run-id", "ff", "--fail-fast")
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - began < 15
+    no_traceback(result)
+    status = as_json(durable(tmp_path, "status", "ff", "--db", db, "--json"))
+    assert status["status"] == "failed"
+    assert status["tasks"]["broken"]["state"] == "failed"
+    assert status["tasks"]["slow"]["state"] == "cancelled"
+    assert status["tasks"]["after_slow"]["state"] != "succeeded"
+
+
+def test_durable_db_environment_variable(tmp_path: Path) -> None:
+    workflow = write(tmp_path, "simple.yaml", SIMPLE)
+    db = tmp_path / "elsewhere" / "env.db"
+    env = {**os.environ, "DURABLE_DB": str(db)}
+    result = durable(tmp_path, "run", str(workflow), "--run-id", "env", env=env)
+    assert result.returncode == 0, result.stderr
+    assert db.exists()
+    assert not (tmp_path / ".durable").exists()
+    runs = as_json(durable(tmp_path, "runs", "--json", env=env))
+    assert [(entry["run_id"], entry["status"]) for entry in runs] == [("env", "succeeded")]
+
+
+# -- interruption and resume ----------------------------------------------------
+
+SLOW = """
+name: slow
+tasks:
+  - {id: quick, tool: echo, input: {n: 1}}
+  - {id: slow_1, tool: sleep, input: {seconds: 1.5, result: one}}
+  - {id: slow_2, tool: sleep, input: {seconds: 1.5, result: two}}
+  - {id: after, tool: echo, input: {got: ["${slow_1.output}", "${slow_2.output}"]}}
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_interrupts_resumably(tmp_path: Path, signum: signal.Signals) -> None:
+    workflow = write(tmp_path, "slow.yaml", SLOW)
+    db = tmp_path / "j.db"
+    process = start(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "sig")
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        lines = Lines(process.stdout)
+        # The run id comes first, while the run is still going.
+        assert "sig" in lines.next()
+        wait_for_events(db, "sig", "task_started", 3)
+        assert process.poll() is None
+        process.send_signal(signum)
+        process.wait(timeout=20)
+        out = lines.rest()
+        err = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in out + err
+    journal = kinds(db, "sig")
+    assert ("slow_1", "task_cancelled") in journal
+    assert ("slow_2", "task_cancelled") in journal
+    assert journal[-1] == (None, "run_interrupted")
+    assert not any(kind == "run_finished" for _, kind in journal)
+
+    runs = as_json(durable(tmp_path, "runs", "--db", str(db), "--json"))
+    assert runs[0]["status"] == "interrupted"
+    if signum != signal.SIGINT:
+        return  # the resume is the same whichever signal stopped the run
+
+    resumed = durable(tmp_path, "resume", "sig", "--db", str(db))
+    assert resumed.returncode == 0, resumed.stderr
+    status = as_json(durable(tmp_path, "status", "sig", "--db", str(db), "--json"))
+    assert status["status"] == "succeeded"
+    assert status["tasks"]["after"]["output"] == {"got": ["one", "two"]}
+    # `quick` succeeded before the signal: it never runs again.
+    assert kinds(db, "sig").count(("quick", "task_started")) == 1
+
+    before = event_count(db)
+    again = durable(tmp_path, "resume", "sig", "--db", str(db))
+    assert again.returncode == 0, again.stderr
+    assert "already succeeded" in again.stdout
+    assert event_count(db) == before
+
+
+TOOLS = '''
+from __future__ import annotations
+
+import os
+
+import durable
+
+
+@durable.tool
+def flaky(marker: str) -> dict:
+    """Fails until the marker file exists."""
+    if not os.path.exists(marker):
+        raise RuntimeError(f"no marker at {marker}")
+    return {"ok": True}
+'''
+
+RETRYING = """
+name: retrying
+imports: [tools]
+params: {marker: none}
+tasks:
+  - {id: steady, tool: echo, input: {n: 1}}
+  - id: flaky
+    tool: flaky
+    input: {marker: "${params.marker}"}
+    retries: 2
+    retry_delay: 0.05
+  - {id: after, tool: echo, input: {flaky: "${flaky.output}", steady: "${steady.output}"}}
+"""
+
+
+def test_retries_back_off_then_resume_reruns_only_what_failed(tmp_path: Path) -> None:
+    write(tmp_path, "tools.py", TOOLS)
+    workflow = write(tmp_path, "retrying.yaml", RETRYING)
+    marker = tmp_path / "marker"
+    db = str(tmp_path / "j.db")
+    result = durable(
+        tmp_path, "run", str(workflow), "--db", db, "--run-id", "r", "-p", f"marker={marker}"
+    )
+    assert result.returncode == 1, result.stderr
+    no_traceback(result)
+
+    events = json_lines(durable(tmp_path, "log", "r", "--db", db, "--json").stdout)
+    retrying = [e for e in events if e["kind"] == "task_retrying"]
+    assert [e["task_id"] for e in retrying] == ["flaky", "flaky"]
+    assert [e["delay"] for e in retrying] == pytest.approx([0.05, 0.1])
+    assert all("no marker" in e["error"] for e in retrying)
+    failed = [e for e in events if e["kind"] == "task_failed"]
+    assert [(e["task_id"], e["attempt"]) for e in failed] == [("flaky", 3)]
+    assert ("after", "task_upstream_failed") in [(e.get("task_id"), e["kind"]) for e in events]
+
+    marker.touch()
+    resumed = durable(tmp_path, "resume", "r", "--db", db, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    session = json_lines(resumed.stdout)
+    started = [e["task_id"] for e in session if e["kind"] == "task_started"]
+    assert sorted(started) == ["after", "flaky"]
+    assert session[-1]["kind"] == "run_finished" and session[-1]["status"] == "succeeded"
+    outputs = as_json(durable(tmp_path, "output", "r", "--db", db))
+    assert outputs["after"] == {"flaky": {"ok": True}, "steady": {"n": 1}}
+
+
+def test_log_follow_streams_until_the_run_finishes(tmp_path: Path) -> None:
+    """`--follow` prints events as they happen, and returns once the run has finished.
+
+    Task `b` waits for a file the test creates only after `--follow` has printed
+    `b`'s start: the follower is then provably streaming a live run.
+    """
+    workflow = write(
+        tmp_path,
+        "chain.yaml",
+        """
+name: chain
+tasks:
+  - {id: a, tool: echo, input: {n: 1}}
+  - id: b
+    tool: shell
+    dependencies: [a]
+    input: {command: ["sh", "-c", "while [ ! -e release ]; do sleep 0.02; done"]}
+  - {id: c, tool: echo, input: {b: "${b.output.returncode}"}}
+""",
+    )
+    db = tmp_path / "j.db"
+    run = start(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "follow")
+    follow: subprocess.Popen[str] | None = None
+    try:
+        wait_for_events(db, "follow", "run_started", 1)
+        follow = start(tmp_path, "log", "follow", "--db", str(db), "--follow", "--json")
+        assert follow.stdout is not None and follow.stderr is not None
+        lines = Lines(follow.stdout)
+        streamed = []
+        while not streamed or streamed[-1][:2] != ("b", "task_started"):
+            event = json.loads(lines.next())
+            streamed.append((event.get("task_id"), event["kind"], event["seq"]))
+        assert run.poll() is None
+        (tmp_path / "release").touch()
+        follow.wait(timeout=30)
+        out = lines.rest()
+        err = follow.stderr.read()
+        run.communicate(timeout=30)
+    finally:
+        for process in (run, follow):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert follow.returncode == 0, err
+    assert run.returncode == 0
+    events = [(e.get("task_id"), e["kind"], e["seq"]) for e in json_lines(out)]
+    events = streamed + events
+    assert events[0][1] == "run_started"
+    assert events[-1][1] == "run_finished"
+    assert ("c", "task_succeeded") in [event[:2] for event in events]
+    seqs = [event[2] for event in events]
+    assert seqs == sorted(set(seqs))
+    assert [event[:2] for event in events] == kinds(db, "follow")
+
+
+# -- the shipped examples ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both shipped examples (branching twice), run at once from a folder of their own."""
+    folder = tmp_path_factory.mktemp("examples")
+    runs = {
+        "research": ("research", ()),
+        "big": ("branching", ()),
+        "small": ("branching", ("-p", "size=50")),
+    }
+
+    def run(name: str) -> subprocess.CompletedProcess[str]:
+        example, params = runs[name]
+        workflow = str(EXAMPLES / example / "workflow.yaml")
+        db = str(folder / f"{name}.db")
+        return durable(folder, "run", workflow, *params, "--db", db, "--run-id", name, "--json")
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(runs, pool.map(run, runs), strict=True))
+    return {"folder": folder, "results": results}
+
+
+def outputs_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    no_traceback(result)
+    return {
+        e["task_id"]: e["output"]
+        for e in json_lines(result.stdout)
+        if e["kind"] == "task_succeeded"
+    }
+
+
+def test_research_example_runs(examples: dict[str, Any]) -> None:
+    outputs = outputs_of(examples["results"]["research"])
+    assert outputs["task_3"]["summary"].strip()
+    assert outputs["task_3"]["sources"]
+    assert outputs["task_3"]["note"] == "total is 42"
+    assert outputs["task_2"]["value"] == 42
+    assert isinstance(outputs["task_1"], list) and outputs["task_1"]
+    # `output RUN TASK` reads back what the run printed.
+    folder = examples["folder"]
+    db = str(folder / "research.db")
+    assert as_json(durable(folder, "output", "research", "task_3", "--db", db)) == outputs["task_3"]
+
+
+@pytest.mark.parametrize(
+    ("name", "taken", "skipped", "items"),
+    [("big", "big", "small", 120), ("small", "small", "big", 50)],
+    ids=["default", "size=50"],
+)
+def test_branching_example_takes_the_branch_of_its_size(
+    examples: dict[str, Any], name: str, taken: str, skipped: str, items: int
+) -> None:
+    result = examples["results"][name]
+    outputs = outputs_of(result)
+    events = json_lines(result.stdout)
+    assert (skipped, "task_skipped") in [(e.get("task_id"), e["kind"]) for e in events]
+    assert skipped not in outputs
+    assert outputs["report"]["branch"] == taken
+    assert outputs["report"]["items"] == items
+    assert f"cleanup done for run {name}" in outputs["cleanup"]["stdout"]

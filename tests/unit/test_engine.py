@@ -1,0 +1,916 @@
+"""engine.py, driven through `runner.arun`/`aresume` on a real SQLite journal.
+
+Every test runs a workflow end to end and then checks what it did twice: in the
+`RunResult` the live scheduler returned, and in the events read back from SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from durable import spec
+from durable.events import (
+    RunFinished,
+    RunResumed,
+    RunStarted,
+    TaskCancelled,
+    TaskRetrying,
+    TaskStarted,
+    TaskSucceeded,
+    kind_of,
+)
+from durable.executors import current_context, idempotency_key
+from durable.journal import Journal, RunRecord
+from durable.runner import RunResult, aresume, arun
+from durable.state import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    SKIPPED,
+    SUCCEEDED,
+    UPSTREAM_FAILED,
+    RunState,
+)
+from durable.tools import REGISTRY
+
+# -- tools (names unique to this file) ---------------------------------------------------
+
+
+class Gauge:
+    """Counts calls in progress and remembers the peak."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+
+    def enter(self) -> None:
+        self.current += 1
+        self.peak = max(self.peak, self.current)
+
+    def leave(self) -> None:
+        self.current -= 1
+
+
+GAUGES: dict[str, Gauge] = collections.defaultdict(Gauge)
+CALLS: collections.Counter[str] = collections.Counter()
+CONTEXTS: list[tuple[str, str, int, str]] = []
+FLAKY: dict[str, int] = {}  # task key -> how many more calls fail
+
+
+@pytest.fixture(autouse=True)
+def _reset_tool_state():
+    GAUGES.clear()
+    CALLS.clear()
+    CONTEXTS.clear()
+    FLAKY.clear()
+
+
+async def eng_gauged(gauges: list[str], hold: float = 0.05, value: Any = None) -> Any:
+    for name in gauges:
+        GAUGES[name].enter()
+    try:
+        await asyncio.sleep(hold)
+    finally:
+        for name in gauges:
+            GAUGES[name].leave()
+    return value
+
+
+async def eng_slowtool(hold: float = 0.05) -> str:
+    return await eng_gauged(["all", "slowtool"], hold, "slow")
+
+
+async def eng_othertool(hold: float = 0.05) -> str:
+    return await eng_gauged(["all", "othertool"], hold, "other")
+
+
+async def eng_counted(key: str, value: Any = None) -> Any:
+    """Counts its calls by key; fails while FLAKY[key] says so."""
+    CALLS[key] += 1
+    if FLAKY.get(key, 0) > 0:
+        FLAKY[key] -= 1
+        raise RuntimeError(f"flaky {key}")
+    return value
+
+
+async def eng_fail(message: str = "boom", after: float = 0.0) -> None:
+    if after:
+        await asyncio.sleep(after)
+    raise ValueError(message)
+
+
+async def eng_hang(seconds: float = 30.0) -> str:
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+async def eng_context(fail_until: int = 0) -> dict[str, Any]:
+    context = current_context()
+    CONTEXTS.append((context.run_id, context.task_id, context.attempt, context.idempotency_key))
+    if context.attempt < fail_until:
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return {"attempt": context.attempt}
+
+
+def eng_context_sync(fail_until: int = 0) -> dict[str, Any]:
+    """The same, in a worker thread: the context must travel with the call."""
+    context = current_context()
+    CONTEXTS.append((context.run_id, context.task_id, context.attempt, context.idempotency_key))
+    if context.attempt < fail_until:
+        raise RuntimeError(f"attempt {context.attempt} fails")
+    return {"attempt": context.attempt}
+
+
+async def eng_raises_timeout() -> None:
+    """A tool whose own I/O timed out (aiohttp, asyncio.wait_for, sockets raise this)."""
+    raise TimeoutError("upstream API did not answer")
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+async def eng_point() -> Point:
+    return Point(1, 2)
+
+
+async def eng_pair() -> tuple[int, int]:
+    return (1, 2)
+
+
+async def eng_unserialisable() -> object:
+    CALLS["unserialisable"] += 1
+    return object()
+
+
+for _tool in (
+    eng_point,
+    eng_pair,
+    eng_unserialisable,
+    eng_gauged,
+    eng_slowtool,
+    eng_othertool,
+    eng_counted,
+    eng_fail,
+    eng_hang,
+    eng_context,
+    eng_context_sync,
+    eng_raises_timeout,
+):
+    REGISTRY.add(_tool, name=_tool.__name__)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def workflow(tasks: list[dict[str, Any]], **fields: Any) -> spec.Workflow:
+    return spec.from_data({"name": "engine-test", "tasks": tasks, **fields})
+
+
+def run(
+    wf: spec.Workflow, db: Path, params: dict[str, Any] | None = None, **options: Any
+) -> RunResult:
+    return asyncio.run(arun(wf, params, db=db, durability="off", **options))
+
+
+def resume(run_id: str, db: Path, **options: Any) -> RunResult:
+    return asyncio.run(aresume(run_id, db=db, durability="off", **options))
+
+
+def journal_events(db: Path, run_id: str) -> list:
+    async def main():
+        journal = await Journal.open(db, create=False)
+        try:
+            return [event for _, event in await journal.events(run_id)]
+        finally:
+            await journal.close()
+
+    return asyncio.run(main())
+
+
+def assert_fold_matches(result: RunResult, db: Path) -> list:
+    """The fold of the journaled events is exactly the live state the run returned."""
+    events = journal_events(db, result.run_id)
+    folded = RunState.fold(result.tasks, events)
+    assert folded.tasks == result.tasks
+    assert folded.status == result.status
+    return events
+
+
+def kinds(events: list, task_id: str) -> list[str]:
+    return [kind_of(e) for e in events if getattr(e, "task_id", None) == task_id]
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "journal.db"
+
+
+# -- the fold equals the live state -------------------------------------------------------
+
+
+def test_fold_of_a_real_run_equals_the_live_state(db):
+    FLAKY["r"] = 1
+    wf = workflow(
+        [
+            {"id": "a", "tool": "echo", "input": {"n": 3, "items": [1, "two", None]}},
+            {
+                "id": "b",
+                "tool": "eng_counted",
+                "input": {"key": "r", "value": "${a.output.items}"},
+                "retries": 2,
+                "retry_delay": 0.01,
+            },
+            {"id": "c", "tool": "eng_fail"},
+            {"id": "d", "tool": "echo", "input": "${c.output}"},
+            {"id": "e", "tool": "echo", "when": "${a.output.n} > 5", "input": 1},
+            {"id": "f", "tool": "echo", "dependencies": ["e"], "input": 2},
+            {
+                "id": "g",
+                "tool": "echo",
+                "dependencies": ["b", "e"],
+                "trigger": "none_failed",
+                "input": {"b": "${b.output}", "e": "${e.output}"},
+            },
+        ]
+    )
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert {t: s.state for t, s in result.tasks.items()} == {
+        "a": SUCCEEDED,
+        "b": SUCCEEDED,
+        "c": FAILED,
+        "d": UPSTREAM_FAILED,
+        "e": SKIPPED,
+        "f": SKIPPED,
+        "g": SUCCEEDED,
+    }
+    assert result.tasks["b"].attempts == 2
+    assert result.outputs["g"] == {"b": [1, "two", None], "e": None}
+    events = assert_fold_matches(result, db)
+    assert isinstance(events[0], RunStarted)
+    assert events[-1] == RunFinished(at=events[-1].at, status=FAILED)
+    assert [e.at for e in events] == sorted(e.at for e in events)
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+
+def test_max_concurrency_is_reached_and_never_exceeded(db):
+    wf = workflow(
+        [{"id": f"t{i}", "tool": "eng_gauged", "input": {"gauges": ["all"]}} for i in range(40)]
+    )
+    result = run(wf, db, max_concurrency=5)
+    assert result.ok
+    assert GAUGES["all"].peak == 5
+
+
+def test_workflow_max_concurrency_is_the_default(db):
+    tasks = [
+        {"id": f"t{i}", "tool": "eng_gauged", "input": {"gauges": ["all"], "hold": 0.02}}
+        for i in range(12)
+    ]
+    result = run(workflow(tasks, max_concurrency=3), db)
+    assert result.ok
+    assert GAUGES["all"].peak == 3
+
+
+def test_per_tool_limit_holds_while_other_tools_run(db):
+    tasks = [{"id": f"s{i}", "tool": "eng_slowtool"} for i in range(10)]
+    tasks += [{"id": f"o{i}", "tool": "eng_othertool"} for i in range(10)]
+    wf = workflow(tasks, limits={"eng_slowtool": 2})
+    result = run(wf, db, max_concurrency=10)
+    assert result.ok
+    assert GAUGES["slowtool"].peak == 2
+    assert GAUGES["othertool"].peak >= 7  # the saturated tool does not block the others
+    assert GAUGES["all"].peak == 10
+    assert_fold_matches(result, db)
+
+
+def test_independent_tasks_run_in_parallel(db):
+    wf = workflow([{"id": f"t{i}", "tool": "sleep", "input": {"seconds": 0.2}} for i in range(50)])
+    start = time.monotonic()
+    result = run(wf, db, max_concurrency=50)
+    elapsed = time.monotonic() - start
+    assert result.ok
+    assert elapsed < 2.0, elapsed
+    started = [t.started_at for t in result.tasks.values()]
+    assert max(started) - min(started) < 0.5  # all started together, not in waves
+
+
+def test_a_slow_branch_does_not_delay_an_unrelated_one(db):
+    chain = [{"id": "c0", "tool": "echo", "input": 0}]
+    chain += [
+        {"id": f"c{i}", "tool": "echo", "input": f"${{c{i - 1}.output}}"} for i in range(1, 5)
+    ]
+    wf = workflow([{"id": "slow", "tool": "sleep", "input": {"seconds": 1.0}}, *chain])
+    result = run(wf, db)
+    assert result.ok
+    slow, last = result.tasks["slow"], result.tasks["c4"]
+    assert last.output == 0  # passed down the chain
+    assert last.finished_at < slow.finished_at - 0.5
+    assert last.finished_at - slow.started_at < 0.5
+
+
+# -- failure, retries, timeouts ------------------------------------------------------------
+
+
+def test_a_failure_is_isolated_to_its_dependents(db):
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail", "input": {"message": "no such thing"}},
+            {"id": "child", "tool": "echo", "input": "${bad.output}"},
+            {
+                "id": "grandchild",
+                "tool": "echo",
+                "dependencies": ["child"],
+                "trigger": "none_failed",
+            },
+            {"id": "good", "tool": "sleep", "input": {"seconds": 0.1, "result": "fine"}},
+            {"id": "after_good", "tool": "echo", "input": "${good.output}"},
+        ]
+    )
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert result.tasks["bad"].state == FAILED
+    assert result.tasks["bad"].error == "ValueError: no such thing"
+    assert result.tasks["child"].state == UPSTREAM_FAILED
+    assert result.tasks["grandchild"].state == UPSTREAM_FAILED
+    assert result.outputs["after_good"] == "fine"
+    events = assert_fold_matches(result, db)
+    assert kinds(events, "child") == ["task_upstream_failed"]
+
+
+def test_retries_count_tries_and_double_the_delay(db):
+    wf = workflow([{"id": "r", "tool": "eng_fail", "retries": 3, "retry_delay": 0.01}])
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert result.tasks["r"].attempts == 4
+    events = assert_fold_matches(result, db)
+    assert kinds(events, "r") == ["task_started", "task_retrying"] * 3 + [
+        "task_started",
+        "task_failed",
+    ]
+    retrying = [e for e in events if isinstance(e, TaskRetrying)]
+    assert [e.delay for e in retrying] == pytest.approx([0.01, 0.02, 0.04])
+    assert [e.attempt for e in retrying] == [1, 2, 3]
+    assert all(e.error == "ValueError: boom" for e in retrying)
+    started = [e for e in events if isinstance(e, TaskStarted)]
+    assert [e.attempt for e in started] == [1, 2, 3, 4]
+    for retry, next_start in zip(retrying, started[1:], strict=True):
+        assert next_start.at - retry.at >= retry.delay - 0.005  # the backoff was waited
+
+
+def test_a_retry_can_succeed(db):
+    FLAKY["x"] = 2
+    wf = workflow(
+        [
+            {
+                "id": "x",
+                "tool": "eng_counted",
+                "input": {"key": "x", "value": 7},
+                "retries": 5,
+                "retry_delay": 0.01,
+            }
+        ]
+    )
+    result = run(wf, db)
+    assert result.ok
+    assert result.outputs == {"x": 7}
+    assert result.tasks["x"].attempts == 3
+    assert result.tasks["x"].error is None
+    assert CALLS["x"] == 3
+
+
+def test_timeout_fails_the_task(db):
+    wf = workflow([{"id": "t", "tool": "eng_hang", "timeout": 0.1}])
+    start = time.monotonic()
+    result = run(wf, db)
+    assert time.monotonic() - start < 2
+    assert result.tasks["t"].state == FAILED
+    assert "timed out" in result.tasks["t"].error
+    assert result.tasks["t"].error == "timed out after 0.1s"
+
+
+def test_a_tool_that_raises_timeout_error_fails_only_its_task(db):
+    """BUG: a tool raising TimeoutError with no `timeout:` set crashes the whole run.
+
+    `Engine._call` treats every TimeoutError as its own `asyncio.timeout` firing and
+    formats `f"timed out after {plan.spec.timeout:g}s"` with timeout None, which raises
+    TypeError ("unsupported format string passed to NoneType.__format__") out of the
+    attempt: `arun` raises instead of failing the task. (With other tasks running
+    at that moment, `arun` hangs instead: see test_journal's close-after-append test.)
+    """
+    wf = workflow([{"id": "t", "tool": "eng_raises_timeout"}])
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert result.tasks["t"].state == FAILED
+    assert "TimeoutError" in result.tasks["t"].error
+
+
+def test_an_unserialisable_output_fails_without_retries(db):
+    wf = workflow(
+        [
+            {"id": "u", "tool": "eng_unserialisable", "retries": 3, "retry_delay": 0.01},
+            {"id": "after", "tool": "echo", "input": "${u.output}"},
+        ]
+    )
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert result.tasks["u"].state == FAILED
+    assert result.tasks["u"].error.startswith("output of type object is not serialisable")
+    assert CALLS["unserialisable"] == 1
+    assert result.tasks["after"].state == UPSTREAM_FAILED
+    assert_fold_matches(result, db)
+
+
+def test_dependents_see_the_output_as_committed(db):
+    """BUG: dependents are handed the tool's raw Python object, not what was committed.
+
+    `Engine._committed` puts `event.output` (e.g. a dataclass, a tuple) into the
+    scope, while the journal holds its msgpack form (a dict, a list) and a resume
+    hands *that* to dependents. So the same run decides differently live and after
+    a resume: live, `${a.output.x}` fails ("cannot read key 'x' of a Point") and
+    `${c.output} == [1, 2]` is false; after a resume both work. The live
+    `RunResult` also differs from the fold of the journal.
+    """
+    wf = workflow(
+        [
+            {"id": "a", "tool": "eng_point"},
+            {"id": "b", "tool": "echo", "input": "${a.output.x}"},
+            {"id": "c", "tool": "eng_pair"},
+            {"id": "d", "tool": "echo", "when": "${c.output} == [1, 2]", "input": "ran"},
+        ]
+    )
+    result = run(wf, db)
+    assert {t: s.state for t, s in result.tasks.items()} == {
+        "a": SUCCEEDED,
+        "b": SUCCEEDED,
+        "c": SUCCEEDED,
+        "d": SUCCEEDED,
+    }, {t: s.error or s.reason for t, s in result.tasks.items()}
+    assert result.outputs["b"] == 1
+    assert_fold_matches(result, db)
+
+
+def test_a_when_that_cannot_be_evaluated_fails_the_task(db):
+    wf = workflow(
+        [
+            {"id": "a", "tool": "echo", "input": "text"},
+            {"id": "b", "tool": "echo", "when": "${a.output.n} > 1", "input": 1},
+            {"id": "c", "tool": "echo", "dependencies": ["b"]},
+        ]
+    )
+    result = run(wf, db)
+    assert result.tasks["b"].state == FAILED
+    assert result.tasks["b"].error.startswith("when: ")
+    assert result.tasks["b"].attempts == 0
+    assert result.tasks["c"].state == UPSTREAM_FAILED
+    assert_fold_matches(result, db)
+
+
+def test_an_input_that_cannot_be_rendered_fails_without_retries(db):
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail"},
+            {
+                "id": "cleanup",
+                "tool": "eng_counted",
+                "trigger": "all_done",
+                "retries": 2,
+                "input": {"key": "cleanup", "value": "${bad.output}"},
+            },
+        ]
+    )
+    result = run(wf, db)
+    assert result.tasks["cleanup"].state == FAILED
+    assert result.tasks["cleanup"].error.startswith("input: ")
+    assert result.tasks["cleanup"].attempts == 1
+    assert CALLS["cleanup"] == 0
+
+
+# -- conditions and triggers -----------------------------------------------------------------
+
+
+def test_when_false_skips_and_skips_propagate_under_all_success(db):
+    wf = workflow(
+        [
+            {"id": "measure", "tool": "echo", "input": {"n": 50}},
+            {"id": "big", "tool": "echo", "when": "${measure.output.n} > 100", "input": "big"},
+            {"id": "small", "tool": "echo", "when": "${measure.output.n} <= 100", "input": "small"},
+            {"id": "after_big", "tool": "echo", "dependencies": ["big"]},
+            {"id": "after_after", "tool": "echo", "dependencies": ["after_big"]},
+            {
+                "id": "join",
+                "tool": "echo",
+                "dependencies": ["big", "small"],
+                "trigger": "none_failed",
+                "input": {"big": "${big.output}", "small": "${small.output}"},
+            },
+            {"id": "strict_join", "tool": "echo", "dependencies": ["big", "small"]},
+            {"id": "flagged", "tool": "echo", "when": "${params.enabled}", "input": 1},
+        ],
+        params={"enabled": False},
+    )
+    result = run(wf, db)
+    assert result.status == SUCCEEDED  # skipping is not failing
+    states = {t: s.state for t, s in result.tasks.items()}
+    assert states == {
+        "measure": SUCCEEDED,
+        "big": SKIPPED,
+        "small": SUCCEEDED,
+        "after_big": SKIPPED,
+        "after_after": SKIPPED,
+        "join": SUCCEEDED,
+        "strict_join": SKIPPED,
+        "flagged": SKIPPED,
+    }
+    assert result.tasks["big"].reason == "condition false: ${measure.output.n} > 100"
+    assert result.tasks["after_big"].reason == "upstream 'big' skipped"
+    assert result.tasks["after_after"].reason == "upstream 'after_big' skipped"
+    # a reference to a skipped task's output resolves to null
+    assert result.outputs["join"] == {"big": None, "small": "small"}
+    assert result.tasks["big"].attempts == 0
+    events = assert_fold_matches(result, db)
+    assert kinds(events, "big") == ["task_skipped"]
+
+
+def test_all_done_runs_after_a_failure_and_none_failed_does_not(db):
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail"},
+            {"id": "ok", "tool": "echo", "input": 1},
+            {
+                "id": "cleanup",
+                "tool": "echo",
+                "dependencies": ["bad", "ok"],
+                "trigger": "all_done",
+                "input": "${ok.output}",
+            },
+            {
+                "id": "report",
+                "tool": "echo",
+                "dependencies": ["bad", "ok"],
+                "trigger": "none_failed",
+            },
+            {"id": "after_cleanup", "tool": "echo", "dependencies": ["cleanup"]},
+        ]
+    )
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert result.tasks["cleanup"].state == SUCCEEDED
+    assert result.outputs["cleanup"] == 1
+    assert result.tasks["report"].state == UPSTREAM_FAILED
+    assert result.tasks["after_cleanup"].state == SUCCEEDED
+    assert_fold_matches(result, db)
+
+
+# -- fail-fast -------------------------------------------------------------------------------
+
+
+def test_fail_fast_cancels_running_tasks(db):
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail", "input": {"after": 0.05}},
+            {"id": "hang1", "tool": "eng_hang"},
+            {"id": "hang2", "tool": "eng_hang"},
+            {"id": "later", "tool": "echo", "dependencies": ["hang1"]},
+        ]
+    )
+    start = time.monotonic()
+    result = run(wf, db, fail_fast=True)
+    assert time.monotonic() - start < 3
+    assert result.status == FAILED
+    states = {t: s.state for t, s in result.tasks.items()}
+    assert states == {"bad": FAILED, "hang1": CANCELLED, "hang2": CANCELLED, "later": PENDING}
+    events = assert_fold_matches(result, db)
+    assert sorted(e.task_id for e in events if isinstance(e, TaskCancelled)) == ["hang1", "hang2"]
+
+
+def test_fail_fast_cancels_tasks_that_had_not_taken_a_step_yet(db):
+    """BUG: a task cancelled before its coroutine first ran is left `running` forever.
+
+    `bad` fails in its first step, before `hang1`/`hang2` (launched in the same
+    `_pump`) have run at all. `Engine._stop` cancels their asyncio tasks, but a
+    coroutine cancelled before it starts never enters `_attempt`'s `try`, so no
+    `task_cancelled` is emitted and no slot released: the run ends `failed` with
+    tasks still `running` in the result and in the journal. Interrupting at such a
+    moment (SIGINT) goes through the same `_stop` and would do the same.
+    """
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail"},
+            {"id": "hang1", "tool": "eng_hang"},
+            {"id": "hang2", "tool": "eng_hang"},
+        ]
+    )
+    result = run(wf, db, fail_fast=True)
+    assert result.status == FAILED
+    states = {t: s.state for t, s in result.tasks.items()}
+    assert states == {"bad": FAILED, "hang1": CANCELLED, "hang2": CANCELLED}
+    assert_fold_matches(result, db)
+
+
+def test_fail_fast_starts_nothing_after_the_failure(db):
+    """BUG: with fail_fast, the failing task's slot is refilled before the run stops.
+
+    `Engine._attempt` calls `_release` (which `_pump`s a waiting task into the freed
+    slot) before `_failed` -> `_stop("fail_fast")`, so `queued` gets a `task_started`
+    (and is then cancelled before it runs, see above) although the failure was
+    already known.
+    """
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail", "input": {"after": 0.05}},
+            {"id": "hang", "tool": "eng_hang"},
+            {"id": "queued", "tool": "eng_hang"},
+        ]
+    )
+    result = run(wf, db, fail_fast=True, max_concurrency=2)
+    events = journal_events(db, result.run_id)
+    assert kinds(events, "queued") == []
+    assert result.tasks["queued"].state == PENDING
+
+
+def test_without_fail_fast_the_rest_keeps_running(db):
+    wf = workflow(
+        [
+            {"id": "bad", "tool": "eng_fail"},
+            {"id": "slow", "tool": "sleep", "input": {"seconds": 0.2, "result": 1}},
+        ]
+    )
+    result = run(wf, db)
+    assert result.status == FAILED
+    assert result.tasks["slow"].state == SUCCEEDED
+
+
+# -- the durability barrier -----------------------------------------------------------------
+
+
+def test_dependents_start_only_after_the_dependency_is_committed(db, monkeypatch):
+    batches: list[list[tuple[str | None, str]]] = []
+    original = Journal._write
+
+    def recording_write(self, rows):
+        original(self, rows)
+        # rows are (run_id, task_id, attempt, kind, at, data); recorded once committed
+        batches.append([(row[1], row[3]) for row in rows])
+
+    monkeypatch.setattr(Journal, "_write", recording_write)
+
+    tasks = [{"id": "root", "tool": "echo", "input": {"v": 1}}]
+    tasks += [
+        {"id": f"fan{i}", "tool": "echo", "input": {"i": i, "v": "${root.output.v}"}}
+        for i in range(20)
+    ]
+    tasks += [{"id": "join", "tool": "echo", "dependencies": [f"fan{i}" for i in range(20)]}]
+    tasks += [{"id": "tail", "tool": "echo", "input": "${join.output}"}]
+    tasks += [
+        {"id": f"solo{i}", "tool": "eng_gauged", "input": {"gauges": [], "hold": 0.001}}
+        for i in range(20)
+    ]
+    result = run(workflow(tasks), db, max_concurrency=64)
+    assert result.ok
+
+    batch_of: dict[tuple[str | None, str], int] = {}
+    for number, batch in enumerate(batches):
+        for key in batch:
+            batch_of.setdefault(key, number)
+    deps = {"join": [f"fan{i}" for i in range(20)], "tail": ["join"]}
+    deps |= {f"fan{i}": ["root"] for i in range(20)}
+    for task_id, its_deps in deps.items():
+        for dep in its_deps:
+            assert batch_of[(task_id, "task_started")] > batch_of[(dep, "task_succeeded")], (
+                task_id,
+                dep,
+            )
+    # group commit under load: far fewer commits than events
+    assert len(batches) < sum(len(batch) for batch in batches) / 2
+
+
+# -- resume --------------------------------------------------------------------------------
+
+
+def test_resume_after_a_failure_reruns_only_what_did_not_succeed(db):
+    FLAKY["b"] = 1
+    wf = workflow(
+        [
+            {"id": "a", "tool": "eng_counted", "input": {"key": "a", "value": {"x": 1}}},
+            {"id": "b", "tool": "eng_counted", "input": {"key": "b", "value": "${a.output.x}"}},
+            {"id": "c", "tool": "eng_counted", "input": {"key": "c", "value": "${b.output}"}},
+            {"id": "d", "tool": "eng_counted", "input": {"key": "d"}},
+            {"id": "e", "tool": "eng_counted", "when": "${a.output.x} > 5", "input": {"key": "e"}},
+        ]
+    )
+    first = run(wf, db)
+    assert first.status == FAILED
+    assert first.tasks["c"].state == UPSTREAM_FAILED
+    assert dict(CALLS) == {"a": 1, "b": 1, "d": 1}
+
+    second = resume(first.run_id, db)
+    assert second.status == SUCCEEDED
+    assert dict(CALLS) == {
+        "a": 1,
+        "b": 2,
+        "c": 1,
+        "d": 1,
+    }  # a and d were not run again, e stayed skipped
+    assert second.outputs["c"] == 1
+    assert second.tasks["b"].attempts == 2  # attempt numbers go on across sessions
+    assert second.tasks["e"].state == SKIPPED
+
+    events = assert_fold_matches(second, db)
+    assert sum(isinstance(e, RunResumed) for e in events) == 1
+    assert kinds(events, "a") == ["task_started", "task_succeeded"]
+
+    third = resume(first.run_id, db)
+    assert third.already_finished
+    assert dict(CALLS) == {"a": 1, "b": 2, "c": 1, "d": 1}
+
+
+def test_resume_when_a_kept_task_depends_on_a_rerun_one(db):
+    """BUG: resume crashes with KeyError when a kept task depends on a task that reruns.
+
+    `cleanup` (trigger all_done) succeeded after `report` failed. On resume `report`
+    runs again; when its success commits, `Engine._committed` does
+    `remaining[dependent] -= 1` for every dependent, but `Engine._start` only filled
+    `_remaining` for tasks that are not kept, so `remaining['cleanup']` raises
+    KeyError, `_crash` ends the session and `aresume` raises KeyError('cleanup').
+    This is the shape of examples/branching (report -> cleanup: all_done).
+    """
+    FLAKY["report"] = 1
+    wf = workflow(
+        [
+            {"id": "report", "tool": "eng_counted", "input": {"key": "report", "value": 1}},
+            {
+                "id": "cleanup",
+                "tool": "eng_counted",
+                "dependencies": ["report"],
+                "trigger": "all_done",
+                "input": {"key": "cleanup"},
+            },
+        ]
+    )
+    first = run(wf, db)
+    assert {t: s.state for t, s in first.tasks.items()} == {"report": FAILED, "cleanup": SUCCEEDED}
+    second = resume(first.run_id, db)
+    assert second.status == SUCCEEDED
+    assert dict(CALLS) == {"report": 2, "cleanup": 1}
+
+
+def test_resume_after_a_crash_reruns_the_task_that_was_running(db):
+    """A journal left by a process that died while `b` ran: `b` runs again, `a` does not."""
+    wf = workflow(
+        [
+            {"id": "a", "tool": "eng_counted", "input": {"key": "a", "value": 5}},
+            {"id": "b", "tool": "eng_counted", "input": {"key": "b", "value": "${a.output}"}},
+            {"id": "c", "tool": "eng_counted", "input": {"key": "c", "value": "${b.output}"}},
+        ]
+    )
+
+    async def write_crashed_run():
+        journal = await Journal.open(db, durability="off")
+        journal.start()
+        await journal.create_run(
+            RunRecord(
+                run_id="crashed",
+                workflow=wf.name,
+                spec=spec.encode(wf),
+                spec_hash=spec.spec_hash(wf),
+                params={},
+                base_dir=str(db.parent),
+                created_at=time.time(),
+            )
+        )
+        for event in [
+            RunStarted(at=1.0),
+            TaskStarted(task_id="a", attempt=1, at=2.0),
+            TaskSucceeded(task_id="a", attempt=1, at=3.0, output=5),
+            TaskStarted(task_id="b", attempt=1, at=4.0),
+        ]:
+            journal.append("crashed", event)
+        await journal.flush()
+        await journal.close()
+
+    asyncio.run(write_crashed_run())
+    result = resume("crashed", db)
+    assert result.status == SUCCEEDED
+    assert dict(CALLS) == {"b": 1, "c": 1}
+    assert result.outputs == {"a": 5, "b": 5, "c": 5}
+    assert result.tasks["b"].attempts == 2  # the lost attempt still counts
+    assert result.tasks["a"].finished_at == 3.0
+    assert_fold_matches(result, db)
+
+
+def test_idempotency_key_is_stable_across_attempts_and_resumes(db):
+    wf = workflow(
+        [
+            {
+                "id": "async_one",
+                "tool": "eng_context",
+                "input": {"fail_until": 3},
+                "retries": 1,
+                "retry_delay": 0.01,
+            },
+            {
+                "id": "sync_one",
+                "tool": "eng_context_sync",
+                "input": {"fail_until": 3},
+                "retries": 1,
+                "retry_delay": 0.01,
+            },
+        ]
+    )
+    first = run(wf, db)
+    assert first.status == FAILED
+    second = resume(first.run_id, db)
+    assert second.ok
+    for task_id in ("async_one", "sync_one"):
+        seen = [c for c in CONTEXTS if c[1] == task_id]
+        assert [c[2] for c in seen] == [1, 2, 3]
+        assert {c[0] for c in seen} == {first.run_id}
+        assert {c[3] for c in seen} == {idempotency_key(first.run_id, task_id)}
+        assert second.outputs[task_id] == {"attempt": 3}
+    keys = {c[3] for c in CONTEXTS}
+    assert len(keys) == 2  # one per task, different between tasks
+    with pytest.raises(RuntimeError):
+        current_context()  # outside of a tool call
+
+
+# -- property: random DAGs ---------------------------------------------------------------------
+
+
+@st.composite
+def random_dags(draw):
+    count = draw(st.integers(1, 8))
+    tasks = []
+    for i in range(count):
+        deps = draw(st.lists(st.integers(0, i - 1), unique=True, max_size=3)) if i else []
+        behaviour = draw(st.sampled_from(["ok", "ok", "ok", "fail", "skip"]))
+        task: dict[str, Any] = {"id": f"t{i}", "dependencies": [f"t{d}" for d in deps]}
+        if behaviour == "fail":
+            task["tool"] = "eng_fail"
+        else:
+            task |= {"tool": "eng_gauged", "input": {"gauges": [], "hold": 0.001, "value": i}}
+        if behaviour == "skip":
+            task["when"] = "false"
+        task["trigger"] = draw(
+            st.sampled_from(["all_success", "all_success", "none_failed", "all_done"])
+        )
+        tasks.append(task)
+    return tasks
+
+
+def _expected_states(tasks: list[dict[str, Any]]) -> dict[str, str]:
+    """What the design says each task ends as (tasks are in topological order)."""
+    states: dict[str, str] = {}
+    for task in tasks:
+        dep_states = [states[d] for d in task["dependencies"]]
+        trigger = task["trigger"]
+        if trigger != "all_done" and any(s in (FAILED, UPSTREAM_FAILED) for s in dep_states):
+            states[task["id"]] = UPSTREAM_FAILED
+        elif (trigger == "all_success" and SKIPPED in dep_states) or task.get("when") == "false":
+            states[task["id"]] = SKIPPED
+        else:
+            states[task["id"]] = FAILED if task["tool"] == "eng_fail" else SUCCEEDED
+    return states
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(random_dags())
+def test_random_dags_end_as_designed(tmp_path, tasks):
+    db = tmp_path / f"journal-{time.monotonic_ns()}.db"
+    result = run(workflow(tasks), db, max_concurrency=3)
+    expected = _expected_states(tasks)
+    assert {t: s.state for t, s in result.tasks.items()} == expected
+    assert result.status == (
+        SUCCEEDED if all(s in (SUCCEEDED, SKIPPED) for s in expected.values()) else FAILED
+    )
+    events = assert_fold_matches(result, db)
+    # each dependent started only after every dependency reached a final state
+    finished_seq = {}
+    for seq, event in enumerate(events):
+        if kind_of(event) in {
+            "task_succeeded",
+            "task_failed",
+            "task_skipped",
+            "task_upstream_failed",
+        }:
+            finished_seq[event.task_id] = seq
+    for seq, event in enumerate(events):
+        if isinstance(event, TaskStarted):
+            task = next(t for t in tasks if t["id"] == event.task_id)
+            assert all(finished_seq[d] < seq for d in task["dependencies"])

@@ -1,0 +1,644 @@
+"""journal.py: schema, append-only history, refusing foreign files, group commit, run lock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from durable.errors import JournalError, RunExists, RunLocked, RunNotFound
+from durable.events import (
+    RunFinished,
+    RunStarted,
+    TaskFailed,
+    TaskRetrying,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
+from durable.journal import SCHEMA_VERSION, Journal, RunLock, RunRecord
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(run_id: str = "run-1", created_at: float = 1.0) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        workflow="wf",
+        spec=b'{"name":"wf","tasks":[]}',
+        spec_hash="abc",
+        params={"n": 1, "tags": ["x"]},
+        base_dir="/somewhere",
+        created_at=created_at,
+    )
+
+
+def sample_events(count: int) -> list:
+    """`count` events of varied kinds (not a legal history: the journal does not care)."""
+    makers = [
+        lambda i: TaskStarted(task_id=f"t{i}", attempt=1, at=float(i)),
+        lambda i: TaskSucceeded(
+            task_id=f"t{i}", attempt=1, at=float(i), output={"i": i, "l": [i, None]}
+        ),
+        lambda i: TaskRetrying(task_id=f"t{i}", attempt=2, at=float(i), error=f"E{i}", delay=0.25),
+        lambda i: TaskFailed(task_id=f"t{i}", attempt=3, at=float(i), error="boom"),
+        lambda i: TaskSkipped(task_id=f"t{i}", at=float(i), reason="why"),
+        lambda i: RunFinished(at=float(i), status="failed"),
+    ]
+    return [makers[i % len(makers)](i) for i in range(count)]
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file in the folder with its bytes: a refused file must leave all of it alone."""
+    return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir()) if p.is_file()}
+
+
+async def open_journal(path: Path, **options) -> Journal:
+    journal = await Journal.open(path, durability="off", **options)
+    journal.start()
+    return journal
+
+
+# -- schema ------------------------------------------------------------------------
+
+
+def test_schema_and_user_version(tmp_path):
+    path = tmp_path / "sub" / "journal.db"
+
+    async def main():
+        journal = await open_journal(path)
+        await journal.close()
+
+    asyncio.run(main())
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        objects = {
+            (kind, name)
+            for kind, name in connection.execute(
+                "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            )
+        }
+        assert objects == {
+            ("table", "runs"),
+            ("table", "events"),
+            ("index", "events_by_run"),
+            ("trigger", "runs_append_only_update"),
+            ("trigger", "runs_append_only_delete"),
+            ("trigger", "runs_append_only_replace"),
+            ("trigger", "events_append_only_replace"),
+            ("trigger", "events_append_only_update"),
+            ("trigger", "events_append_only_delete"),
+        }
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(events)")]
+        assert columns == ["seq", "run_id", "task_id", "attempt", "kind", "at", "data"]
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(runs)")]
+        assert columns[:2] == ["run_id", "workflow"]
+        assert {"spec", "spec_hash", "params", "created_at"} <= set(columns)
+    finally:
+        connection.close()
+
+
+def test_reopening_a_journal_keeps_its_data(tmp_path):
+    path = tmp_path / "journal.db"
+
+    async def main():
+        journal = await open_journal(path)
+        await journal.create_run(record())
+        journal.append("run-1", RunStarted(at=1.0))
+        await journal.flush()
+        await journal.close()
+        journal = await open_journal(path, create=False)
+        try:
+            assert [run.run_id for run in await journal.list_runs()] == ["run-1"]
+            assert await journal.events("run-1") == [(1, RunStarted(at=1.0))]
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_an_empty_file_becomes_a_journal(tmp_path):
+    path = tmp_path / "journal.db"
+    path.touch()
+
+    async def main():
+        journal = await open_journal(path)
+        await journal.close()
+
+    asyncio.run(main())
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+# -- append-only -------------------------------------------------------------------
+
+
+@pytest.fixture
+def filled_journal(tmp_path) -> Path:
+    path = tmp_path / "journal.db"
+
+    async def main():
+        journal = await open_journal(path)
+        await journal.create_run(record())
+        for event in sample_events(3):
+            journal.append("run-1", event)
+        await journal.flush()
+        await journal.close()
+
+    asyncio.run(main())
+    return path
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE events SET kind = 'task_succeeded' WHERE seq = 1",
+        "UPDATE events SET data = NULL",
+        "DELETE FROM events WHERE seq = 2",
+        "DELETE FROM events",
+        "UPDATE runs SET workflow = 'other'",
+        "DELETE FROM runs",
+    ],
+)
+def test_history_cannot_be_rewritten(filled_journal, sql):
+    connection = sqlite3.connect(filled_journal)
+    try:
+        before_events = connection.execute("SELECT * FROM events ORDER BY seq").fetchall()
+        before_runs = connection.execute("SELECT * FROM runs").fetchall()
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            connection.execute(sql)
+        connection.commit()
+        assert connection.execute("SELECT * FROM events ORDER BY seq").fetchall() == before_events
+        assert connection.execute("SELECT * FROM runs").fetchall() == before_runs
+        assert len(before_events) == 3
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT OR REPLACE INTO events (seq, run_id, task_id, attempt, kind, at, data)"
+        " VALUES (1, 'run-1', 't0', 9, 'task_succeeded', 0.0, NULL)",
+        "REPLACE INTO runs (run_id, workflow, spec, spec_hash, params, base_dir, created_at)"
+        " VALUES ('run-1', 'forged', x'7b7d', 'h', x'7b7d', '/', 0.0)",
+    ],
+    ids=["events", "runs"],
+)
+def test_insert_or_replace_cannot_rewrite_history(filled_journal, sql):
+    """BUG: `INSERT OR REPLACE` rewrites an existing row of either table.
+
+    REPLACE deletes the conflicting row without firing DELETE triggers (SQLite fires
+    them only with `recursive_triggers` on), so the append-only triggers never see it.
+    """
+    connection = sqlite3.connect(filled_journal)
+    try:
+        before_events = connection.execute("SELECT * FROM events ORDER BY seq").fetchall()
+        before_runs = connection.execute("SELECT * FROM runs").fetchall()
+        try:
+            connection.execute(sql)
+            connection.commit()
+        except sqlite3.DatabaseError as exc:
+            assert "append-only" in str(exc)
+        assert connection.execute("SELECT * FROM events ORDER BY seq").fetchall() == before_events
+        assert connection.execute("SELECT * FROM runs").fetchall() == before_runs
+    finally:
+        connection.close()
+
+
+def test_update_is_refused_through_the_journal_too(filled_journal):
+    async def main():
+        journal = await open_journal(filled_journal, create=False)
+        try:
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                await journal.execute("UPDATE events SET at = 0")
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                await journal.execute("DELETE FROM runs WHERE run_id = ?", ["run-1"])
+            assert len(await journal.events("run-1")) == 3
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+# -- refusing what is not ours -----------------------------------------------------
+
+
+def _refused(path: Path, match: str, **options) -> None:
+    before = snapshot(path)
+    mtime = path.stat().st_mtime_ns
+
+    async def main():
+        with pytest.raises(JournalError, match=match) as info:
+            await Journal.open(path, **options)
+        return info.value
+
+    error = asyncio.run(main())
+    assert str(path) in error.message
+    assert snapshot(path) == before, "a refused file (or its folder) was modified"
+    assert path.stat().st_mtime_ns == mtime
+    assert not Path(f"{path}-wal").exists()
+    assert not Path(f"{path}-shm").exists()
+    assert not Path(f"{path}-journal").exists()
+    assert not Path(f"{path}.locks").exists()
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_file_that_is_not_sqlite_is_left_untouched(tmp_path, create):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are my notes, not a database\n" * 200 + bytes(range(256)))
+    _refused(path, "not a SQLite database", create=create)
+
+
+def test_a_file_with_a_truncated_sqlite_header_is_refused(tmp_path):
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 10)
+    _refused(path, "journal")
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_another_programs_sqlite_database_is_left_untouched(tmp_path, create):
+    path = tmp_path / "app.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    connection.execute("INSERT INTO notes (body) VALUES ('keep me')")
+    connection.commit()
+    connection.close()
+    _refused(path, "another program", create=create)
+    assert sqlite3.connect(path).execute("SELECT body FROM notes").fetchall() == [("keep me",)]
+
+
+@pytest.mark.parametrize("user_version", [0, 999], ids=["foreign", "newer"])
+def test_a_refused_wal_mode_database_gets_no_side_files(tmp_path, user_version):
+    """BUG (minor): refusing a WAL-mode SQLite file leaves `-wal`/`-shm` beside it.
+
+    `check_file` probes with a stdlib `mode=ro` connection; on a WAL database that
+    connection creates `<db>-wal` and `<db>-shm` and, being read-only, cannot remove
+    them. A newer durable's journal is always WAL, so it always gets them.
+    (`immutable=1`, or reading the header's user_version at offset 60, would not.)
+    """
+    path = tmp_path / "app.db"
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("CREATE TABLE notes (body TEXT)")
+    connection.execute(f"PRAGMA user_version = {user_version}")
+    connection.commit()
+    connection.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["app.db"]
+    _refused(path, "another program" if user_version == 0 else "newer")
+
+
+@pytest.mark.parametrize("with_tables", [True, False])
+def test_a_newer_schema_is_left_untouched(tmp_path, with_tables):
+    path = tmp_path / "journal.db"
+    connection = sqlite3.connect(path)
+    if with_tables:
+        connection.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, future TEXT)")
+    connection.execute("PRAGMA user_version = 999")
+    connection.commit()
+    connection.close()
+    _refused(path, "newer")
+
+
+def test_a_directory_is_refused(tmp_path):
+    path = tmp_path / "adir"
+    path.mkdir()
+    (path / "inside").write_text("x")
+
+    async def main():
+        with pytest.raises(JournalError):
+            await Journal.open(path)
+
+    asyncio.run(main())
+    assert [p.name for p in path.iterdir()] == ["inside"]
+
+
+@pytest.mark.parametrize("where", ["missing.db", "no/such/folder/journal.db"])
+def test_create_false_on_a_missing_path_creates_nothing(tmp_path, where):
+    path = tmp_path / where
+
+    async def main():
+        with pytest.raises(JournalError, match="no journal here"):
+            await Journal.open(path, create=False)
+
+    asyncio.run(main())
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- writing and reading -----------------------------------------------------------
+
+
+def test_group_commit_of_a_burst(tmp_path):
+    """1000 appends without awaiting: all committed by one flush, in far fewer commits."""
+    events = sample_events(1000)
+
+    async def main():
+        journal = await open_journal(tmp_path / "journal.db")
+        try:
+            await journal.create_run(record())
+            futures = [journal.append("run-1", event) for event in events]
+            await journal.flush()
+            assert all(future.done() and future.exception() is None for future in futures)
+            assert journal.events_written == 1000
+            assert journal.commits <= 5, journal.commits
+            return await journal.events("run-1")
+        finally:
+            await journal.close()
+
+    read = asyncio.run(main())
+    assert [event for _, event in read] == events
+    assert [seq for seq, _ in read] == list(range(1, 1001))
+
+
+def test_group_commit_under_concurrent_writers(tmp_path):
+    """Writers that each wait for their own commit share commits with each other."""
+
+    async def writer(journal: Journal, number: int) -> None:
+        for step in range(10):
+            await journal.append(
+                "run-1", TaskStarted(task_id=f"w{number}", attempt=step, at=float(step))
+            )
+
+    async def main():
+        journal = await open_journal(tmp_path / "journal.db")
+        try:
+            await asyncio.gather(*(writer(journal, n) for n in range(100)))
+            assert journal.events_written == 1000
+            assert journal.commits < 100, journal.commits
+            read = await journal.events("run-1")
+        finally:
+            await journal.close()
+        assert len(read) == 1000
+        for n in range(100):
+            mine = [e.attempt for _, e in read if e.task_id == f"w{n}"]
+            assert mine == list(range(10))  # each writer's events in its order
+
+    asyncio.run(main())
+
+
+def test_a_lone_append_resolves_when_committed(tmp_path):
+    path = tmp_path / "journal.db"
+
+    async def main():
+        journal = await open_journal(path)
+        try:
+            await journal.append("run-1", RunStarted(at=1.0))
+            # visible to another connection at once: it is committed, not just queued
+            other = sqlite3.connect(path)
+            try:
+                assert other.execute("SELECT kind FROM events").fetchall() == [("run_started",)]
+            finally:
+                other.close()
+            assert journal.commits == 1
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_appends_before_start_are_queued(tmp_path):
+    async def main():
+        journal = await Journal.open(tmp_path / "journal.db", durability="off")
+        try:
+            future = journal.append("run-1", RunStarted(at=1.0))
+            await asyncio.sleep(0.01)
+            assert not future.done()
+            journal.start()
+            await future
+            assert len(await journal.events("run-1")) == 1
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_flush_waits_for_a_batch_already_being_written(tmp_path):
+    """BUG: `flush()` returns at once while the writer is committing a batch.
+
+    `flush` only awaits `self._batch`, the *queued* batch; once the writer has taken
+    the queue (`_batch` is None) the in-flight batch is not waited for, so "everything
+    appended so far is committed" does not hold when flush returns.
+    """
+    path = tmp_path / "journal.db"
+
+    async def main():
+        journal = await open_journal(path)
+        try:
+            future = journal.append("run-1", RunStarted(at=1.0))
+            await asyncio.sleep(0)  # the writer takes the batch and starts writing it
+            await journal.flush()
+            assert future.done(), "flush returned before the appended event was committed"
+            assert journal.events_written == 1
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_close_commits_what_is_queued_even_without_a_writer(tmp_path):
+    """BUG: appends made before `start()` are dropped by `close()`.
+
+    `start()` promises "Appends before this are queued, not lost" and `close()` to
+    "Commit what is queued", but `close()` only drains a started writer.
+    """
+    path = tmp_path / "journal.db"
+
+    async def main():
+        journal = await Journal.open(path, durability="off")
+        future = journal.append("run-1", RunStarted(at=1.0))
+        await journal.close()
+        assert future.done()
+
+    asyncio.run(main())
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM events").fetchone()[0] == 1
+
+
+CLOSE_RIGHT_AFTER_APPEND = """
+import asyncio, sys
+from durable.journal import Journal
+from durable.events import RunStarted
+
+async def main():
+    journal = await Journal.open(sys.argv[1], durability="off")
+    journal.start()
+    await asyncio.sleep(0.05)            # the writer is idle, waiting for work
+    journal.append("run-1", RunStarted(at=1.0))
+    await journal.close()                # must commit it and return
+    print("closed", journal.events_written)
+
+asyncio.run(main())
+"""
+
+
+def test_close_right_after_an_append_does_not_hang(tmp_path):
+    """BUG: `append()` then `close()` in the same step hangs forever.
+
+    The writer wakes once for both (the append and close set the same Event), writes
+    the batch, clears nothing new, and waits on `_wakeup` again: `close()` had already
+    set and it was cleared, so `await self._writer` never returns. The engine hits this
+    when a run crashes (`Engine.run` raises without flushing) while tasks were being
+    cancelled: `arun`'s `finally: await journal.close()` never returns.
+    """
+    path = tmp_path / "journal.db"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", CLOSE_RIGHT_AFTER_APPEND, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=6,
+            cwd=REPO,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("Journal.close() hung after an append it had not yet written")
+    assert done.stdout.strip() == "closed 1", done.stderr
+
+
+def test_events_read_back_equal_events_written_and_after(tmp_path):
+    events = sample_events(30)
+
+    async def main():
+        journal = await open_journal(tmp_path / "journal.db")
+        try:
+            await journal.create_run(record("a"))
+            await journal.create_run(record("b", created_at=0.5))
+            for event in events:
+                journal.append("a", event)
+                journal.append("b", RunStarted(at=event.at))
+            await journal.flush()
+            read_a = await journal.events("a")
+            assert [e for _, e in read_a] == events
+            tail = await journal.events("a", after=read_a[19][0])
+            assert [e for _, e in tail] == events[20:]
+            assert len(await journal.events("b")) == 30
+            assert await journal.events("nobody") == []
+            streamed = [item async for item in journal.read_events("a")]
+            assert streamed == read_a
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+def test_runs_table(tmp_path):
+    async def main():
+        journal = await open_journal(tmp_path / "journal.db")
+        try:
+            await journal.create_run(record("late", created_at=5.0))
+            await journal.create_run(record("early", created_at=1.0))
+            with pytest.raises(RunExists):
+                await journal.create_run(record("late"))
+            got = await journal.get_run("early")
+            assert got == record("early", created_at=1.0)
+            assert got.params == {"n": 1, "tags": ["x"]}
+            assert [run.run_id for run in await journal.list_runs()] == ["early", "late"]
+            with pytest.raises(RunNotFound, match="'ghost'"):
+                await journal.get_run("ghost")
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+
+
+# -- the run lock ------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from durable.journal import RunLock
+lock = RunLock(Path(sys.argv[1]), sys.argv[2])
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _start_holder(journal_path: Path, run_id: str) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(journal_path), run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    line = holder.stdout.readline()
+    if line.strip() != "held":
+        holder.kill()
+        pytest.fail(f"lock holder did not start: {holder.stderr.read()}")
+    return holder
+
+
+def test_run_lock_is_exclusive_across_processes_and_released_by_death(tmp_path):
+    journal_path = tmp_path / "journal.db"
+    lock = RunLock(journal_path, "run-1")
+    assert not lock.is_held_elsewhere()
+    assert not lock.path.exists(), "is_held_elsewhere must not create the lock file"
+
+    holder = _start_holder(journal_path, "run-1")
+    try:
+        assert lock.is_held_elsewhere()
+        with pytest.raises(RunLocked, match="run-1"):
+            lock.acquire()
+        # another run's lock is independent
+        with RunLock(journal_path, "run-2") as other:
+            assert other.path.parent == lock.path.parent
+        holder.send_signal(signal.SIGKILL)  # no chance to clean up: the OS releases flock
+        holder.wait(timeout=10)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+
+    assert not lock.is_held_elsewhere()
+    lock.acquire()
+    try:
+        assert lock.path == Path(f"{journal_path}.locks") / "run-1"
+        # and now a second process cannot take it from us
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                HOLDER.replace("time.sleep(60)", ""),
+                str(journal_path),
+                "run-1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+        assert probe.returncode != 0
+        assert "RunLocked" in probe.stderr
+    finally:
+        lock.release()
+    assert not lock.is_held_elsewhere()
+    lock.release()  # releasing twice is harmless
+
+
+def test_run_lock_in_one_process(tmp_path):
+    first = RunLock(tmp_path / "journal.db", "r")
+    second = RunLock(tmp_path / "journal.db", "r")
+    with first, pytest.raises(RunLocked):
+        second.acquire()
+    with second:
+        pass
+    start = time.monotonic()
+    with first:
+        pass
+    assert time.monotonic() - start < 1  # never blocks
+
+
+def test_lock_file_is_left_in_place(tmp_path):
+    lock = RunLock(tmp_path / "journal.db", "r")
+    with lock:
+        pass
+    assert lock.path.exists()
+    assert os.path.getsize(lock.path) == 0

@@ -1,0 +1,281 @@
+"""refs.py: parsing `${...}`, and substituting values into task inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from durable.errors import ReferenceSyntaxError, ResolutionError
+from durable.refs import Ref, Scope, Template, as_text, find_refs, parse_ref, resolve
+
+OUTPUTS = {
+    "search": {"items": [{"title": "first"}, {"title": "second"}], "count": 2, "none": None},
+    "calc": {"value": 42},
+    "numbers": [1, 2, 3],
+    "text": "plain",
+    "skipped": None,
+    "spaced": {"key with space": "yes", "it's": "quoted"},
+}
+SCOPE = Scope(
+    params={"query": "durable", "n": 3, "flags": [True, False]}, run_id="run-7", outputs=OUTPUTS
+)
+
+
+def render(value: object, scope: Scope = SCOPE) -> object:
+    return Template(value).render(scope)
+
+
+class TestParseRef:
+    @pytest.mark.parametrize(
+        ("inner", "expected"),
+        [
+            ("params.query", Ref("param", "query", (), "params.query")),
+            ("run.id", Ref("run", "id", (), "run.id")),
+            ("task_1.output", Ref("task", "task_1", (), "task_1.output")),
+            ("a.output.key.sub", Ref("task", "a", ("key", "sub"), "a.output.key.sub")),
+            ("a.output.items[0]", Ref("task", "a", ("items", 0), "a.output.items[0]")),
+            ("a.output[2][-1]", Ref("task", "a", (2, -1), "a.output[2][-1]")),
+            (
+                'a.output["key with space"]',
+                Ref("task", "a", ("key with space",), 'a.output["key with space"]'),
+            ),
+            ("a.output['k']", Ref("task", "a", ("k",), "a.output['k']")),
+            ("a.output[ 1 ]", Ref("task", "a", (1,), "a.output[ 1 ]")),
+            ("  params.query  ", Ref("param", "query", (), "params.query")),
+            ("my-task.output", Ref("task", "my-task", (), "my-task.output")),
+            ("params.x.y[0]", Ref("param", "x", ("y", 0), "params.x.y[0]")),
+        ],
+    )
+    def test_valid(self, inner: str, expected: Ref) -> None:
+        assert parse_ref(inner) == expected
+
+    def test_str_is_the_reference_as_written(self) -> None:
+        assert str(parse_ref("a.output.items[0]")) == "${a.output.items[0]}"
+
+    @pytest.mark.parametrize(
+        ("inner", "reason"),
+        [
+            ("", "expected params.NAME, run.id or TASK.output[.key]"),
+            ("task_1", "expected params.NAME, run.id or TASK.output[.key]"),
+            ("params", "expected params.NAME, run.id or TASK.output[.key]"),
+            ("1abc.output", "expected params.NAME, run.id or TASK.output[.key]"),
+            ("task_1.outputs", "a task reference reads 'task_1.output', not 'task_1.outputs'"),
+            ("task_1.result", "a task reference reads 'task_1.output', not 'task_1.result'"),
+            ("run.idx", "the only run field is run.id"),
+            ("run.id.x", "the only run field is run.id"),
+            ("a.output.", "cannot parse '.'"),
+            ("a.output[x]", "cannot parse '[x]'"),
+            ("a.output.0", "cannot parse '.0'"),
+            ("a.output[0", "cannot parse '[0'"),
+            ("a.output + 1", "cannot parse '+ 1'"),
+        ],
+    )
+    def test_malformed(self, inner: str, reason: str) -> None:
+        with pytest.raises(ReferenceSyntaxError) as info:
+            parse_ref(inner)
+        assert str(info.value) == f"bad reference '${{{inner}}}': {reason}"
+
+
+class TestWholeValue:
+    """A string that is exactly one reference becomes the value itself, type and all."""
+
+    def test_list_stays_a_list(self) -> None:
+        assert render("${search.output.items}") == [{"title": "first"}, {"title": "second"}]
+
+    def test_dict_stays_a_dict(self) -> None:
+        assert render("${calc.output}") == {"value": 42}
+
+    def test_int_stays_an_int(self) -> None:
+        assert render("${calc.output.value}") == 42
+        assert render("${params.n}") == 3
+
+    def test_null_stays_null(self) -> None:
+        assert render("${skipped.output}") is None
+        assert render("${search.output.none}") is None
+
+    def test_value_is_the_same_object(self) -> None:
+        assert render("${search.output}") is OUTPUTS["search"]
+
+    def test_run_id(self) -> None:
+        assert render("${run.id}") == "run-7"
+
+    def test_params(self) -> None:
+        assert render("${params.query}") == "durable"
+        assert render("${params.flags[1]}") is False
+
+    def test_inside_containers(self) -> None:
+        value = {"a": ["${calc.output.value}", {"b": "${numbers.output}"}], "c": "const"}
+        assert render(value) == {"a": [42, {"b": [1, 2, 3]}], "c": "const"}
+
+
+class TestPaths:
+    def test_key(self) -> None:
+        assert render("${calc.output.value}") == 42
+
+    def test_index(self) -> None:
+        assert render("${search.output.items[1].title}") == "second"
+        assert render("${numbers.output[0]}") == 1
+
+    def test_negative_index(self) -> None:
+        assert render("${numbers.output[-1]}") == 3
+
+    def test_quoted_key_with_space(self) -> None:
+        assert render('${spaced.output["key with space"]}') == "yes"
+        assert render('${spaced.output["it\'s"]}') == "quoted"
+
+    def test_index_into_a_string(self) -> None:
+        assert render("${text.output[0]}") == "p"
+
+
+class TestInterpolation:
+    """A reference inside longer text: strings as they are, everything else as JSON."""
+
+    def test_string_as_is(self) -> None:
+        assert render("q=${params.query}!") == "q=durable!"
+
+    def test_int_as_json(self) -> None:
+        assert render("total is ${calc.output.value}") == "total is 42"
+
+    def test_list_and_dict_as_json(self) -> None:
+        assert render("n=${numbers.output}") == "n=[1,2,3]"
+        assert render("c=${calc.output}") == 'c={"value":42}'
+
+    def test_null_and_bools_as_json(self) -> None:
+        assert render("s=${skipped.output}") == "s=null"
+        assert render("${params.flags[0]}/${params.flags[1]}") == "true/false"
+
+    def test_float_as_json(self) -> None:
+        scope = Scope(params={"x": 1.5}, run_id="r", outputs={})
+        assert render("x=${params.x}", scope) == "x=1.5"
+
+    def test_two_adjacent_references(self) -> None:
+        assert render("${params.query}${params.n}") == "durable3"
+
+    def test_run_id_in_text(self) -> None:
+        assert render("run ${run.id} done") == "run run-7 done"
+
+    def test_quoted_strings_are_not_escaped(self) -> None:
+        scope = Scope(params={"s": 'say "hi"'}, run_id="r", outputs={})
+        assert render("<${params.s}>", scope) == '<say "hi">'
+
+    def test_as_text(self) -> None:
+        assert as_text("x") == "x"
+        assert as_text(None) == "null"
+        assert as_text({"a": [1, True]}) == '{"a":[1,true]}'
+
+
+class TestEscape:
+    def test_double_dollar_is_a_literal(self) -> None:
+        template = Template("$${params.query}")
+        assert template.refs == ()
+        assert template.render(SCOPE) == "${params.query}"
+
+    def test_escape_next_to_a_reference(self) -> None:
+        template = Template("$${params.query} is ${params.query}")
+        assert [str(r) for r in template.refs] == ["${params.query}"]
+        assert template.render(SCOPE) == "${params.query} is durable"
+
+    def test_escape_does_not_need_a_valid_reference(self) -> None:
+        assert render("$${not a ref}") == "${not a ref}"
+
+    def test_lone_dollars_are_text(self) -> None:
+        assert render("cost: $5 $ {x}") == "cost: $5 $ {x}"
+
+
+class TestConstant:
+    def test_constant_dict_renders_the_same_object(self) -> None:
+        value = {"a": [1, 2], "b": {"c": "text"}}
+        template = Template(value)
+        assert template.is_constant
+        assert template.render(SCOPE) is value
+        assert template.render(SCOPE) is value
+
+    def test_constant_list_and_scalars(self) -> None:
+        value = [1, "two", None]
+        assert Template(value).render(SCOPE) is value
+        assert Template(None).render(SCOPE) is None
+        assert Template(5).render(SCOPE) == 5
+
+    def test_constant_subtree_is_shared(self) -> None:
+        inner = {"fixed": [1]}
+        rendered = render({"ref": "${params.n}", "inner": inner})
+        assert rendered == {"ref": 3, "inner": {"fixed": [1]}}
+        assert rendered["inner"] is inner
+
+    def test_template_with_refs_is_not_constant(self) -> None:
+        assert not Template({"x": "${params.n}"}).is_constant
+
+
+class TestRefs:
+    def test_refs_in_order(self) -> None:
+        value = {"a": "${b.output}", "c": ["x ${params.p} ${run.id}", "${d.output.k[0]}"]}
+        assert [str(r) for r in find_refs(value)] == [
+            "${b.output}",
+            "${params.p}",
+            "${run.id}",
+            "${d.output.k[0]}",
+        ]
+
+    def test_dict_keys_are_not_references(self) -> None:
+        assert find_refs({"${a.output}": 1}) == ()
+
+
+class TestSyntaxErrors:
+    @pytest.mark.parametrize(
+        "text",
+        ["${task_1.outputs}", "x ${a}", "${params}", "${run.name}", "${a.output[}"],
+    )
+    def test_malformed_reference_in_input(self, text: str) -> None:
+        with pytest.raises(ReferenceSyntaxError, match=r"^bad reference '\$\{"):
+            Template({"deep": [text]})
+
+    @pytest.mark.parametrize("text", ["${", "search ${params.query", "${params.q} and ${"])
+    def test_unclosed(self, text: str) -> None:
+        with pytest.raises(ReferenceSyntaxError) as info:
+            Template(text)
+        assert str(info.value) == f"bad reference in '{text}': '${{' is never closed"
+
+
+class TestResolutionErrors:
+    def error(self, text: str, scope: Scope = SCOPE) -> str:
+        with pytest.raises(ResolutionError) as info:
+            render(text, scope)
+        return str(info.value)
+
+    def test_missing_key_names_reference_and_keys(self) -> None:
+        assert self.error("${calc.output.total}") == (
+            "${calc.output.total}: missing key 'total' (keys: value)"
+        )
+
+    def test_index_out_of_range(self) -> None:
+        assert self.error("${search.output.items[5]}") == (
+            "${search.output.items[5]}: index 5 out of range (length 2)"
+        )
+
+    def test_key_of_null(self) -> None:
+        assert self.error("${skipped.output.x}") == "${skipped.output.x}: cannot read 'x' of null"
+
+    def test_key_of_a_list(self) -> None:
+        assert self.error("${numbers.output.x}") == (
+            "${numbers.output.x}: cannot read key 'x' of a list"
+        )
+
+    def test_index_of_an_int(self) -> None:
+        assert self.error("${calc.output.value[0]}") == (
+            "${calc.output.value[0]}: cannot index a int with [0]"
+        )
+
+    def test_index_of_a_dict(self) -> None:
+        assert self.error("${calc.output[0]}") == "${calc.output[0]}: cannot index a dict with [0]"
+
+    def test_missing_param(self) -> None:
+        assert self.error("${params.nope}") == "${params.nope}: no param 'nope'"
+
+    def test_task_without_output(self) -> None:
+        assert self.error("x ${ghost.output}") == (
+            "${ghost.output}: task 'ghost' has no committed output"
+        )
+
+    def test_resolve_directly(self) -> None:
+        assert resolve(parse_ref("search.output.items[0].title"), SCOPE) == "first"
+        with pytest.raises(ResolutionError):
+            resolve(parse_ref("search.output.items[0].nope"), SCOPE)

@@ -1,0 +1,382 @@
+"""spec.py: the workflow Structs, loading them from files, and decode errors for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from durable import spec
+from durable.errors import DurableError, SpecError
+from durable.spec import Task, Workflow
+
+YAML = """\
+name: research
+max_concurrency: 8
+params:
+  query: durable execution
+imports: [tools]
+limits:
+  web_search: 2
+tasks:
+  - id: task_1
+    tool: web_search
+    input: {query: "${params.query}"}
+  - id: task_2
+    tool: calculate
+    input: {expression: "6 * 7"}
+  - id: task_3
+    tool: summarize_results
+    dependencies: [task_1, task_2]
+    input:
+      results: "${task_1.output}"
+      note: "total is ${task_2.output.value}"
+    when: "${task_2.output.value} > 40"
+    retries: 2
+    retry_delay: 0.5
+    timeout: 30
+    trigger: none_failed
+"""
+
+DATA = {
+    "name": "research",
+    "max_concurrency": 8,
+    "params": {"query": "durable execution"},
+    "imports": ["tools"],
+    "limits": {"web_search": 2},
+    "tasks": [
+        {"id": "task_1", "tool": "web_search", "input": {"query": "${params.query}"}},
+        {"id": "task_2", "tool": "calculate", "input": {"expression": "6 * 7"}},
+        {
+            "id": "task_3",
+            "tool": "summarize_results",
+            "dependencies": ["task_1", "task_2"],
+            "input": {
+                "results": "${task_1.output}",
+                "note": "total is ${task_2.output.value}",
+            },
+            "when": "${task_2.output.value} > 40",
+            "retries": 2,
+            "retry_delay": 0.5,
+            "timeout": 30,
+            "trigger": "none_failed",
+        },
+    ],
+}
+
+TOML = """\
+name = "research"
+max_concurrency = 8
+imports = ["tools"]
+
+[params]
+query = "durable execution"
+
+[limits]
+web_search = 2
+
+[[tasks]]
+id = "task_1"
+tool = "web_search"
+input = { query = "${params.query}" }
+
+[[tasks]]
+id = "task_2"
+tool = "calculate"
+input = { expression = "6 * 7" }
+
+[[tasks]]
+id = "task_3"
+tool = "summarize_results"
+dependencies = ["task_1", "task_2"]
+when = "${task_2.output.value} > 40"
+retries = 2
+retry_delay = 0.5
+timeout = 30
+trigger = "none_failed"
+
+[tasks.input]
+results = "${task_1.output}"
+note = "total is ${task_2.output.value}"
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def spec_error(path: Path) -> str:
+    with pytest.raises(SpecError) as info:
+        spec.load(path)
+    assert info.value.path == str(path)
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+class TestFormats:
+    def test_yaml_json_and_toml_load_the_same_workflow(self, tmp_path: Path) -> None:
+        from_yaml = spec.load(write(tmp_path, "w.yaml", YAML))
+        from_yml = spec.load(write(tmp_path, "w.yml", YAML))
+        from_json = spec.load(write(tmp_path, "w.json", json.dumps(DATA)))
+        from_toml = spec.load(write(tmp_path, "w.toml", TOML))
+        assert from_yaml == from_yml == from_json == from_toml
+        assert from_yaml == spec.from_data(DATA)
+
+    def test_fields_are_decoded_with_their_types(self, tmp_path: Path) -> None:
+        workflow = spec.load(write(tmp_path, "w.yaml", YAML))
+        assert workflow.name == "research"
+        assert workflow.max_concurrency == 8
+        assert workflow.params == {"query": "durable execution"}
+        assert workflow.imports == ["tools"]
+        assert workflow.limits == {"web_search": 2}
+        assert [t.id for t in workflow.tasks] == ["task_1", "task_2", "task_3"]
+        last = workflow.tasks[2]
+        assert last.dependencies == ["task_1", "task_2"]
+        assert last.input == {
+            "results": "${task_1.output}",
+            "note": "total is ${task_2.output.value}",
+        }
+        assert last.when == "${task_2.output.value} > 40"
+        assert last.retries == 2
+        assert last.retry_delay == 0.5
+        assert last.timeout == 30.0
+        assert isinstance(last.timeout, float)
+        assert last.trigger == "none_failed"
+
+    def test_extension_is_case_insensitive(self, tmp_path: Path) -> None:
+        assert spec.load(write(tmp_path, "w.YAML", YAML)).name == "research"
+
+    def test_input_may_be_any_value(self) -> None:
+        workflow = spec.from_data(
+            {"name": "w", "tasks": [{"id": "a", "tool": "echo", "input": [1, "two", None]}]}
+        )
+        assert workflow.tasks[0].input == [1, "two", None]
+
+
+class TestDefaults:
+    def test_workflow_defaults(self) -> None:
+        workflow = spec.from_data({"name": "w", "tasks": []})
+        assert workflow.max_concurrency == 16
+        assert workflow.params == {}
+        assert workflow.imports == []
+        assert workflow.limits == {}
+        assert workflow.tasks == []
+
+    def test_task_defaults(self) -> None:
+        task = spec.from_data({"name": "w", "tasks": [{"id": "a", "tool": "echo"}]}).tasks[0]
+        assert task.input is None
+        assert task.dependencies == []
+        assert task.when is None
+        assert task.retries == 0
+        assert task.retry_delay == 1.0
+        assert task.timeout is None
+        assert task.trigger == "all_success"
+
+    def test_structs_built_in_code_have_the_same_defaults(self) -> None:
+        built = Workflow(name="w", tasks=[Task(id="a", tool="echo")])
+        assert built == spec.from_data({"name": "w", "tasks": [{"id": "a", "tool": "echo"}]})
+
+    def test_ids_may_hold_dashes_and_underscores(self) -> None:
+        workflow = spec.from_data({"name": "w", "tasks": [{"id": "_a-1_b", "tool": "echo"}]})
+        assert workflow.tasks[0].id == "_a-1_b"
+
+
+class TestFrozen:
+    def test_workflow_is_frozen(self) -> None:
+        workflow = spec.from_data({"name": "w", "tasks": []})
+        with pytest.raises(AttributeError):
+            workflow.name = "other"  # type: ignore[misc]
+
+    def test_task_is_frozen(self) -> None:
+        task = Task(id="a", tool="echo")
+        with pytest.raises(AttributeError):
+            task.retries = 3  # type: ignore[misc]
+        assert task == Task(id="a", tool="echo")
+
+    def test_mutable_defaults_are_not_shared(self) -> None:
+        first, second = Task(id="a", tool="echo"), Task(id="b", tool="echo")
+        assert first.dependencies is not second.dependencies
+
+
+class TestEncoding:
+    def test_round_trip_through_json(self) -> None:
+        workflow = spec.from_data(DATA)
+        assert spec.decode(spec.encode(workflow)) == workflow
+
+    def test_hash_is_stable_and_sensitive(self) -> None:
+        workflow = spec.from_data(DATA)
+        assert spec.spec_hash(workflow) == spec.spec_hash(spec.from_data(DATA))
+        assert len(spec.spec_hash(workflow)) == 16
+        changed = spec.from_data({**DATA, "max_concurrency": 9})
+        assert spec.spec_hash(changed) != spec.spec_hash(workflow)
+
+    def test_defaults_are_omitted(self) -> None:
+        encoded = msgspec.json.decode(spec.encode(spec.from_data({"name": "w", "tasks": []})))
+        assert encoded == {"name": "w", "tasks": []}
+
+
+class TestUnknownKeys:
+    def test_unknown_top_level_key(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.yaml", "name: w\ncolour: red\ntasks: []\n")
+        assert spec_error(path) == f"{path}: line 2: field 'colour': unknown field"
+
+    def test_unknown_task_key_names_the_task(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "w.yaml",
+            "name: w\ntasks:\n  - id: a\n    tool: echo\n  - id: b\n    tool: echo\n    colr: 1\n",
+        )
+        assert spec_error(path) == f"{path}: line 7: task 'b': field 'colr': unknown field"
+
+    def test_unknown_key_in_json_has_no_line(self, tmp_path: Path) -> None:
+        text = json.dumps({"name": "w", "tasks": [{"id": "a", "tool": "echo", "bogus": 1}]})
+        path = write(tmp_path, "w.json", text)
+        assert spec_error(path) == f"{path}: task 'a': field 'bogus': unknown field"
+
+    def test_unknown_key_in_toml(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.toml", 'name = "w"\nfoo = 1\ntasks = []\n')
+        assert spec_error(path) == f"{path}: field 'foo': unknown field"
+
+
+class TestErrorRewriting:
+    @pytest.mark.parametrize(
+        ("task_yaml", "expected"),
+        [
+            ("retries: -1", "line 5: task 'a': field 'retries': expected `int` >= 0"),
+            ("retries: '3'", "line 5: task 'a': field 'retries': expected `int`, got `str`"),
+            ("retries: 1.5", "line 5: task 'a': field 'retries': expected `int`, got `float`"),
+            ("retry_delay: -1", "line 5: task 'a': field 'retry_delay': expected `float` >= 0.0"),
+            ("timeout: 0", "line 5: task 'a': field 'timeout': expected `float` > 0.0"),
+            ("timeout: -2", "line 5: task 'a': field 'timeout': expected `float` > 0.0"),
+            ("when: 5", "line 5: task 'a': field 'when': expected `str | null`, got `int`"),
+            (
+                "dependencies: b",
+                "line 5: task 'a': field 'dependencies': expected `array`, got `str`",
+            ),
+        ],
+    )
+    def test_task_field_errors(self, tmp_path: Path, task_yaml: str, expected: str) -> None:
+        path = write(
+            tmp_path, "w.yaml", f"name: w\ntasks:\n  - id: a\n    tool: echo\n    {task_yaml}\n"
+        )
+        assert spec_error(path) == f"{path}: {expected}"
+
+    def test_list_item_field_names_its_index(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path,
+            "w.yaml",
+            "name: w\ntasks:\n  - id: a\n    tool: echo\n    dependencies: [1x]\n",
+        )
+        message = spec_error(path)
+        assert message.startswith(f"{path}: line 5: task 'a': field 'dependencies[0]': ")
+        assert "matching regex" in message
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ('name: ""\ntasks: []\n', "line 1: field 'name': expected `str` of length >= 1"),
+            ("tasks: []\n", "line 1: field 'name': required field is missing"),
+            ("name: w\n", "line 1: field 'tasks': required field is missing"),
+            (
+                "name: w\nmax_concurrency: 0\ntasks: []\n",
+                "line 2: field 'max_concurrency': expected `int` >= 1",
+            ),
+            (
+                "name: w\nmax_concurrency: true\ntasks: []\n",
+                "line 2: field 'max_concurrency': expected `int`, got `bool`",
+            ),
+            ("name: w\ntasks: {a: 1}\n", "line 2: field 'tasks': expected `array`, got `object`"),
+            (
+                "name: w\nparams: [1]\ntasks: []\n",
+                "line 2: field 'params': expected `object`, got `array`",
+            ),
+        ],
+    )
+    def test_top_level_errors(self, tmp_path: Path, text: str, expected: str) -> None:
+        path = write(tmp_path, "w.yaml", text)
+        assert spec_error(path) == f"{path}: {expected}"
+
+    def test_task_without_id_is_named_by_position(self, tmp_path: Path) -> None:
+        path = write(
+            tmp_path, "w.yaml", "name: w\ntasks:\n  - id: a\n    tool: echo\n  - tool: echo\n"
+        )
+        assert spec_error(path) == f"{path}: line 5: task #2: field 'id': required field is missing"
+
+    def test_bad_id_is_named(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.yaml", "name: w\ntasks:\n  - id: 1st\n    tool: echo\n")
+        assert spec_error(path).startswith(
+            f"{path}: line 3: task '1st': field 'id': expected `str`"
+        )
+
+    def test_task_that_is_not_a_mapping(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.yaml", "name: w\ntasks:\n  - 5\n")
+        assert spec_error(path) == f"{path}: line 3: task #1: expected `object`, got `int`"
+
+    def test_limit_below_one(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.yaml", "name: w\nlimits:\n  echo: 0\ntasks: []\n")
+        message = spec_error(path)
+        assert message.startswith(f"{path}: line 3: field 'limits")
+        assert message.endswith("expected `int` >= 1")
+
+    def test_from_data_names_its_source(self) -> None:
+        with pytest.raises(SpecError) as info:
+            spec.from_data(
+                {"name": "w", "tasks": [{"id": "a", "tool": "echo", "retries": -1}]}, "mine"
+            )
+        assert str(info.value) == "mine: task 'a': field 'retries': expected `int` >= 0"
+
+    def test_from_data_default_source(self) -> None:
+        with pytest.raises(
+            SpecError, match=r"^<workflow>: field 'tasks': required field is missing$"
+        ):
+            spec.from_data({"name": "w"})
+
+    def test_describe_validation_error_without_text(self) -> None:
+        raw = {"tasks": [{"id": "x"}, {"id": "y"}]}
+        message = spec.describe_validation_error(
+            "Expected `int` - at `$.tasks[1].retries`", raw, None
+        )
+        assert message == "task 'y': field 'retries': expected `int`"
+
+
+class TestUnreadable:
+    def test_missing_file(self, tmp_path: Path) -> None:
+        message = spec_error(tmp_path / "nope.yaml")
+        assert message == f"{tmp_path / 'nope.yaml'}: cannot read: No such file or directory"
+
+    def test_unknown_extension(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.txt", "name: w\ntasks: []\n")
+        assert spec_error(path) == (
+            f"{path}: unknown file type (expected .yaml, .yml, .json or .toml)"
+        )
+
+    def test_invalid_yaml(self, tmp_path: Path) -> None:
+        message = spec_error(write(tmp_path, "w.yaml", "name: [\n"))
+        assert ": not valid YAML: " in message
+        assert "line 2" in message
+
+    def test_invalid_json(self, tmp_path: Path) -> None:
+        assert ": not valid JSON: " in spec_error(write(tmp_path, "w.json", '{"name": '))
+
+    def test_invalid_toml(self, tmp_path: Path) -> None:
+        message = spec_error(write(tmp_path, "w.toml", 'name = "w"\n[[tasks]\n'))
+        assert ": not valid TOML: " in message
+        assert "line 2" in message
+
+    @pytest.mark.parametrize(
+        ("text", "kind"), [("", "NoneType"), ("- 1\n", "list"), ("7\n", "int")]
+    )
+    def test_document_that_is_not_a_mapping(self, tmp_path: Path, text: str, kind: str) -> None:
+        path = write(tmp_path, "w.yaml", text)
+        assert spec_error(path) == f"{path}: a workflow must be a mapping, got {kind}"
+
+    def test_yaml_python_tags_are_refused(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.yaml", "name: !!python/object/apply:os.system [id]\ntasks: []\n")
+        assert ": not valid YAML: " in spec_error(path)
+
+    def test_spec_error_is_a_durable_error(self) -> None:
+        assert issubclass(SpecError, DurableError)
