@@ -370,8 +370,10 @@ class Engine:
             handle.cancel()
             del self._backoff[task_id]
             self.emit(TaskCancelled(task_id=task_id, attempt=self.state.tasks[task_id].attempts, at=now))
+        current = asyncio.current_task()
         for task in list(self._active.values()):
-            task.cancel()
+            if task is not current:  # the attempt whose failure stops the run is not cancelled
+                task.cancel()
         self._check_stopped()
 
     def _check_stopped(self) -> None:

@@ -29,6 +29,15 @@ from durable.state import SUCCEEDED, RunState, TaskState
 from durable.spec import Workflow
 
 
+class RunStats(msgspec.Struct):
+    """What a session cost: its wall time and the journal's group commits."""
+
+    run_seconds: float = 0.0
+    commits: int = 0
+    events: int = 0
+    peak_running: int = 0
+
+
 class RunResult(msgspec.Struct):
     """What a run ended as. `status` is succeeded, failed or interrupted."""
 
@@ -37,6 +46,7 @@ class RunResult(msgspec.Struct):
     status: str
     tasks: dict[str, TaskState]
     already_finished: bool = False
+    stats: RunStats = msgspec.field(default_factory=RunStats)
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -110,7 +120,9 @@ async def arun(
     """
     if isinstance(workflow, Workflow):
         folder = Path(base_dir or os.getcwd()).resolve()
-        plan = plan_workflow(workflow, folder)
+        # Structs built in code skip the constraints a decode checks (ids, ranges).
+        checked = spec_module.from_data(msgspec.to_builtins(workflow), source=f"workflow '{workflow.name}'")
+        plan = plan_workflow(checked, folder, source=f"workflow '{workflow.name}'")
     else:
         plan, folder = plan_file(workflow)
     effective = merge_params(plan.workflow, params)
@@ -196,13 +208,15 @@ async def _drive(
     if handle_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, engine.interrupt)
+    started = time.perf_counter()
     try:
         status = await engine.run()
     finally:
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-    return RunResult(run_id, plan.workflow.name, status, state.tasks)
+    stats = RunStats(time.perf_counter() - started, journal.commits, journal.events_written, engine.peak_running)
+    return RunResult(run_id, plan.workflow.name, status, state.tasks, stats=stats)
 
 
 def run(workflow: str | os.PathLike[str] | Workflow, params: Mapping[str, Any] | None = None,
