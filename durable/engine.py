@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from functools import partial
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +103,8 @@ class Engine:
         self._stopping: str | None = None  # None, "interrupted" or "fail_fast"
         self._fatal: BaseException | None = None
         self._done = asyncio.Event()
+        self._batch: asyncio.Future[None] | None = None
+        self._batch_items: list[tuple[Any, bool]] = []
         self.peak_running = 0
 
     # -- public --------------------------------------------------------------
@@ -208,7 +211,6 @@ class Engine:
         task = asyncio.get_running_loop().create_task(self._attempt(task_id, attempt), name=task_id)
         self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
         self._active[task_id] = task
-        task.add_done_callback(self._attempt_done)
 
     def _release(self, task_id: str) -> None:
         """Free a task's slot now, and fill it."""
@@ -227,17 +229,25 @@ class Engine:
     # -- one attempt ----------------------------------------------------------
 
     async def _attempt(self, task_id: str, attempt: int) -> None:
+        """One attempt, start to outcome. Cleans up after itself: no done-callback per task."""
         plan = self.plan.tasks[task_id]
         try:
-            output, data = await self._call(plan, attempt)
-        except asyncio.CancelledError:
-            self._cancelled(task_id, attempt)
-            return
-        except _AttemptFailed as failure:
-            self._failed(plan, attempt, failure.error, failure.retryable)
-            return
-        succeeded = TaskSucceeded(task_id=task_id, attempt=attempt, at=time.time(), output=output)
-        self._finish(task_id, succeeded, data, holds_slot=True)
+            try:
+                output, data = await self._call(plan, attempt)
+            except asyncio.CancelledError:
+                self._cancelled(task_id, attempt)
+                return
+            except _AttemptFailed as failure:
+                self._failed(plan, attempt, failure.error, failure.retryable)
+                return
+            succeeded = TaskSucceeded(task_id=task_id, attempt=attempt, at=time.time(), output=output)
+            self._finish(task_id, succeeded, data, holds_slot=True)
+        except Exception as exc:  # not a tool failure (those are handled above): a bug
+            self._crash(exc)
+        finally:
+            del self._active[task_id]
+            if self._stopping:
+                self._check_stopped()
 
     async def _call(self, plan: TaskPlan, attempt: int) -> tuple[Any, bytes | None]:
         """Render the input from committed outputs, call the tool, encode its output.
@@ -302,14 +312,11 @@ class Engine:
         self._ready.append(task_id)
         self._pump()
 
-    def _attempt_done(self, task: asyncio.Task[None]) -> None:
+    def _cancelled_early(self, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never entered `_attempt`: record it here."""
         task_id = task.get_name()
-        self._active.pop(task_id, None)
-        if task.cancelled():
-            # Cancelled before its first step, so `_attempt` never ran to record it.
+        if task.cancelled() and self._active.pop(task_id, None) is not None:
             self._cancelled(task_id, self.state.tasks[task_id].attempts)
-        elif task.exception() is not None:
-            self._crash(task.exception())  # type: ignore[arg-type]
         self._check_stopped()
 
     # -- finishing -------------------------------------------------------------
@@ -324,30 +331,37 @@ class Engine:
         self.state.apply(event)
         if self._on_event is not None:
             self._on_event(event)
-        committed = self.journal.append(self.run_id, event, data if data is not None else encode_data(event))
-        committed.add_done_callback(lambda future: self._committed(future, event, holds_slot))
+        batch = self.journal.append(self.run_id, event, data if data is not None else encode_data(event))
+        if batch is not self._batch:
+            # One callback per group commit, not per event.
+            self._batch, self._batch_items = batch, []
+            batch.add_done_callback(partial(self._committed, self._batch_items))
+        self._batch_items.append((event, holds_slot))
 
-    def _committed(self, future: asyncio.Future[None], event: Any, holds_slot: bool) -> None:
+    def _committed(self, items: list[tuple[Any, bool]], batch: asyncio.Future[None]) -> None:
+        """A group commit landed: hand its outputs on and decide what it unblocked."""
         try:
-            if future.exception() is not None:
-                self._crash(future.exception())  # type: ignore[arg-type]
+            if batch.exception() is not None:
+                self._crash(batch.exception())  # type: ignore[arg-type]
                 return
-            task_id = event.task_id
-            if holds_slot:
-                self._running -= 1
-                self._free_tool_slot(task_id)
-            if isinstance(event, TaskSucceeded):
-                self.scope.outputs[task_id] = event.output  # type: ignore[index]
-            elif isinstance(event, TaskSkipped):
-                self.scope.outputs[task_id] = None  # type: ignore[index]
-            self._settle(task_id)
             remaining = self._remaining
-            for dependent in self.plan.tasks[task_id].dependents:
-                if dependent not in remaining:
-                    continue  # kept from an earlier session (e.g. an all_done cleanup)
-                remaining[dependent] -= 1
-                if remaining[dependent] == 0 and self.state.tasks[dependent].state == PENDING:
-                    self._decide(dependent)
+            tasks = self.plan.tasks
+            for event, holds_slot in items:
+                task_id = event.task_id
+                if holds_slot:
+                    self._running -= 1
+                    self._free_tool_slot(task_id)
+                if isinstance(event, TaskSucceeded):
+                    self.scope.outputs[task_id] = event.output  # type: ignore[index]
+                elif isinstance(event, TaskSkipped):
+                    self.scope.outputs[task_id] = None  # type: ignore[index]
+                self._settle(task_id)
+                for dependent in tasks[task_id].dependents:
+                    if dependent not in remaining:
+                        continue  # kept from an earlier session (e.g. an all_done cleanup)
+                    remaining[dependent] -= 1
+                    if remaining[dependent] == 0 and self.state.tasks[dependent].state == PENDING:
+                        self._decide(dependent)
             self._pump()
         except BaseException as exc:  # a bug in a callback must not hang the run
             self._crash(exc)
@@ -374,6 +388,7 @@ class Engine:
         for task in list(self._active.values()):
             if task is not current:  # the attempt whose failure stops the run is not cancelled
                 task.cancel()
+                task.add_done_callback(self._cancelled_early)
         self._check_stopped()
 
     def _check_stopped(self) -> None:

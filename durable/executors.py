@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import importlib
-import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -85,7 +84,7 @@ class Executors:
     def __init__(self, max_threads: int) -> None:
         self._max_threads = max_threads
         self._threads: ThreadPoolExecutor | None = None
-        self._processes: ProcessPoolExecutor | None = None
+        self._processes: Any = None  # a ProcessPoolExecutor, made on first CPU-bound call
 
     async def call(self, tool: ToolDef, value: Any, context: TaskContext) -> Any:
         args, kwargs = call_args(value)
@@ -96,6 +95,9 @@ class Executors:
             loop = asyncio.get_running_loop()
             if tool.cpu_bound:
                 if self._processes is None:
+                    import multiprocessing
+                    from concurrent.futures import ProcessPoolExecutor
+
                     # forkserver, not fork: forking a process that has threads (the
                     # journal's, the tool pool's) can deadlock the child.
                     self._processes = ProcessPoolExecutor(mp_context=multiprocessing.get_context("forkserver"))

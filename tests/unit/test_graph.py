@@ -108,7 +108,7 @@ class TestRandomDags:
             assert task.level == max((level_of[d] + 1 for d in task.deps), default=0)
         assert {d for t in plan.tasks.values() for d in t.deps} <= set(order)
         assert sum(len(t.deps) for t in plan.tasks.values()) == len(edges)
-        assert set(plan.graph.edges) == edges
+        assert set(plan.edges()) == edges
 
     @given(dags())
     @settings(max_examples=200, deadline=None)
@@ -189,7 +189,7 @@ class TestEdges:
         assert plan.tasks["d"].deps == ("c", "a", "b")
         assert plan.levels == [["a", "b", "c"], ["d"]]
         assert plan.tasks["a"].dependents == ["d"]
-        assert set(plan.graph.edges) == {("a", "d"), ("b", "d"), ("c", "d")}
+        assert set(plan.edges()) == {("a", "d"), ("b", "d"), ("c", "d")}
 
     def test_explicit_deps_order_without_data(self) -> None:
         plan = build(
