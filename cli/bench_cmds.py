@@ -36,7 +36,7 @@ def bench(tasks: int, shape: str, jobs: int, durability: str, sleep: float, repe
         click.echo(msgspec.json.encode(document).decode())
         return
     mode = f"sleep {sleep:g}s" if sleep else "echo"
-    click.echo(f"{shape} x {tasks} ({mode}), -j {jobs}, durability {durability}")
+    click.echo(f"{shape} x {tasks} ({mode}), -j {jobs}, durability {durability}, loop {result.loop}")
     spread = f" (min {summary.tasks_per_s_min:,.0f}, max {summary.tasks_per_s_max:,.0f}, {repeat} runs)" if repeat > 1 else ""
     click.echo(f"  throughput     {result.tasks_per_s:>12,.0f} tasks/s{spread}")
     click.echo(f"  per task       {result.us_per_task:>12,.1f} µs")

@@ -24,7 +24,9 @@ def _with_journal(db: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await journal.close()
 
-    return asyncio.run(main())
+    from durable import eventloop
+
+    return eventloop.run(main())
 
 
 def _echo_json(value: Any) -> None:

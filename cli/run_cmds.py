@@ -54,12 +54,12 @@ def run(workflow: str, params: tuple[str, ...], db: str | None, run_id: str | No
 
     Exit codes: 0 succeeded, 1 finished with failed tasks, 2 bad input, 130 interrupted.
     """
-    from durable import report, runner
+    from durable import eventloop, report, runner
 
     reporter = report.for_output(as_json)
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
     started = time.monotonic()
-    result = asyncio.run(
+    result = eventloop.run(
         runner.arun(workflow, _parse_params(params), db=db, run_id=run_id, max_concurrency=jobs,
                     fail_fast=fail_fast, durability=durability, handle_signals=True, hooks=hooks)
     )
@@ -80,12 +80,12 @@ def resume(run_id: str, db: str | None, jobs: int | None, as_json: bool, fail_fa
     again; everything else (running when the process died, failed, cancelled, not
     started) runs. A run that already succeeded is left alone.
     """
-    from durable import report, runner
+    from durable import eventloop, report, runner
 
     reporter = report.for_output(as_json)
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
     started = time.monotonic()
-    result = asyncio.run(
+    result = eventloop.run(
         runner.aresume(run_id, db=db, max_concurrency=jobs, fail_fast=fail_fast, durability=durability,
                        handle_signals=True, hooks=hooks)
     )

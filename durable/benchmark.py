@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from durable import graph, runner
+from durable import eventloop, graph, runner
 from durable.loader import plan_workflow
 from durable.refs import Scope
 from durable.spec import Workflow, from_data
@@ -90,6 +90,7 @@ def make_workflow(shape: str, tasks: int, concurrency: int = 16, sleep: float = 
 
 class Result(msgspec.Struct):
     shape: str
+    loop: str
     tasks: int
     concurrency: int
     durability: str
@@ -156,6 +157,7 @@ async def measure(shape: str, tasks: int, concurrency: int = 16, durability: str
     commits = max(stats.commits, 1)
     return Result(
         shape=shape,
+        loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         tasks=tasks,
         concurrency=concurrency,
         durability=durability,
@@ -176,7 +178,7 @@ async def measure(shape: str, tasks: int, concurrency: int = 16, durability: str
 
 def run_repeated(shape: str, tasks: int, concurrency: int = 16, durability: str = "normal",
                  sleep: float = 0.0, repeat: int = 1) -> Summary:
-    results = [asyncio.run(measure(shape, tasks, concurrency, durability, sleep)) for _ in range(repeat)]
+    results = [eventloop.run(measure(shape, tasks, concurrency, durability, sleep)) for _ in range(repeat)]
     ordered = sorted(results, key=lambda r: r.tasks_per_s)
     return Summary(
         median=ordered[len(ordered) // 2],

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from durable import eventloop
 from durable import spec as spec_module
 from durable.engine import INTERRUPTED, Engine
 from durable.errors import DurableError, ParamError
@@ -222,12 +223,12 @@ async def _drive(
 def run(workflow: str | os.PathLike[str] | Workflow, params: Mapping[str, Any] | None = None,
         **options: Any) -> RunResult:
     """Synchronous `arun`."""
-    return asyncio.run(arun(workflow, params, **options))
+    return eventloop.run(arun(workflow, params, **options))
 
 
 def resume(run_id: str, **options: Any) -> RunResult:
     """Synchronous `aresume`."""
-    return asyncio.run(aresume(run_id, **options))
+    return eventloop.run(aresume(run_id, **options))
 
 
 __all__ = ["INTERRUPTED", "Hooks", "RunResult", "arun", "aresume", "merge_params", "resume", "run"]
