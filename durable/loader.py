@@ -20,8 +20,24 @@ def plan_file(path: str | Path, check_tools: bool = True) -> tuple[graph.Plan, P
 
 
 def plan_workflow(
-    workflow: Workflow, base_dir: str | Path, source: str = "<workflow>", check_tools: bool = True
+    workflow: Workflow,
+    base_dir: str | Path,
+    source: str = "<workflow>",
+    check_tools: bool = True,
+    trusted: bool = False,
 ) -> graph.Plan:
+    """Import the workflow's modules and plan it.
+
+    `trusted` is for a workflow validated before (a resume's snapshot): it skips
+    the checks and compiles inputs lazily (`graph.build_trusted`).
+    """
+    if trusted:
+        problems = tools.import_modules(workflow.imports, base_dir)
+        if problems:
+            from durable.errors import ValidationError
+
+            raise ValidationError(source, problems)
+        return graph.build_trusted(workflow, tools.REGISTRY.resolve, source)
     problems = tools.import_modules(workflow.imports, base_dir) if check_tools else []
     if not check_tools:
         tools.add_search_path(str(Path(base_dir).resolve()))

@@ -217,6 +217,21 @@ def _check_unclosed(text: str) -> None:
         raise ReferenceSyntaxError(f"bad reference in '{text}': '${{' is never closed")
 
 
+_TASK_REF = re.compile(r"(?<!\$)\$\{\s*([A-Za-z_][A-Za-z0-9_-]*)\s*\.\s*output\b")
+
+
+def referenced_tasks(value: Any) -> list[str]:
+    """The task ids a (nested) value references, found by a scan, not a parse.
+
+    Only for values already validated: it agrees with `Template` on valid input,
+    and it is several times faster (one C-speed encode and one regex pass).
+    """
+    text = value if isinstance(value, str) else _json.encode(value).decode()
+    if "$" not in text:
+        return []
+    return [name for name in _TASK_REF.findall(text) if name not in ("params", "run")]
+
+
 def find_refs(value: Any) -> tuple[Ref, ...]:
     """Every reference inside a (nested) value, in order."""
     return Template(value).refs

@@ -6,6 +6,7 @@ Python API, `durable bench`), there is no reporter and reporting costs nothing.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import IO, Any
@@ -24,6 +25,10 @@ class Reporter:
         self.stream = stream or sys.stdout
         self.run_id = ""
         self.state: RunState | None = None
+        # Flushing every line costs more than the task it reports when output goes
+        # to a file or a pipe; there, lines are buffered and flushed once a second.
+        self.interactive = self.stream.isatty()
+        self._flushed_at = 0.0
 
     def on_start(self, run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> None:
         self.run_id, self.state = run_id, state
@@ -31,9 +36,16 @@ class Reporter:
     def on_event(self, event: Event) -> None:
         pass
 
+    def flush_now_and_then(self) -> None:
+        now = time.monotonic()
+        if now - self._flushed_at >= 1.0:
+            self._flushed_at = now
+            self.stream.flush()
+
     def write(self, line: str) -> None:
         self.stream.write(line + "\n")
-        self.stream.flush()
+        if self.interactive:
+            self.stream.flush()
 
 
 def describe_start(run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> str:
@@ -44,9 +56,15 @@ def describe_start(run_id: str, workflow: Workflow, state: RunState, resumed: bo
     return f"run {run_id} resumed: {workflow.name} ({kept} of {total} tasks kept, {total - kept} to run)"
 
 
+@functools.lru_cache(maxsize=8)
+def _clock(second: int) -> str:
+    """HH:MM:SS, formatted once per second rather than once per line."""
+    return time.strftime("%H:%M:%S", time.localtime(second))
+
+
 def describe_event(event: Event) -> str:
     """One plain line for one transition."""
-    clock = time.strftime("%H:%M:%S", time.localtime(event.at))
+    clock = _clock(int(event.at))
     kind = kind_of(event)
     task_id = getattr(event, "task_id", None)
     if task_id is None:
@@ -75,6 +93,9 @@ class PlainReporter(Reporter):
     def on_event(self, event: Event) -> None:
         if getattr(event, "task_id", None) is not None:
             self.write(describe_event(event))
+            self.flush_now_and_then()
+        else:
+            self.stream.flush()
 
 
 class JsonReporter(Reporter):
@@ -93,6 +114,10 @@ class JsonReporter(Reporter):
             record["output"] = repr(record.get("output"))
             line = self._encoder.encode(record).decode()
         self.write(line)
+        if getattr(event, "task_id", None) is None:
+            self.stream.flush()
+        else:
+            self.flush_now_and_then()
 
 
 class LiveReporter(Reporter):

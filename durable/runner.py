@@ -8,12 +8,14 @@ and hands over to the `Engine`. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,23 @@ class Hooks(msgspec.Struct):
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+@contextlib.contextmanager
+def bulk_allocation() -> Iterator[None]:
+    """Pause the cyclic GC while a plan or a fold is built.
+
+    Both allocate hundreds of thousands of objects that live for the whole run and
+    form no cycles; the GC's generational passes over them made a 100k-task resume
+    twice as slow. Restored afterwards, whatever it was.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def new_run_id() -> str:
     return secrets.token_hex(5)
 
@@ -119,13 +138,14 @@ async def arun(
     current directory). With `handle_signals`, SIGINT/SIGTERM interrupt the run
     cleanly; it is journaled and can be resumed.
     """
-    if isinstance(workflow, Workflow):
-        folder = Path(base_dir or os.getcwd()).resolve()
-        # Structs built in code skip the constraints a decode checks (ids, ranges).
-        checked = spec_module.from_data(msgspec.to_builtins(workflow), source=f"workflow '{workflow.name}'")
-        plan = plan_workflow(checked, folder, source=f"workflow '{workflow.name}'")
-    else:
-        plan, folder = plan_file(workflow)
+    with bulk_allocation():
+        if isinstance(workflow, Workflow):
+            folder = Path(base_dir or os.getcwd()).resolve()
+            # Structs built in code skip the constraints a decode checks (ids, ranges).
+            checked = spec_module.from_data(msgspec.to_builtins(workflow), source=f"workflow '{workflow.name}'")
+            plan = plan_workflow(checked, folder, source=f"workflow '{workflow.name}'")
+        else:
+            plan, folder = plan_file(workflow)
     effective = merge_params(plan.workflow, params)
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     journal = await Journal.open(db, create=True, durability=durability)
@@ -170,12 +190,14 @@ async def aresume(
     try:
         record = await journal.get_run(run_id)
         with RunLock(journal.path, run_id):
-            workflow = spec_module.decode(record.spec)
-            events = [event for _, event in await journal.events(run_id)]
-            state = RunState.fold((task.id for task in workflow.tasks), events)
-            if state.status == SUCCEEDED:
-                return RunResult(run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True)
-            plan = plan_workflow(workflow, record.base_dir, source=f"run '{run_id}'")
+            with bulk_allocation():
+                workflow = spec_module.decode(record.spec)
+                events = [event for _, event in await journal.events(run_id)]
+                state = RunState.fold((task.id for task in workflow.tasks), events)
+                del events
+                if state.status == SUCCEEDED:
+                    return RunResult(run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True)
+                plan = plan_workflow(workflow, record.base_dir, source=f"run '{run_id}'", trusted=True)
             return await _drive(
                 journal, plan, run_id, record.params, state, RunResumed(at=time.time()),
                 max_concurrency, fail_fast, handle_signals, hooks or Hooks(), resumed=True,
