@@ -3,24 +3,58 @@
 from __future__ import annotations
 
 import click
-
 from durable_cli.options import json_option
 
 
 @click.command()
-@click.option("--tasks", "-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Number of tasks.")
-@click.option("--shape", type=click.Choice(["wide", "chain", "layered", "diamond"]), default="wide",
-              show_default=True, help="Shape of the DAG.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Concurrency bound.")
-@click.option("--durability", type=click.Choice(["normal", "full", "off"]), default="normal",
-              show_default=True, help="Journal sync mode (off: no syncs, benchmarks only).")
-@click.option("--sleep", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Each task sleeps this many seconds instead of echoing (I/O-bound mode).")
-@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run it this many times; report the median run and the min-max spread.")
+@click.option(
+    "--tasks",
+    "-n",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Number of tasks.",
+)
+@click.option(
+    "--shape",
+    type=click.Choice(["wide", "chain", "layered", "diamond"]),
+    default="wide",
+    show_default=True,
+    help="Shape of the DAG.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Concurrency bound.",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["normal", "full", "off"]),
+    default="normal",
+    show_default=True,
+    help="Journal sync mode (off: no syncs, benchmarks only).",
+)
+@click.option(
+    "--sleep",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Each task sleeps this many seconds instead of echoing (I/O-bound mode).",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run it this many times; report the median run and the min-max spread.",
+)
 @json_option
-def bench(tasks: int, shape: str, jobs: int, durability: str, sleep: float, repeat: int, as_json: bool) -> None:
+def bench(
+    tasks: int, shape: str, jobs: int, durability: str, sleep: float, repeat: int, as_json: bool
+) -> None:
     """Measure throughput: tasks/s, µs per task, commits, journal size, RSS, and a no-journal baseline."""
     import msgspec
 
@@ -31,19 +65,34 @@ def bench(tasks: int, shape: str, jobs: int, durability: str, sleep: float, repe
     if as_json:
         document = msgspec.structs.asdict(result)
         if repeat > 1:
-            document.update(runs=repeat, tasks_per_s_min=summary.tasks_per_s_min,
-                            tasks_per_s_max=summary.tasks_per_s_max)
+            document.update(
+                runs=repeat,
+                tasks_per_s_min=summary.tasks_per_s_min,
+                tasks_per_s_max=summary.tasks_per_s_max,
+            )
         click.echo(msgspec.json.encode(document).decode())
         return
     mode = f"sleep {sleep:g}s" if sleep else "echo"
-    click.echo(f"{shape} x {tasks} ({mode}), -j {jobs}, durability {durability}, loop {result.loop}")
-    spread = f" (min {summary.tasks_per_s_min:,.0f}, max {summary.tasks_per_s_max:,.0f}, {repeat} runs)" if repeat > 1 else ""
+    click.echo(
+        f"{shape} x {tasks} ({mode}), -j {jobs}, durability {durability}, loop {result.loop}"
+    )
+    spread = (
+        f" (min {summary.tasks_per_s_min:,.0f}, max {summary.tasks_per_s_max:,.0f}, {repeat} runs)"
+        if repeat > 1
+        else ""
+    )
     click.echo(f"  throughput     {result.tasks_per_s:>12,.0f} tasks/s{spread}")
     click.echo(f"  per task       {result.us_per_task:>12,.1f} µs")
-    click.echo(f"  run time       {result.seconds:>12.3f} s   (plan {result.plan_ms:.0f} ms, not included)")
-    click.echo(f"  baseline       {result.baseline_tasks_per_s:>12,.0f} tasks/s  (no journal; durable is "
-               f"{result.ratio:.2f}x its speed)")
-    click.echo(f"  commits        {result.commits:>12,}     ({result.events_per_commit:.1f} events per commit)")
+    click.echo(
+        f"  run time       {result.seconds:>12.3f} s   (plan {result.plan_ms:.0f} ms, not included)"
+    )
+    click.echo(
+        f"  baseline       {result.baseline_tasks_per_s:>12,.0f} tasks/s  (no journal; durable is "
+        f"{result.ratio:.2f}x its speed)"
+    )
+    click.echo(
+        f"  commits        {result.commits:>12,}     ({result.events_per_commit:.1f} events per commit)"
+    )
     click.echo(f"  journal        {result.journal_bytes_per_task:>12,.0f} bytes per task")
     click.echo(f"  peak RSS       {result.peak_rss_mb:>12,.1f} MB")
 

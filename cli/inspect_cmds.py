@@ -38,7 +38,11 @@ def graph(workflow: str, fmt: str) -> None:
     from durable.loader import plan_file
 
     plan, _ = plan_file(workflow)
-    render = {"text": graph_module.to_text, "dot": graph_module.to_dot, "mermaid": graph_module.to_mermaid}
+    render = {
+        "text": graph_module.to_text,
+        "dot": graph_module.to_dot,
+        "mermaid": graph_module.to_mermaid,
+    }
     click.echo(render[fmt](plan))
 
 

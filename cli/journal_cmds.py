@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-
 from durable_cli.options import db_option, json_option
 
 T = TypeVar("T")
@@ -47,7 +46,9 @@ def runs(db: str | None, as_json: bool) -> None:
     from durable.inspection import runs_document, view_run
 
     async def collect(journal: Any) -> list[dict[str, Any]]:
-        return [runs_document(await view_run(journal, record)) for record in await journal.list_runs()]
+        return [
+            runs_document(await view_run(journal, record)) for record in await journal.list_runs()
+        ]
 
     documents = _with_journal(db, collect)
     if as_json:
@@ -59,7 +60,9 @@ def runs(db: str | None, as_json: bool) -> None:
     click.echo(f"{'RUN':<12} {'WORKFLOW':<20} {'STATUS':<12} {'CREATED':<19}  COUNTS")
     for doc in documents:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(doc["counts"].items()))
-        click.echo(f"{doc['run_id']:<12} {doc['workflow']:<20} {doc['status']:<12} {_when(doc['created_at'])}  {counts}")
+        click.echo(
+            f"{doc['run_id']:<12} {doc['workflow']:<20} {doc['status']:<12} {_when(doc['created_at'])}  {counts}"
+        )
 
 
 @click.command()
@@ -143,7 +146,9 @@ def output(run_id: str, task: str | None, db: str | None) -> None:
         if task not in tasks:
             raise DurableError(f"run '{run_id}' has no task '{task}'")
         if tasks[task].state != "succeeded":
-            raise DurableError(f"task '{task}' of run '{run_id}' has no output (it is {tasks[task].state})")
+            raise DurableError(
+                f"task '{task}' of run '{run_id}' has no output (it is {tasks[task].state})"
+            )
         return tasks[task].output
 
     _echo_json(_with_journal(db, collect))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import click
-
-from durable_cli.options import db_option, durability_option, fail_fast_option, jobs_option, json_option
+from durable_cli.options import (
+    db_option,
+    durability_option,
+    fail_fast_option,
+    jobs_option,
+    json_option,
+)
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -41,15 +45,30 @@ def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untype
 
 @click.command()
 @click.argument("workflow", type=click.Path(dir_okay=False))
-@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a param (repeatable).")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a param (repeatable).",
+)
 @db_option
 @click.option("--run-id", default=None, help="Use this run id instead of a generated one.")
 @jobs_option
 @json_option
 @fail_fast_option
 @durability_option
-def run(workflow: str, params: tuple[str, ...], db: str | None, run_id: str | None, jobs: int | None,
-        as_json: bool, fail_fast: bool, durability: str) -> None:
+def run(
+    workflow: str,
+    params: tuple[str, ...],
+    db: str | None,
+    run_id: str | None,
+    jobs: int | None,
+    as_json: bool,
+    fail_fast: bool,
+    durability: str,
+) -> None:
     """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
 
     Exit codes: 0 succeeded, 1 finished with failed tasks, 2 bad input, 130 interrupted.
@@ -60,8 +79,17 @@ def run(workflow: str, params: tuple[str, ...], db: str | None, run_id: str | No
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
     started = time.monotonic()
     result = eventloop.run(
-        runner.arun(workflow, _parse_params(params), db=db, run_id=run_id, max_concurrency=jobs,
-                    fail_fast=fail_fast, durability=durability, handle_signals=True, hooks=hooks)
+        runner.arun(
+            workflow,
+            _parse_params(params),
+            db=db,
+            run_id=run_id,
+            max_concurrency=jobs,
+            fail_fast=fail_fast,
+            durability=durability,
+            handle_signals=True,
+            hooks=hooks,
+        )
     )
     _finish(result, reporter, time.monotonic() - started)
 
@@ -73,7 +101,9 @@ def run(workflow: str, params: tuple[str, ...], db: str | None, run_id: str | No
 @json_option
 @fail_fast_option
 @durability_option
-def resume(run_id: str, db: str | None, jobs: int | None, as_json: bool, fail_fast: bool, durability: str) -> None:
+def resume(
+    run_id: str, db: str | None, jobs: int | None, as_json: bool, fail_fast: bool, durability: str
+) -> None:
     """Continue an interrupted or failed run.
 
     Tasks whose success was committed are kept with their outputs and never run
@@ -86,8 +116,15 @@ def resume(run_id: str, db: str | None, jobs: int | None, as_json: bool, fail_fa
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
     started = time.monotonic()
     result = eventloop.run(
-        runner.aresume(run_id, db=db, max_concurrency=jobs, fail_fast=fail_fast, durability=durability,
-                       handle_signals=True, hooks=hooks)
+        runner.aresume(
+            run_id,
+            db=db,
+            max_concurrency=jobs,
+            fail_fast=fail_fast,
+            durability=durability,
+            handle_signals=True,
+            hooks=hooks,
+        )
     )
     if result.already_finished:
         click.echo(f"run {run_id} already succeeded; nothing to resume")

@@ -31,7 +31,20 @@ _EXPORTS = {
     "tool": "durable.tools",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DurableError",
+    "RunResult",
+    "Task",
+    "TaskContext",
+    "Workflow",
+    "aresume",
+    "arun",
+    "current_context",
+    "load",
+    "resume",
+    "run",
+    "tool",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,7 +46,11 @@ def make_workflow(shape: str, tasks: int, concurrency: int = 16, sleep: float = 
     def add(task_id: str, upstream: str | None = None, wait_for: list[str] | None = None) -> None:
         value: Any = f"${{{upstream}.output.n}}" if upstream else 0
         if sleep:
-            task: dict[str, Any] = {"id": task_id, "tool": "sleep", "input": {"seconds": sleep, "result": {"n": value}}}
+            task: dict[str, Any] = {
+                "id": task_id,
+                "tool": "sleep",
+                "input": {"seconds": sleep, "result": {"n": value}},
+            }
         else:
             task = {"id": task_id, "tool": "echo", "input": {"n": value}}
         if wait_for:
@@ -137,8 +141,14 @@ async def _baseline(plan: graph.Plan, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-async def measure(shape: str, tasks: int, concurrency: int = 16, durability: str = "normal",
-                  sleep: float = 0.0, folder: str | None = None) -> Result:
+async def measure(
+    shape: str,
+    tasks: int,
+    concurrency: int = 16,
+    durability: str = "normal",
+    sleep: float = 0.0,
+    folder: str | None = None,
+) -> Result:
     """Run one benchmark: durable on a fresh journal, then the baseline."""
     workflow = make_workflow(shape, tasks, concurrency, sleep)
     started = time.perf_counter()
@@ -176,9 +186,17 @@ async def measure(shape: str, tasks: int, concurrency: int = 16, durability: str
     )
 
 
-def run_repeated(shape: str, tasks: int, concurrency: int = 16, durability: str = "normal",
-                 sleep: float = 0.0, repeat: int = 1) -> Summary:
-    results = [eventloop.run(measure(shape, tasks, concurrency, durability, sleep)) for _ in range(repeat)]
+def run_repeated(
+    shape: str,
+    tasks: int,
+    concurrency: int = 16,
+    durability: str = "normal",
+    sleep: float = 0.0,
+    repeat: int = 1,
+) -> Summary:
+    results = [
+        eventloop.run(measure(shape, tasks, concurrency, durability, sleep)) for _ in range(repeat)
+    ]
     ordered = sorted(results, key=lambda r: r.tasks_per_s)
     return Summary(
         median=ordered[len(ordered) // 2],

@@ -101,7 +101,9 @@ async def shell(
     }
     if check and process.returncode != 0:
         tail = result["stderr"].strip().splitlines()[-1:] or [""]
-        raise ToolFailed(f"shell: {argv[0]} exited with {process.returncode}: {tail[0]}".rstrip(": "))
+        raise ToolFailed(
+            f"shell: {argv[0]} exited with {process.returncode}: {tail[0]}".rstrip(": ")
+        )
     return result
 
 
@@ -131,7 +133,9 @@ async def http(
         ):
             result: dict[str, Any] = {"status": response.status, "headers": dict(response.headers)}
             text = await response.text()
-            if response.content_type == "application/json" or response.content_type.endswith("+json"):
+            if response.content_type == "application/json" or response.content_type.endswith(
+                "+json"
+            ):
                 import msgspec
 
                 try:
@@ -144,7 +148,9 @@ async def http(
         raise ToolFailed(f"http: {method.upper()} {url}: {type(exc).__name__}: {exc}") from None
     except TimeoutError:
         # aiohttp's own `timeout` (the task's `timeout:` cancels instead).
-        raise ToolFailed(f"http: {method.upper()} {url}: timed out after {timeout:g}s (the tool's own timeout)") from None
+        raise ToolFailed(
+            f"http: {method.upper()} {url}: timed out after {timeout:g}s (the tool's own timeout)"
+        ) from None
     if raise_for_status and result["status"] >= 400:
         raise ToolFailed(f"http: {method.upper()} {url} returned {result['status']}")
     return result

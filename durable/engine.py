@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -49,7 +49,6 @@ from durable.refs import Scope
 from durable.state import (
     CANCELLED,
     FAILED,
-    KEPT,
     PENDING,
     SKIPPED,
     SUCCEEDED,
@@ -179,13 +178,18 @@ class Engine:
                 return
             if trigger == "all_success" and SKIPPED in dep_states:
                 skipped = next(dep for dep in plan.deps if self.state.tasks[dep].state == SKIPPED)
-                self._finish(task_id, TaskSkipped(task_id=task_id, at=now, reason=f"upstream '{skipped}' skipped"))
+                self._finish(
+                    task_id,
+                    TaskSkipped(task_id=task_id, at=now, reason=f"upstream '{skipped}' skipped"),
+                )
                 return
         if plan.when is not None:
             try:
                 go = bool(plan.when.evaluate(self.scope))
             except DurableError as exc:
-                self._finish(task_id, TaskFailed(task_id=task_id, at=now, error=f"when: {exc.message}"))
+                self._finish(
+                    task_id, TaskFailed(task_id=task_id, at=now, error=f"when: {exc.message}")
+                )
                 return
             if not go:
                 reason = f"condition false: {plan.when.source}"
@@ -246,7 +250,9 @@ class Engine:
             except _AttemptFailed as failure:
                 self._failed(plan, attempt, failure.error, failure.retryable)
                 return
-            succeeded = TaskSucceeded(task_id=task_id, attempt=attempt, at=time.time(), output=output)
+            succeeded = TaskSucceeded(
+                task_id=task_id, attempt=attempt, at=time.time(), output=output
+            )
             self._finish(task_id, succeeded, data, holds_slot=True)
         except Exception as exc:  # not a tool failure (those are handled above): a bug
             self._crash(exc)
@@ -289,7 +295,8 @@ class Engine:
             data = encode_output(output)
         except (TypeError, msgspec.EncodeError, OverflowError) as exc:
             raise _AttemptFailed(
-                f"output of type {type(output).__name__} is not serialisable: {exc}", retryable=False
+                f"output of type {type(output).__name__} is not serialisable: {exc}",
+                retryable=False,
             ) from None
         return decode_output(data), data
 
@@ -303,8 +310,14 @@ class Engine:
         tries = self._tries[task_id]
         if retryable and tries <= plan.spec.retries and not self._stopping:
             delay = plan.spec.retry_delay * 2 ** (tries - 1)
-            self.emit(TaskRetrying(task_id=task_id, attempt=attempt, at=time.time(), error=error, delay=delay))
-            self._backoff[task_id] = asyncio.get_running_loop().call_later(delay, self._retry, task_id)
+            self.emit(
+                TaskRetrying(
+                    task_id=task_id, attempt=attempt, at=time.time(), error=error, delay=delay
+                )
+            )
+            self._backoff[task_id] = asyncio.get_running_loop().call_later(
+                delay, self._retry, task_id
+            )
             self._release(task_id)  # no slot is held through the backoff
             return
         # --fail-fast stops dispatch before this slot can go to a queued task.
@@ -327,7 +340,9 @@ class Engine:
 
     # -- finishing -------------------------------------------------------------
 
-    def _finish(self, task_id: str, event: Event, data: Any = None, holds_slot: bool = False) -> None:
+    def _finish(
+        self, task_id: str, event: Event, data: Any = None, holds_slot: bool = False
+    ) -> None:
         """Record a terminal event; its dependents learn of it only once it is committed.
 
         An attempt keeps its concurrency slot until its outcome is committed, so
@@ -337,7 +352,9 @@ class Engine:
         self.state.apply(event)
         if self._on_event is not None:
             self._on_event(event)
-        batch = self.journal.append(self.run_id, event, data if data is not None else encode_data(event))
+        batch = self.journal.append(
+            self.run_id, event, data if data is not None else encode_data(event)
+        )
         if batch is not self._batch:
             # One callback per group commit, not per event.
             self._batch, self._batch_items = batch, []
@@ -389,7 +406,9 @@ class Engine:
         for task_id, handle in list(self._backoff.items()):
             handle.cancel()
             del self._backoff[task_id]
-            self.emit(TaskCancelled(task_id=task_id, attempt=self.state.tasks[task_id].attempts, at=now))
+            self.emit(
+                TaskCancelled(task_id=task_id, attempt=self.state.tasks[task_id].attempts, at=now)
+            )
         current = asyncio.current_task()
         for task in list(self._active.values()):
             if task is not current:  # the attempt whose failure stops the run is not cancelled

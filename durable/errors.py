@@ -77,7 +77,9 @@ class JournalError(DurableError):
 
 class RunNotFound(DurableError):
     def __init__(self, run_id: str, path: str) -> None:
-        super().__init__(f"run '{run_id}' not found in {path}", ["see `durable runs` for the runs it holds"])
+        super().__init__(
+            f"run '{run_id}' not found in {path}", ["see `durable runs` for the runs it holds"]
+        )
         self.run_id = run_id
 
 
@@ -104,5 +106,7 @@ class Interrupted(DurableError):
     exit_code = 130
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"run '{run_id}' interrupted", [f"resume it with `durable resume {run_id}`"])
+        super().__init__(
+            f"run '{run_id}' interrupted", [f"resume it with `durable resume {run_id}`"]
+        )
         self.run_id = run_id

@@ -123,12 +123,18 @@ def decode_output(data: bytes) -> Any:
     return _decoder.decode(data)
 
 
-def from_row(kind: str, task_id: str | None, attempt: int | None, at: float, data: bytes | None) -> Event:
+def from_row(
+    kind: str, task_id: str | None, attempt: int | None, at: float, data: bytes | None
+) -> Event:
     """Rebuild an event from a journal row. The two kinds that make up most of a
     journal are built directly; replaying a large run is mostly this function."""
     if kind == "task_succeeded":
-        return TaskSucceeded(task_id=task_id, attempt=attempt or 0, at=at,  # type: ignore[arg-type]
-                             output=None if data is None else _decoder.decode(data))
+        return TaskSucceeded(
+            task_id=task_id,
+            attempt=attempt or 0,
+            at=at,  # type: ignore[arg-type]
+            output=None if data is None else _decoder.decode(data),
+        )
     if kind == "task_started":
         return TaskStarted(task_id=task_id, attempt=attempt or 0, at=at)  # type: ignore[arg-type]
     cls = KINDS[kind]

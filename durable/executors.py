@@ -44,7 +44,9 @@ def idempotency_key(run_id: str, task_id: str) -> str:
     return f"{run_id}:{task_id}"
 
 
-_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("durable_task", default=None)
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "durable_task", default=None
+)
 
 
 def current_context() -> TaskContext:
@@ -64,8 +66,14 @@ def call_args(value: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (value,), {}
 
 
-def _in_process(module: str, qualname: str, context: TaskContext, search_path: list[str],
-                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _in_process(
+    module: str,
+    qualname: str,
+    context: TaskContext,
+    search_path: list[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
     """Runs in a worker process. The tool is named, not pickled, so that the worker can
     first put the workflow's folder on `sys.path` and then import it."""
     for folder in reversed(search_path):
@@ -100,12 +108,24 @@ class Executors:
 
                     # forkserver, not fork: forking a process that has threads (the
                     # journal's, the tool pool's) can deadlock the child.
-                    self._processes = ProcessPoolExecutor(mp_context=multiprocessing.get_context("forkserver"))
+                    self._processes = ProcessPoolExecutor(
+                        mp_context=multiprocessing.get_context("forkserver")
+                    )
                 fn = tool.fn
-                job = partial(_in_process, fn.__module__, fn.__qualname__, context, list(sys.path), args, kwargs)
+                job = partial(
+                    _in_process,
+                    fn.__module__,
+                    fn.__qualname__,
+                    context,
+                    list(sys.path),
+                    args,
+                    kwargs,
+                )
                 return await loop.run_in_executor(self._processes, job)
             if self._threads is None:
-                self._threads = ThreadPoolExecutor(self._max_threads, thread_name_prefix="durable-tool")
+                self._threads = ThreadPoolExecutor(
+                    self._max_threads, thread_name_prefix="durable-tool"
+                )
             # copy_context carries the TaskContext into the worker thread.
             job = partial(contextvars.copy_context().run, tool.fn, *args, **kwargs)
             return await loop.run_in_executor(self._threads, job)

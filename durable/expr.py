@@ -270,7 +270,9 @@ class _Compiler:
 
         return evaluate
 
-    def _binary(self, symbol: str, function: Callable[[Any, Any], Any], lhs: Node, rhs: Node) -> Node:
+    def _binary(
+        self, symbol: str, function: Callable[[Any, Any], Any], lhs: Node, rhs: Node
+    ) -> Node:
         source = self.source
 
         def evaluate(scope: Scope) -> Any:
@@ -294,7 +296,9 @@ class _Compiler:
 
         return evaluate
 
-    def _compare(self, first: Node, chain: list[tuple[str, Callable[[Any, Any], Any], Node]]) -> Node:
+    def _compare(
+        self, first: Node, chain: list[tuple[str, Callable[[Any, Any], Any], Node]]
+    ) -> Node:
         source = self.source
 
         def evaluate(scope: Scope) -> bool:

@@ -13,11 +13,10 @@ dispatch loop works on the plain tuples of `TaskPlan`.
 
 from __future__ import annotations
 
+import graphlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-
-import graphlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from durable.errors import DurableError, ExpressionError, ReferenceSyntaxError, ValidationError
@@ -40,7 +39,7 @@ class TaskPlan:
     compiles only the inputs of the tasks it still has to run.
     """
 
-    __slots__ = ("_template", "_when", "deps", "dependents", "level", "spec", "tool")
+    __slots__ = ("_template", "_when", "dependents", "deps", "level", "spec", "tool")
 
     def __init__(
         self,
@@ -105,7 +104,11 @@ class Plan:
     def ready_tasks(self, finished: Iterable[str]) -> list[str]:
         """Tasks not yet finished whose dependencies have all finished, in file order."""
         done = set(finished)
-        return [tid for tid, t in self.tasks.items() if tid not in done and all(d in done for d in t.deps)]
+        return [
+            tid
+            for tid, t in self.tasks.items()
+            if tid not in done and all(d in done for d in t.deps)
+        ]
 
     def summary(self) -> str:
         count = len(self.tasks)
@@ -161,7 +164,9 @@ def build(
     return Plan(workflow, tasks, levels)
 
 
-def build_trusted(workflow: Workflow, resolve_tool: ToolResolver, source: str = "<workflow>") -> Plan:
+def build_trusted(
+    workflow: Workflow, resolve_tool: ToolResolver, source: str = "<workflow>"
+) -> Plan:
     """Plan a workflow that was validated when its run started, as `resume` does.
 
     Only the tools are resolved (an import may have changed since); references are
@@ -192,11 +197,15 @@ def build_trusted(workflow: Workflow, resolve_tool: ToolResolver, source: str = 
 
 def _levels(tasks: dict[str, TaskPlan]) -> list[list[str]]:
     """Topological generations, each in file order; raises `graphlib.CycleError`."""
-    order = graphlib.TopologicalSorter({task_id: task.deps for task_id, task in tasks.items()}).static_order()
+    order = graphlib.TopologicalSorter(
+        {task_id: task.deps for task_id, task in tasks.items()}
+    ).static_order()
     for task_id in order:
         task = tasks[task_id]
         task.level = max((tasks[dep].level + 1 for dep in task.deps), default=0)
-    levels: list[list[str]] = [[] for _ in range(max((t.level for t in tasks.values()), default=-1) + 1)]
+    levels: list[list[str]] = [
+        [] for _ in range(max((t.level for t in tasks.values()), default=-1) + 1)
+    ]
     for task_id, task in tasks.items():
         levels[task.level].append(task_id)
     return levels
@@ -215,7 +224,9 @@ def _plan_task(
         try:
             tool = resolve_tool(task.tool)
         except DurableError as exc:
-            problems.append(f"{where}: field 'tool': {exc.message}" + "".join(f" ({d})" for d in exc.details))
+            problems.append(
+                f"{where}: field 'tool': {exc.message}" + "".join(f" ({d})" for d in exc.details)
+            )
 
     try:
         template = Template(tool.template_source(task.input) if tool else task.input)
@@ -236,7 +247,9 @@ def _plan_task(
             problems.append(f"{where}: field 'when': {exc.message}")
 
     if task.trigger not in TRIGGERS:
-        problems.append(f"{where}: field 'trigger': unknown trigger '{task.trigger}' (expected {', '.join(TRIGGERS)})")
+        problems.append(
+            f"{where}: field 'trigger': unknown trigger '{task.trigger}' (expected {', '.join(TRIGGERS)})"
+        )
 
     deps: dict[str, None] = {}
     for dep in task.dependencies:

@@ -19,8 +19,8 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,9 @@ _INSERT_EVENTS = "INSERT INTO events (run_id, task_id, attempt, kind, at, data) 
 # `executemany`, which binds row by row from Python. Chunk sizes are fixed so that
 # only these few statements are ever prepared (the sqlite3 module caches them).
 _CHUNKS = (256, 32, 4, 1)
-_INSERT_CHUNK = {size: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?, ?)"] * size) for size in _CHUNKS}
+_INSERT_CHUNK = {
+    size: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?, ?)"] * size) for size in _CHUNKS
+}
 
 
 # Events between two checkpoints: about 1-2 MB of WAL for small outputs.
@@ -158,7 +160,10 @@ def check_file(path: Path, create: bool) -> None:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = {
+                row[0]
+                for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         finally:
             connection.close()
     except sqlite3.DatabaseError as exc:
@@ -187,7 +192,9 @@ class Journal:
     Checkpoints, which can take tens of milliseconds, run on a thread of their own.
     """
 
-    def __init__(self, path: Path, reader: aiosqlite.Connection, writer: sqlite3.Connection) -> None:
+    def __init__(
+        self, path: Path, reader: aiosqlite.Connection, writer: sqlite3.Connection
+    ) -> None:
         self.path = path
         self._conn = reader
         self._write_conn = writer
@@ -204,8 +211,13 @@ class Journal:
         self.events_written = 0
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = True,
-                   durability: str = "normal") -> Journal:
+    async def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        durability: str = "normal",
+    ) -> Journal:
         resolved = Path(path or default_path())
         check_file(resolved, create)
         if create:
@@ -224,15 +236,24 @@ class Journal:
     def start(self) -> None:
         """Start the writer coroutine. Appends before this are queued, not lost."""
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="journal-writer")
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="journal-writer"
+            )
 
     async def create_run(self, record: RunRecord) -> None:
         try:
             self._write_conn.execute(
                 "INSERT INTO runs (run_id, workflow, spec, spec_hash, params, base_dir, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.run_id, record.workflow, record.spec, record.spec_hash,
-                 msgspec.json.encode(record.params), record.base_dir, record.created_at),
+                (
+                    record.run_id,
+                    record.workflow,
+                    record.spec,
+                    record.spec_hash,
+                    msgspec.json.encode(record.params),
+                    record.base_dir,
+                    record.created_at,
+                ),
             )
         except sqlite3.IntegrityError:
             raise RunExists(record.run_id) from None
@@ -249,7 +270,14 @@ class Journal:
         if data is _ENCODE:
             data = encode_data(event)
         self._queue.append(
-            (run_id, getattr(event, "task_id", None), getattr(event, "attempt", None), kind_of(event), event.at, data)
+            (
+                run_id,
+                getattr(event, "task_id", None),
+                getattr(event, "attempt", None),
+                kind_of(event),
+                event.at,
+                data,
+            )
         )
         if self._batch is None:
             loop = asyncio.get_running_loop()
@@ -316,7 +344,9 @@ class Journal:
             for size in _CHUNKS:
                 statement = _INSERT_CHUNK[size]
                 while total - start >= size:
-                    conn.execute(statement, [value for row in rows[start : start + size] for value in row])
+                    conn.execute(
+                        statement, [value for row in rows[start : start + size] for value in row]
+                    )
                     start += size
             conn.execute("COMMIT")
         except BaseException:
@@ -358,7 +388,9 @@ class Journal:
         )
         return [_record(row) for row in await cursor.fetchall()]
 
-    async def read_events(self, run_id: str, after: int = 0) -> AsyncIterator[list[tuple[int, Event]]]:
+    async def read_events(
+        self, run_id: str, after: int = 0
+    ) -> AsyncIterator[list[tuple[int, Event]]]:
         """Yield a run's events as chunks of `(seq, event)`, oldest first.
 
         Chunks, not single events: an async generator step per event cost more than
@@ -369,7 +401,10 @@ class Journal:
             (run_id, after),
         )
         while rows := await cursor.fetchmany(20_000):
-            yield [(seq, from_row(kind, task_id, attempt, at, data)) for seq, kind, task_id, attempt, at, data in rows]
+            yield [
+                (seq, from_row(kind, task_id, attempt, at, data))
+                for seq, kind, task_id, attempt, at, data in rows
+            ]
 
     async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
         found: list[tuple[int, Event]] = []
@@ -385,7 +420,9 @@ class Journal:
 
 def _record(row: tuple[Any, ...]) -> RunRecord:
     run_id, workflow, spec, spec_hash, params, base_dir, created_at = row
-    return RunRecord(run_id, workflow, spec, spec_hash, msgspec.json.decode(params), base_dir, created_at)
+    return RunRecord(
+        run_id, workflow, spec, spec_hash, msgspec.json.decode(params), base_dir, created_at
+    )
 
 
 class RunLock:

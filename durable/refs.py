@@ -70,7 +70,9 @@ def parse_ref(inner: str) -> Ref:
         return Ref("param", member, tuple(path), text)
     if head == "run":
         if member != "id" or path:
-            raise ReferenceSyntaxError(f"bad reference '${{{inner}}}': the only run field is run.id")
+            raise ReferenceSyntaxError(
+                f"bad reference '${{{inner}}}': the only run field is run.id"
+            )
         return Ref("run", "id", (), text)
     if member != "output":
         raise ReferenceSyntaxError(
@@ -208,7 +210,9 @@ def _compile_string(text: str, refs: list[Ref]) -> Any:
         return lambda scope: resolve(only, scope)
     if not any(isinstance(p, Ref) for p in pieces):
         return _Const("".join(p for p in pieces if isinstance(p, str)))
-    return lambda scope: "".join(p if isinstance(p, str) else as_text(resolve(p, scope)) for p in pieces)
+    return lambda scope: "".join(
+        p if isinstance(p, str) else as_text(resolve(p, scope)) for p in pieces
+    )
 
 
 def _check_unclosed(text: str) -> None:

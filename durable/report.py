@@ -169,7 +169,9 @@ def for_output(json: bool, stream: IO[str] | None = None) -> Reporter:
     return PlainReporter(stream)
 
 
-def summary_line(run_id: str, status: str, counts: dict[str, Any], elapsed: float | None = None) -> str:
+def summary_line(
+    run_id: str, status: str, counts: dict[str, Any], elapsed: float | None = None
+) -> str:
     parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     timing = f" in {elapsed:.2f}s" if elapsed is not None else ""
     return f"run {run_id} {status}{timing}: {parts}"

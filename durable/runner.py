@@ -28,8 +28,8 @@ from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
 from durable.journal import Journal, RunLock, RunRecord
 from durable.loader import plan_file, plan_workflow
-from durable.state import SUCCEEDED, RunState, TaskState
 from durable.spec import Workflow
+from durable.state import SUCCEEDED, RunState, TaskState
 
 
 class RunStats(msgspec.Struct):
@@ -53,7 +53,9 @@ class RunResult(msgspec.Struct):
 
     @property
     def outputs(self) -> dict[str, Any]:
-        return {task_id: task.output for task_id, task in self.tasks.items() if task.state == SUCCEEDED}
+        return {
+            task_id: task.output for task_id, task in self.tasks.items() if task.state == SUCCEEDED
+        }
 
     @property
     def ok(self) -> bool:
@@ -109,7 +111,9 @@ def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dic
     for name, value in (overrides or {}).items():
         if name not in params:
             declared = ", ".join(sorted(params)) or "none"
-            raise ParamError(f"param '{name}' is not declared by workflow '{workflow.name}' (declared: {declared})")
+            raise ParamError(
+                f"param '{name}' is not declared by workflow '{workflow.name}' (declared: {declared})"
+            )
         if isinstance(value, str) and not isinstance(params[name], str):
             try:
                 value = msgspec.json.decode(value)
@@ -142,7 +146,9 @@ async def arun(
         if isinstance(workflow, Workflow):
             folder = Path(base_dir or os.getcwd()).resolve()
             # Structs built in code skip the constraints a decode checks (ids, ranges).
-            checked = spec_module.from_data(msgspec.to_builtins(workflow), source=f"workflow '{workflow.name}'")
+            checked = spec_module.from_data(
+                msgspec.to_builtins(workflow), source=f"workflow '{workflow.name}'"
+            )
             plan = plan_workflow(checked, folder, source=f"workflow '{workflow.name}'")
         else:
             plan, folder = plan_file(workflow)
@@ -164,8 +170,17 @@ async def arun(
             )
             state = RunState.new(plan.tasks)
             return await _drive(
-                journal, plan, run_id, effective, state, RunStarted(at=time.time()),
-                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), resumed=False,
+                journal,
+                plan,
+                run_id,
+                effective,
+                state,
+                RunStarted(at=time.time()),
+                max_concurrency,
+                fail_fast,
+                handle_signals,
+                hooks or Hooks(),
+                resumed=False,
             )
     finally:
         await journal.close()
@@ -196,11 +211,24 @@ async def aresume(
                 state = RunState.fold((task.id for task in workflow.tasks), events)
                 del events
                 if state.status == SUCCEEDED:
-                    return RunResult(run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True)
-                plan = plan_workflow(workflow, record.base_dir, source=f"run '{run_id}'", trusted=True)
+                    return RunResult(
+                        run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True
+                    )
+                plan = plan_workflow(
+                    workflow, record.base_dir, source=f"run '{run_id}'", trusted=True
+                )
             return await _drive(
-                journal, plan, run_id, record.params, state, RunResumed(at=time.time()),
-                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), resumed=True,
+                journal,
+                plan,
+                run_id,
+                record.params,
+                state,
+                RunResumed(at=time.time()),
+                max_concurrency,
+                fail_fast,
+                handle_signals,
+                hooks or Hooks(),
+                resumed=True,
             )
     finally:
         await journal.close()
@@ -221,8 +249,14 @@ async def _drive(
 ) -> RunResult:
     journal.start()
     engine = Engine(
-        plan, journal, run_id, params, state,
-        max_concurrency=max_concurrency, fail_fast=fail_fast, on_event=hooks.on_event,
+        plan,
+        journal,
+        run_id,
+        params,
+        state,
+        max_concurrency=max_concurrency,
+        fail_fast=fail_fast,
+        on_event=hooks.on_event,
     )
     if hooks.on_start is not None:
         hooks.on_start(run_id, plan.workflow, state, resumed)
@@ -238,12 +272,17 @@ async def _drive(
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-    stats = RunStats(time.perf_counter() - started, journal.commits, journal.events_written, engine.peak_running)
+    stats = RunStats(
+        time.perf_counter() - started, journal.commits, journal.events_written, engine.peak_running
+    )
     return RunResult(run_id, plan.workflow.name, status, state.tasks, stats=stats)
 
 
-def run(workflow: str | os.PathLike[str] | Workflow, params: Mapping[str, Any] | None = None,
-        **options: Any) -> RunResult:
+def run(
+    workflow: str | os.PathLike[str] | Workflow,
+    params: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> RunResult:
     """Synchronous `arun`."""
     return eventloop.run(arun(workflow, params, **options))
 
@@ -253,4 +292,4 @@ def resume(run_id: str, **options: Any) -> RunResult:
     return eventloop.run(aresume(run_id, **options))
 
 
-__all__ = ["INTERRUPTED", "Hooks", "RunResult", "arun", "aresume", "merge_params", "resume", "run"]
+__all__ = ["INTERRUPTED", "Hooks", "RunResult", "aresume", "arun", "merge_params", "resume", "run"]

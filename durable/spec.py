@@ -84,7 +84,9 @@ def load(path: str | Path) -> Workflow:
     try:
         raw = decode(text)
     except msgspec.DecodeError as exc:
-        raise SpecError(str(path), f"not valid {path.suffix.lstrip('.').upper()}: {_first_line(exc)}") from None
+        raise SpecError(
+            str(path), f"not valid {path.suffix.lstrip('.').upper()}: {_first_line(exc)}"
+        ) from None
     return from_data(raw, source=str(path), text=text if decode is msgspec.yaml.decode else None)
 
 
@@ -185,7 +187,9 @@ def _yaml_line(text: bytes, parts: list[str | int], parent_only: bool) -> int | 
                     break
             else:
                 return node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
         else:
             break

@@ -98,7 +98,11 @@ class Registry:
         # A registered function keeps its options (above all `prepare`, which keeps
         # substituted values out of shell syntax) when it is named as module:function.
         registered = getattr(fn, "__durable_tool__", None)
-        return registered if isinstance(registered, ToolDef) else ToolDef(name, fn, inspect.iscoroutinefunction(fn))
+        return (
+            registered
+            if isinstance(registered, ToolDef)
+            else ToolDef(name, fn, inspect.iscoroutinefunction(fn))
+        )
 
 
 def _suggest(name: str, known: Iterable[str]) -> list[str]:
@@ -144,11 +148,14 @@ def import_modules(imports: Iterable[str], base_dir: str | Path) -> list[str]:
     problems = []
     for module_name in imports:
         existing = sys.modules.get(module_name)
-        if existing is not None and not _is_under(getattr(existing, "__file__", None), folder):
-            # Another workflow's module of the same name (e.g. two `tools.py`):
-            # load this folder's one instead of silently reusing the other.
-            if _local_module_exists(folder, module_name):
-                del sys.modules[module_name]
+        # Another workflow's module of the same name (e.g. two `tools.py`):
+        # load this folder's one instead of silently reusing the other.
+        if (
+            existing is not None
+            and not _is_under(getattr(existing, "__file__", None), folder)
+            and _local_module_exists(folder, module_name)
+        ):
+            del sys.modules[module_name]
         try:
             importlib.import_module(module_name)
         except Exception as exc:  # an import can fail in any way; report it, don't crash

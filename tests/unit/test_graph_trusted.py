@@ -34,7 +34,9 @@ def test_trusted_plan_has_the_same_graph(shape: str) -> None:
     workflow = benchmark.make_workflow(shape, 60)
     checked = graph.build(workflow, tools.REGISTRY.resolve)
     trusted = graph.build_trusted(workflow, tools.REGISTRY.resolve)
-    assert {t: set(p.deps) for t, p in trusted.tasks.items()} == {t: set(p.deps) for t, p in checked.tasks.items()}
+    assert {t: set(p.deps) for t, p in trusted.tasks.items()} == {
+        t: set(p.deps) for t, p in checked.tasks.items()
+    }
     assert trusted.levels == checked.levels
     for task_id, plan in trusted.tasks.items():
         assert plan.template.refs == checked.tasks[task_id].template.refs
@@ -45,6 +47,8 @@ def test_trusted_plan_of_the_examples(name: str) -> None:
     path = EXAMPLES / name / "workflow.yaml"
     checked, folder = loader.plan_file(path)
     trusted = loader.plan_workflow(spec.load(path), folder, trusted=True)
-    assert {t: set(p.deps) for t, p in trusted.tasks.items()} == {t: set(p.deps) for t, p in checked.tasks.items()}
+    assert {t: set(p.deps) for t, p in trusted.tasks.items()} == {
+        t: set(p.deps) for t, p in checked.tasks.items()
+    }
     for task_id, plan in trusted.tasks.items():
         assert (plan.when.source if plan.when else None) == checked.tasks[task_id].spec.when
