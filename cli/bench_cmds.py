@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from durable_cli.options import json_option
+from durable_cli.options import durability_option, json_option
 
 
 @click.command()
@@ -30,13 +30,7 @@ from durable_cli.options import json_option
     show_default=True,
     help="Concurrency bound.",
 )
-@click.option(
-    "--durability",
-    type=click.Choice(["normal", "full", "off"]),
-    default="normal",
-    show_default=True,
-    help="Journal sync mode (off: no syncs, benchmarks only).",
-)
+@durability_option
 @click.option(
     "--sleep",
     type=click.FloatRange(min=0),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import click
 from durable_cli.options import (
@@ -24,6 +26,20 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
             raise ParamError(f"bad -p '{pair}': expected KEY=VALUE")
         params[name] = value
     return params
+
+
+def _drive(as_json: bool, start: Callable[[Any], Coroutine[Any, Any, Any]]) -> None:
+    """Run or resume with the reporter the output calls for, then report and exit."""
+    from durable import eventloop, report, runner
+
+    reporter = report.for_output(as_json)
+    hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
+    started = time.monotonic()
+    result = eventloop.run(start(hooks))
+    if result.already_finished:
+        click.echo(f"run {result.run_id} already succeeded; nothing to resume")
+        return
+    _finish(result, reporter, time.monotonic() - started)
 
 
 def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untyped-def]
@@ -73,13 +89,11 @@ def run(
 
     Exit codes: 0 succeeded, 1 finished with failed tasks, 2 bad input, 130 interrupted.
     """
-    from durable import eventloop, report, runner
+    from durable import runner
 
-    reporter = report.for_output(as_json)
-    hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
-    started = time.monotonic()
-    result = eventloop.run(
-        runner.arun(
+    _drive(
+        as_json,
+        lambda hooks: runner.arun(
             workflow,
             _parse_params(params),
             db=db,
@@ -89,9 +103,8 @@ def run(
             durability=durability,
             handle_signals=True,
             hooks=hooks,
-        )
+        ),
     )
-    _finish(result, reporter, time.monotonic() - started)
 
 
 @click.command()
@@ -110,13 +123,11 @@ def resume(
     again; everything else (running when the process died, failed, cancelled, not
     started) runs. A run that already succeeded is left alone.
     """
-    from durable import eventloop, report, runner
+    from durable import runner
 
-    reporter = report.for_output(as_json)
-    hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
-    started = time.monotonic()
-    result = eventloop.run(
-        runner.aresume(
+    _drive(
+        as_json,
+        lambda hooks: runner.aresume(
             run_id,
             db=db,
             max_concurrency=jobs,
@@ -124,12 +135,8 @@ def resume(
             durability=durability,
             handle_signals=True,
             hooks=hooks,
-        )
+        ),
     )
-    if result.already_finished:
-        click.echo(f"run {run_id} already succeeded; nothing to resume")
-        return
-    _finish(result, reporter, time.monotonic() - started)
 
 
 COMMANDS = [run, resume]

@@ -26,6 +26,7 @@ from durable import spec as spec_module
 from durable.engine import INTERRUPTED, Engine
 from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
+from durable.graph import Plan
 from durable.journal import Journal, RunLock, RunRecord
 from durable.loader import plan_file, plan_workflow
 from durable.spec import Workflow
@@ -67,6 +68,15 @@ class Hooks(msgspec.Struct):
 
     on_start: Callable[[str, Workflow, RunState, bool], None] | None = None
     on_event: Callable[[Event], None] | None = None
+
+
+class Session(msgspec.Struct):
+    """How one session drives a run: the options `arun` and `aresume` share."""
+
+    max_concurrency: int | None = None
+    fail_fast: bool = False
+    handle_signals: bool = False
+    hooks: Hooks = msgspec.field(default_factory=Hooks)
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -168,20 +178,10 @@ async def arun(
                     created_at=time.time(),
                 )
             )
+            session = Session(max_concurrency, fail_fast, handle_signals, hooks or Hooks())
             state = RunState.new(plan.tasks)
-            return await _drive(
-                journal,
-                plan,
-                run_id,
-                effective,
-                state,
-                RunStarted(at=time.time()),
-                max_concurrency,
-                fail_fast,
-                handle_signals,
-                hooks or Hooks(),
-                resumed=False,
-            )
+            opening = RunStarted(at=time.time())
+            return await _drive(journal, plan, run_id, effective, state, opening, session)
     finally:
         await journal.close()
 
@@ -217,35 +217,21 @@ async def aresume(
                 plan = plan_workflow(
                     workflow, record.base_dir, source=f"run '{run_id}'", trusted=True
                 )
-            return await _drive(
-                journal,
-                plan,
-                run_id,
-                record.params,
-                state,
-                RunResumed(at=time.time()),
-                max_concurrency,
-                fail_fast,
-                handle_signals,
-                hooks or Hooks(),
-                resumed=True,
-            )
+            session = Session(max_concurrency, fail_fast, handle_signals, hooks or Hooks())
+            opening = RunResumed(at=time.time())
+            return await _drive(journal, plan, run_id, record.params, state, opening, session)
     finally:
         await journal.close()
 
 
 async def _drive(
     journal: Journal,
-    plan: Any,
+    plan: Plan,
     run_id: str,
     params: dict[str, Any],
     state: RunState,
-    opening: Event,
-    max_concurrency: int | None,
-    fail_fast: bool,
-    handle_signals: bool,
-    hooks: Hooks,
-    resumed: bool,
+    opening: RunStarted | RunResumed,
+    session: Session,
 ) -> RunResult:
     journal.start()
     engine = Engine(
@@ -254,22 +240,22 @@ async def _drive(
         run_id,
         params,
         state,
-        max_concurrency=max_concurrency,
-        fail_fast=fail_fast,
-        on_event=hooks.on_event,
+        max_concurrency=session.max_concurrency,
+        fail_fast=session.fail_fast,
+        on_event=session.hooks.on_event,
     )
-    if hooks.on_start is not None:
-        hooks.on_start(run_id, plan.workflow, state, resumed)
+    if session.hooks.on_start is not None:
+        session.hooks.on_start(run_id, plan.workflow, state, isinstance(opening, RunResumed))
     engine.emit(opening)
     loop = asyncio.get_running_loop()
-    if handle_signals:
+    if session.handle_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, engine.interrupt)
     started = time.perf_counter()
     try:
         status = await engine.run()
     finally:
-        if handle_signals:
+        if session.handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
     stats = RunStats(
