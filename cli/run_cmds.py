@@ -42,6 +42,23 @@ def _drive(as_json: bool, start: Callable[[Any], Coroutine[Any, Any, Any]]) -> N
     _finish(result, reporter, time.monotonic() - started)
 
 
+def _abandon_tool_threads(error: Exception) -> None:
+    """Exit now if a sync tool's thread is still running.
+
+    Python cannot stop a thread, and would wait for it at exit. Everything that
+    matters is journaled and closed by now, so the process reports and leaves.
+    """
+    import os
+    import sys
+    import threading
+
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        click.echo(f"error: {error}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
 def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untyped-def]
     from durable.errors import Interrupted
     from durable.report import JsonReporter, summary_line
@@ -54,6 +71,7 @@ def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untype
             if task.state == "failed":
                 click.echo(f"  {task_id}: {task.error}", err=True)
     if result.status == "interrupted":
+        _abandon_tool_threads(Interrupted(result.run_id))
         raise Interrupted(result.run_id)
     if result.status != "succeeded":
         click.get_current_context().exit(1)

@@ -121,6 +121,22 @@ class Summary(msgspec.Struct):
     tasks_per_s_max: float
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory.
+
+    `VmHWM` where Linux has it: `ru_maxrss` survives `exec`, so a `durable bench`
+    started by a big process would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 async def _baseline(plan: graph.Plan, concurrency: int) -> float:
     """The same DAG with no journal: an asyncio task per node, a semaphore, the same tool."""
     gate = asyncio.Semaphore(concurrency)
@@ -162,7 +178,7 @@ async def measure(
         if result.status != "succeeded":
             raise RuntimeError(f"benchmark run {result.run_id} ended {result.status}")
         size = sum(p.stat().st_size for p in Path(tmp).glob("bench.db*") if p.is_file())
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     baseline = await _baseline(plan_workflow(workflow, os.getcwd()), concurrency)
     commits = max(stats.commits, 1)
     return Result(

@@ -187,6 +187,8 @@ class Engine:
             try:
                 go = bool(plan.when.evaluate(self.scope))
             except DurableError as exc:
+                if self.fail_fast:
+                    self._stop("fail_fast")
                 self._finish(
                     task_id, TaskFailed(task_id=task_id, at=now, error=f"when: {exc.message}")
                 )
