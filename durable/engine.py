@@ -18,6 +18,7 @@ downstream can see an output that a crash could still take back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
 from collections.abc import Callable
@@ -111,7 +112,13 @@ class Engine:
     async def run(self) -> str:
         """Run until every task is finished or the run is stopped; return the run status."""
         self._start()
-        await self._done.wait()
+        # Everything alive now (the plan, the state) lives until the end of the run:
+        # moved out of the GC's generations, it is not walked by every full collection.
+        gc.freeze()
+        try:
+            await self._done.wait()
+        finally:
+            gc.unfreeze()
         self.executors.shutdown()
         if self._fatal is not None:
             raise self._fatal

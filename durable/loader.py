@@ -9,14 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from durable import graph, spec, tools
+from durable.allocation import bulk_allocation
+from durable.errors import ValidationError
 from durable.spec import Workflow
 
 
 def plan_file(path: str | Path, check_tools: bool = True) -> tuple[graph.Plan, Path]:
     """Load, import and validate a workflow file; return its plan and its folder."""
-    workflow = spec.load(path)
-    base_dir = Path(path).resolve().parent
-    return plan_workflow(workflow, base_dir, str(path), check_tools), base_dir
+    with bulk_allocation():
+        workflow = spec.load(path)
+        base_dir = Path(path).resolve().parent
+        return plan_workflow(workflow, base_dir, str(path), check_tools), base_dir
 
 
 def plan_workflow(
@@ -31,15 +34,14 @@ def plan_workflow(
     `trusted` is for a workflow validated before (a resume's snapshot): it skips
     the checks and compiles inputs lazily (`graph.build_trusted`).
     """
-    if trusted:
-        problems = tools.import_modules(workflow.imports, base_dir)
-        if problems:
-            from durable.errors import ValidationError
-
-            raise ValidationError(source, problems)
-        return graph.build_trusted(workflow, tools.REGISTRY.resolve, source)
-    problems = tools.import_modules(workflow.imports, base_dir) if check_tools else []
-    if not check_tools:
-        tools.add_search_path(str(Path(base_dir).resolve()))
-    resolver = tools.REGISTRY.resolve if check_tools else None
-    return graph.build(workflow, resolver, source, problems)
+    with bulk_allocation():
+        if trusted:
+            problems = tools.import_modules(workflow.imports, base_dir)
+            if problems:
+                raise ValidationError(source, problems)
+            return graph.build_trusted(workflow, tools.REGISTRY.resolve, source)
+        problems = tools.import_modules(workflow.imports, base_dir) if check_tools else []
+        if not check_tools:
+            tools.add_search_path(str(Path(base_dir).resolve()))
+        resolver = tools.REGISTRY.resolve if check_tools else None
+        return graph.build(workflow, resolver, source, problems)

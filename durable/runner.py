@@ -8,14 +8,12 @@ and hands over to the `Engine`. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import os
 import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import msgspec
 
 from durable import eventloop
 from durable import spec as spec_module
+from durable.allocation import bulk_allocation
 from durable.engine import INTERRUPTED, Engine
 from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
@@ -80,23 +79,6 @@ class Session(msgspec.Struct):
 
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-@contextlib.contextmanager
-def bulk_allocation() -> Iterator[None]:
-    """Pause the cyclic GC while a plan or a fold is built.
-
-    Both allocate hundreds of thousands of objects that live for the whole run and
-    form no cycles; the GC's generational passes over them made a 100k-task resume
-    twice as slow. Restored afterwards, whatever it was.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def new_run_id() -> str:
