@@ -146,9 +146,11 @@ def build(
         tasks[task.id] = _plan_task(task, workflow, seen, resolve_tool, problems)
         used_tools.add(task.tool)
 
-    for name in workflow.limits:
+    for name, limit in workflow.limits.items():
         if name not in used_tools:
             problems.append(f"field 'limits': no task uses tool '{name}'")
+        if limit < 1:
+            problems.append(f"field 'limits': tool '{name}': limit must be at least 1, got {limit}")
 
     for plan in tasks.values():
         for dep in plan.deps:

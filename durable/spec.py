@@ -60,7 +60,9 @@ class Workflow(_Spec, kw_only=True):
     max_concurrency: Concurrency = 16
     params: dict[str, Any] = {}
     imports: list[str] = []
-    limits: dict[str, Concurrency] = {}
+    # Checked by `graph.build` rather than by a constraint, so that the error can
+    # name the tool (msgspec reports a bad dict value as `limits[...]`).
+    limits: dict[str, int] = {}
 
 
 _DECODERS = {
