@@ -316,11 +316,19 @@ class TestErrorRewriting:
         path = write(tmp_path, "w.yaml", "name: w\ntasks:\n  - 5\n")
         assert spec_error(path) == f"{path}: line 3: task #1: expected `object`, got `int`"
 
-    def test_limit_below_one(self, tmp_path: Path) -> None:
-        path = write(tmp_path, "w.yaml", "name: w\nlimits:\n  echo: 0\ntasks: []\n")
-        message = spec_error(path)
-        assert message.startswith(f"{path}: line 3: field 'limits")
-        assert message.endswith("expected `int` >= 1")
+    def test_limit_below_one_is_reported_with_its_tool(self, tmp_path: Path) -> None:
+        # Decoding accepts it; validation names the tool (a decode error could not).
+        from durable import graph, tools
+        from durable.errors import ValidationError
+
+        path = write(
+            tmp_path, "w.yaml", "name: w\nlimits:\n  echo: 0\ntasks: [{id: a, tool: echo}]\n"
+        )
+        with pytest.raises(ValidationError) as info:
+            graph.build(spec.load(path), tools.REGISTRY.resolve, str(path))
+        assert info.value.problems == [
+            "field 'limits': tool 'echo': limit must be at least 1, got 0"
+        ]
 
     def test_from_data_names_its_source(self) -> None:
         with pytest.raises(SpecError) as info:
