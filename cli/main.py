@@ -25,6 +25,11 @@ class DurableGroup(click.Group):
         except DurableError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C before a run's own handler is installed (while validating a
+            # large file, say): nothing was journaled yet, nothing to resume.
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=DurableGroup, context_settings={"help_option_names": ["-h", "--help"]})
