@@ -5,7 +5,7 @@ needs nothing else); `events` is the append-only log that `state.py` folds. Trig
 make UPDATE and DELETE of either table fail: history is never rewritten.
 
 Writes go through one writer coroutine that does group commit: it takes every row
-queued since its last commit, writes them with one `executemany` in one
+queued since its last commit, writes them with multi-row INSERTs in one
 transaction, commits, then wakes the waiters of that batch. Under load, many events
 share one commit; alone, an event pays for one commit of its own.
 
@@ -200,7 +200,6 @@ class Journal:
         self._write_conn = writer
         self._queue: list[tuple[Any, ...]] = []
         self._batch: asyncio.Future[None] | None = None
-        self._inflight: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
@@ -289,10 +288,13 @@ class Journal:
         return self._batch
 
     async def flush(self) -> None:
-        """Wait until everything appended so far is committed (raising if a write failed)."""
-        for future in (self._inflight, self._batch):
-            if future is not None:
-                await asyncio.shield(future)
+        """Wait until everything appended so far is committed (raising if a write failed).
+
+        Only the queued batch can be pending: the writer commits a batch without
+        yielding to the loop, so no batch is ever half-written when this runs.
+        """
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -304,7 +306,7 @@ class Journal:
                 await self._wakeup.wait()
                 continue
             rows, batch = self._queue, self._batch
-            self._queue, self._batch, self._inflight = [], None, batch
+            self._queue, self._batch = [], None
             try:
                 self._write(rows)
             except sqlite3.Error as exc:
@@ -315,8 +317,6 @@ class Journal:
                 self._uncheckpointed += len(rows)
                 if self._uncheckpointed >= CHECKPOINT_EVERY and self._checkpoint is None:
                     self._start_checkpoint(loop)
-            finally:
-                self._inflight = None
 
     def _start_checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
         """Copy the WAL back into the database on a thread of its own.
