@@ -28,9 +28,18 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
-def _drive(as_json: bool, start: Callable[[Any], Coroutine[Any, Any, Any]]) -> None:
+def _drive(
+    as_json: bool, durability: str, start: Callable[[Any], Coroutine[Any, Any, Any]]
+) -> None:
     """Run or resume with the reporter the output calls for, then report and exit."""
     from durable import eventloop, report, runner
+
+    if durability == "off":
+        click.echo(
+            "warning: --durability off: commits are not synced; a crash of the machine "
+            "(not just of durable) can lose finished work. For tests and benchmarks only.",
+            err=True,
+        )
 
     reporter = report.for_output(as_json)
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
@@ -111,6 +120,7 @@ def run(
 
     _drive(
         as_json,
+        durability,
         lambda hooks: runner.arun(
             workflow,
             _parse_params(params),
@@ -145,6 +155,7 @@ def resume(
 
     _drive(
         as_json,
+        durability,
         lambda hooks: runner.aresume(
             run_id,
             db=db,

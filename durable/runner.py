@@ -1,6 +1,7 @@
 """The Python API: run a workflow, or resume a run, and get a `RunResult` back.
 
-`arun`/`aresume` are the async forms; `run`/`resume` wrap them in `asyncio.run`.
+`arun`/`aresume` are the async forms; `run`/`resume` run them on a loop of their own
+(`eventloop.run`: uvloop where installed).
 Each opens the journal, takes the run's lock, folds what the journal already knows,
 and hands over to the `Engine`. The CLI is a thin layer over these functions.
 """
@@ -260,4 +261,15 @@ def resume(run_id: str, **options: Any) -> RunResult:
     return eventloop.run(aresume(run_id, **options))
 
 
-__all__ = ["INTERRUPTED", "Hooks", "RunResult", "aresume", "arun", "merge_params", "resume", "run"]
+__all__ = [
+    "INTERRUPTED",
+    "Hooks",
+    "RunResult",
+    "RunStats",
+    "Session",
+    "aresume",
+    "arun",
+    "merge_params",
+    "resume",
+    "run",
+]
