@@ -8,6 +8,7 @@ the *shape* of a workflow; whether it makes sense as a graph is `graph.py`'s job
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -65,9 +66,52 @@ class Workflow(_Spec, kw_only=True):
     limits: dict[str, int] = {}
 
 
+@functools.cache
+def _strict_yaml_loader() -> type:
+    """PyYAML's safe loader (libyaml's where built), refusing duplicate keys.
+
+    Plain YAML keeps the last of two equal keys, so a task with two `input:` keys
+    would silently lose one. Built on first use: importing PyYAML costs start-up.
+    """
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class StrictLoader(base):  # type: ignore[valid-type,misc]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` keys may be overridden: that is their point
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    if key in first_line:
+                        raise yaml.constructor.ConstructorError(
+                            None,
+                            None,
+                            f"duplicate key {key!r} (first at line {first_line[key]})",
+                            key_node.start_mark,
+                        )
+                    first_line[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: the base class reports it
+                    pass
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
+
+
+def _decode_yaml(text: bytes) -> Any:
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_yaml_loader())  # a safe loader, see above
+    except yaml.YAMLError as exc:
+        raise msgspec.DecodeError(str(exc)) from None
+
+
 _DECODERS = {
-    ".yaml": msgspec.yaml.decode,
-    ".yml": msgspec.yaml.decode,
+    ".yaml": _decode_yaml,
+    ".yml": _decode_yaml,
     ".json": msgspec.json.decode,
     ".toml": msgspec.toml.decode,
 }
@@ -89,7 +133,7 @@ def load(path: str | Path) -> Workflow:
         raise SpecError(
             str(path), f"not valid {path.suffix.lstrip('.').upper()}: {_first_line(exc)}"
         ) from None
-    return from_data(raw, source=str(path), text=text if decode is msgspec.yaml.decode else None)
+    return from_data(raw, source=str(path), text=text if decode is _decode_yaml else None)
 
 
 def from_data(raw: Any, source: str = "<workflow>", text: bytes | None = None) -> Workflow:
