@@ -180,6 +180,8 @@ def describe_validation_error(message: str, raw: Any, text: bytes | None) -> str
     elif missing:
         parts.append(missing.group(1))
         what = "required field is missing"
+    elif what.startswith("Expected `str` matching regex"):  # IDENTIFIER, the only pattern
+        what = "must start with a letter or '_' and hold only letters, digits, '_' and '-'"
     else:
         what = what[:1].lower() + what[1:]
 
