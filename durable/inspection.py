@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 
 from durable import spec as spec_module
-from durable.journal import Journal, RunLock, RunRecord
+from durable.journal import Journal, RunRecord
+from durable.runlock import RunLock
 from durable.state import RunState
 
 RUNNING = "running"

@@ -1,4 +1,5 @@
-"""The SQLite journal: schema, group-commit appends, reads, and the per-run lock.
+"""The SQLite journal: schema, group-commit appends and reads. (The per-run lock is
+`runlock.py`.)
 
 One file holds every run. `runs` has a row per run (the spec snapshot, so a resume
 needs nothing else); `events` is the append-only log that `state.py` folds. Triggers
@@ -16,7 +17,6 @@ schema is refused before anything is written to it.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -27,7 +27,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from durable.errors import JournalError, RunExists, RunLocked, RunNotFound
+from durable.errors import JournalError, RunExists, RunNotFound
 from durable.events import Event, encode_data, from_row, kind_of
 
 SCHEMA_VERSION = 1
@@ -423,52 +423,3 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
     return RunRecord(
         run_id, workflow, spec, spec_hash, msgspec.json.decode(params), base_dir, created_at
     )
-
-
-class RunLock:
-    """Only one process drives a run: an exclusive `flock` on a per-run lock file.
-
-    The OS releases the lock when the process dies, however it dies, so a crashed
-    run is never locked out of its own resume. Lock files live beside the journal in
-    `<journal>.locks/`; they are empty and left in place.
-    """
-
-    def __init__(self, journal_path: Path, run_id: str) -> None:
-        self.path = Path(f"{journal_path}.locks") / run_id
-        self.run_id = run_id
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunLocked(self.run_id) from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def is_held_elsewhere(self) -> bool:
-        """True when a live process drives the run. Never creates the lock file."""
-        if not self.path.exists():
-            return False
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

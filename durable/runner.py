@@ -27,8 +27,9 @@ from durable.engine import INTERRUPTED, Engine
 from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
 from durable.graph import Plan
-from durable.journal import Journal, RunLock, RunRecord
+from durable.journal import Journal, RunRecord
 from durable.loader import plan_file, plan_workflow
+from durable.runlock import RunLock
 from durable.spec import Workflow
 from durable.state import SUCCEEDED, RunState, TaskState
 

@@ -23,7 +23,8 @@ from durable.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from durable.journal import SCHEMA_VERSION, Journal, RunLock, RunRecord
+from durable.journal import SCHEMA_VERSION, Journal, RunRecord
+from durable.runlock import RunLock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -552,7 +553,7 @@ def test_runs_table(tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from durable.journal import RunLock
+from durable.runlock import RunLock
 lock = RunLock(Path(sys.argv[1]), sys.argv[2])
 lock.acquire()
 print("held", flush=True)
