@@ -172,8 +172,12 @@ tasks:
 def failing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Each FAILING workflow run once (all at once), with its `status --json`."""
 
+    # Folders are made here, one by one: `mktemp` is not thread-safe (its first
+    # call creates the session's base folder).
+    folders = {name: tmp_path_factory.mktemp(name) for name in FAILING}
+
     def run(name: str) -> dict[str, Any]:
-        folder = tmp_path_factory.mktemp(name)
+        folder = folders[name]
         write(folder, "tools.py", TOOLS)
         workflow = write(folder, "workflow.yaml", FAILING[name])
         db = str(folder / "journal.db")
