@@ -179,6 +179,8 @@ async def measure(
             raise RuntimeError(f"benchmark run {result.run_id} ended {result.status}")
         size = sum(p.stat().st_size for p in Path(tmp).glob("bench.db*") if p.is_file())
     rss_mb = peak_rss_mb()
+    # Planned afresh: keeping the first plan alive through the run would add its
+    # memory to the durable run's peak RSS.
     baseline = await _baseline(plan_workflow(workflow, os.getcwd()), concurrency)
     commits = max(stats.commits, 1)
     return Result(

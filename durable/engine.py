@@ -40,7 +40,6 @@ from durable.events import (
     TaskSucceeded,
     TaskUpstreamFailed,
     decode_output,
-    encode_data,
     encode_output,
 )
 from durable.executors import Executors, TaskContext, idempotency_key
@@ -50,6 +49,7 @@ from durable.refs import Scope
 from durable.state import (
     CANCELLED,
     FAILED,
+    INTERRUPTED,
     PENDING,
     SKIPPED,
     SUCCEEDED,
@@ -58,7 +58,6 @@ from durable.state import (
     RunState,
 )
 
-INTERRUPTED = "interrupted"
 _BLOCKING = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED})
 
 EventSink = Callable[[Event], None]
@@ -358,12 +357,7 @@ class Engine:
         that at any moment at most `max_concurrency` tasks have run without a
         committed outcome: that bounds what a crash can make run twice.
         """
-        self.state.apply(event)
-        if self._on_event is not None:
-            self._on_event(event)
-        batch = self.journal.append(
-            self.run_id, event, data if data is not None else encode_data(event)
-        )
+        batch = self.emit(event, data)
         if batch is not self._batch:
             # One callback per group commit, not per event.
             self._batch, self._batch_items = batch, []
@@ -436,11 +430,18 @@ class Engine:
             task.cancel()
         self._done.set()
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event, data: bytes | None = None) -> asyncio.Future[None]:
+        """Apply an event to the live state, show it, and queue it for the journal.
+
+        `data` is the event's encoded payload when the caller already has it (an
+        output, encoded once to prove it serialisable). Returns the commit future.
+        """
         self.state.apply(event)
         if self._on_event is not None:
             self._on_event(event)
-        self.journal.append(self.run_id, event)
+        if data is None:
+            return self.journal.append(self.run_id, event)
+        return self.journal.append(self.run_id, event, data)
 
 
 class _AttemptFailed(Exception):

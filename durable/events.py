@@ -110,7 +110,7 @@ def encode_data(event: Event) -> bytes | None:
     if not names:
         return None
     if names == ("output",):
-        return _encoder.encode(event.output)  # type: ignore[union-attr]
+        return encode_output(event.output)  # type: ignore[union-attr]
     return _encoder.encode({name: getattr(event, name) for name in names})
 
 

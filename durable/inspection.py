@@ -14,10 +14,7 @@ import msgspec
 from durable import spec as spec_module
 from durable.journal import Journal, RunRecord
 from durable.runlock import RunLock
-from durable.state import RunState
-
-RUNNING = "running"
-INTERRUPTED = "interrupted"
+from durable.state import INTERRUPTED, RUNNING, RunState
 
 
 class RunView(msgspec.Struct):

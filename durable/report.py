@@ -103,9 +103,6 @@ class JsonReporter(Reporter):
 
     _encoder = msgspec.json.Encoder()
 
-    def on_start(self, run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> None:
-        super().on_start(run_id, workflow, state, resumed)
-
     def on_event(self, event: Event) -> None:
         record = to_dict(event, self.run_id)
         try:

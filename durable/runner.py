@@ -23,7 +23,7 @@ import msgspec
 from durable import eventloop
 from durable import spec as spec_module
 from durable.allocation import bulk_allocation
-from durable.engine import INTERRUPTED, Engine
+from durable.engine import Engine
 from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
 from durable.graph import Plan
@@ -31,7 +31,7 @@ from durable.journal import Journal, RunRecord
 from durable.loader import plan_file, plan_workflow
 from durable.runlock import RunLock
 from durable.spec import Workflow
-from durable.state import SUCCEEDED, RunState, TaskState
+from durable.state import INTERRUPTED, SUCCEEDED, RunState, TaskState
 
 
 class RunStats(msgspec.Struct):

@@ -48,6 +48,10 @@ SKIPPED = "skipped"
 UPSTREAM_FAILED = "upstream_failed"
 CANCELLED = "cancelled"
 
+#: A run's status when it stopped on SIGINT/SIGTERM (succeeded/failed are shared
+#: with tasks); `inspection` adds "running" for a run a live process drives.
+INTERRUPTED = "interrupted"
+
 #: States a resume keeps: their outputs are final.
 KEPT = frozenset({SUCCEEDED, SKIPPED})
 #: States in which a task is finished for the rest of this session.
