@@ -1,4 +1,8 @@
-"""Commands that read the journal: `runs`, `status`, `log` and `output`. None of them writes."""
+"""Commands that read the journal: `runs`, `status`, `log`, `output` and `check`.
+
+None of them writes: they open the journal read-only, so they work on a journal
+they cannot write (a read-only folder) and never change one they inspect.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def _with_journal(db: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
     from durable.journal import Journal
 
     async def main() -> T:
-        journal = await Journal.open(db, create=False)
+        journal = await Journal.open(db, create=False, readonly=True)
         try:
             return await action(journal)
         finally:
@@ -43,26 +47,40 @@ def _when(at: float | None) -> str:
 @json_option
 def runs(db: str | None, as_json: bool) -> None:
     """List every run in the journal, oldest first: id, workflow, status, counts, times."""
-    from durable.inspection import runs_document, view_run
+    from durable.errors import DurableError
+    from durable.inspection import damaged_document, runs_document, view_run
+
+    errors: list[DurableError] = []
 
     async def collect(journal: Any) -> list[dict[str, Any]]:
-        return [
-            runs_document(await view_run(journal, record)) for record in await journal.list_runs()
-        ]
+        documents = []
+        for record in await journal.list_runs():
+            try:
+                if isinstance(record, DurableError):
+                    raise record
+                documents.append(runs_document(await view_run(journal, record)))
+            except DurableError as exc:  # one damaged run must not hide the others
+                errors.append(exc)
+                documents.append(damaged_document(record, exc))
+        return documents
 
     documents = _with_journal(db, collect)
     if as_json:
         _echo_json(documents)
-        return
-    if not documents:
+    elif not documents:
         click.echo("no runs yet")
-        return
-    click.echo(f"{'RUN':<12} {'WORKFLOW':<20} {'STATUS':<12} {'CREATED':<19}  COUNTS")
-    for doc in documents:
-        counts = ", ".join(f"{n} {state}" for state, n in sorted(doc["counts"].items()))
-        click.echo(
-            f"{doc['run_id']:<12} {doc['workflow']:<20} {doc['status']:<12} {_when(doc['created_at'])}  {counts}"
-        )
+    else:
+        click.echo(f"{'RUN':<12} {'WORKFLOW':<20} {'STATUS':<12} {'CREATED':<19}  COUNTS")
+        for doc in documents:
+            counts = ", ".join(f"{n} {state}" for state, n in sorted(doc["counts"].items()))
+            click.echo(
+                f"{doc['run_id']:<12} {doc['workflow']:<20} {doc['status']:<12} {_when(doc['created_at'])}  {counts}"
+            )
+    if errors:
+        first = errors[0]
+        if len(errors) > 1:
+            first.details = [*first.details, f"and {len(errors) - 1} more damaged run(s)"]
+        raise first
 
 
 @click.command()
@@ -154,4 +172,28 @@ def output(run_id: str, task: str | None, db: str | None) -> None:
     _echo_json(_with_journal(db, collect))
 
 
-COMMANDS = [runs, status, log, output]
+@click.command()
+@click.argument("run_id", required=False)
+@db_option
+def check(run_id: str | None, db: str | None) -> None:
+    """Check the journal (or one run): SQLite's integrity check, every event's
+    checksum, and a replay of every run's history. Says exactly what is damaged.
+
+    Exits 0 when all is well, 2 when anything is damaged.
+    """
+    from durable.check import check_journal, raise_for
+
+    async def collect(journal: Any) -> None:
+        report = await check_journal(journal, run_id)
+        raise_for(report, journal)
+        scope = f"run {run_id}" if run_id else f"{report.runs} run(s)"
+        click.echo(f"{journal.path}: ok ({scope}, {report.events:,} events, checksums verified)")
+        for legacy in report.unverified:
+            click.echo(
+                f"  run '{legacy}' was written before checksums: its events were not verified"
+            )
+
+    _with_journal(db, collect)
+
+
+COMMANDS = [runs, status, log, output, check]

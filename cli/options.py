@@ -29,3 +29,11 @@ durability_option = click.option(
 fail_fast_option = click.option(
     "--fail-fast", is_flag=True, help="Cancel everything at the first failed task."
 )
+max_deaths_option = click.option(
+    "--max-deaths",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Fail a task, instead of starting it again, once the process has died this many "
+    "times while it ran (a tool that exits or crashes the process).",
+)

@@ -13,6 +13,7 @@ from durable_cli.options import (
     fail_fast_option,
     jobs_option,
     json_option,
+    max_deaths_option,
 )
 
 
@@ -51,23 +52,6 @@ def _drive(
     _finish(result, reporter, time.monotonic() - started)
 
 
-def _abandon_tool_threads(error: Exception) -> None:
-    """Exit now if a sync tool's thread is still running.
-
-    Python cannot stop a thread, and would wait for it at exit. Everything that
-    matters is journaled and closed by now, so the process reports and leaves.
-    """
-    import os
-    import sys
-    import threading
-
-    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
-        click.echo(f"error: {error}", err=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
-
-
 def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untyped-def]
     from durable.errors import Interrupted
     from durable.report import JsonReporter, summary_line
@@ -80,7 +64,6 @@ def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untype
             if task.state == "failed":
                 click.echo(f"  {task_id}: {task.error}", err=True)
     if result.status == "interrupted":
-        _abandon_tool_threads(Interrupted(result.run_id))
         raise Interrupted(result.run_id)
     if result.status != "succeeded":
         click.get_current_context().exit(1)
@@ -102,6 +85,7 @@ def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untype
 @json_option
 @fail_fast_option
 @durability_option
+@max_deaths_option
 def run(
     workflow: str,
     params: tuple[str, ...],
@@ -111,6 +95,7 @@ def run(
     as_json: bool,
     fail_fast: bool,
     durability: str,
+    max_deaths: int,
 ) -> None:
     """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
 
@@ -131,6 +116,7 @@ def run(
             durability=durability,
             handle_signals=True,
             hooks=hooks,
+            max_deaths=max_deaths,
         ),
     )
 
@@ -142,8 +128,15 @@ def run(
 @json_option
 @fail_fast_option
 @durability_option
+@max_deaths_option
 def resume(
-    run_id: str, db: str | None, jobs: int | None, as_json: bool, fail_fast: bool, durability: str
+    run_id: str,
+    db: str | None,
+    jobs: int | None,
+    as_json: bool,
+    fail_fast: bool,
+    durability: str,
+    max_deaths: int,
 ) -> None:
     """Continue an interrupted or failed run.
 
@@ -164,6 +157,7 @@ def resume(
             durability=durability,
             handle_signals=True,
             hooks=hooks,
+            max_deaths=max_deaths,
         ),
     )
 

@@ -13,6 +13,20 @@ tool's queue without blocking other tools.
 The durability barrier: a task's output enters the `Scope` that dependents are
 rendered from only in the commit callback of its `task_succeeded` event. Nothing
 downstream can see an output that a crash could still take back.
+
+Poison tasks: a tool that kills its process (`os._exit`, a segfault) would kill
+every resume the same way. The fold counts, per task, the process deaths it was
+running at; a task with `max_deaths` of them is failed instead of started again.
+Two rules keep that count exact and fair:
+- in a session that follows a death, a tool is called only once its
+  `task_started` is committed, so the next death is charged to exactly the tasks
+  that were running (elsewhere tasks start without waiting for that commit, so a
+  poison task's first death may go unrecorded: it takes at most `max_deaths + 1`
+  processes down);
+- a *suspect*, a task one death short of the limit, runs alone: nothing else
+  starts until its outcome is committed. Its last death is then surely its own, so
+  a task that merely ran beside a poison task is never failed for it (unless
+  `max_deaths` is 1: then every task running at the death is).
 """
 
 from __future__ import annotations
@@ -60,6 +74,9 @@ from durable.state import (
 
 _BLOCKING = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED})
 
+#: Process deaths while a task ran after which it is failed rather than started again.
+MAX_DEATHS = 3
+
 EventSink = Callable[[Event], None]
 
 
@@ -78,6 +95,7 @@ class Engine:
         fail_fast: bool = False,
         on_event: EventSink | None = None,
         executors: Executors | None = None,
+        max_deaths: int = MAX_DEATHS,
     ) -> None:
         self.plan = plan
         self.journal = journal
@@ -86,12 +104,15 @@ class Engine:
         self.max_concurrency = max_concurrency or plan.workflow.max_concurrency
         self.limits = plan.workflow.limits
         self.fail_fast = fail_fast
+        self.max_deaths = max_deaths
         self._on_event = on_event
         self.executors = executors or Executors(self.max_concurrency)
         self.scope = Scope(params=params, run_id=run_id, outputs={})
 
         self._remaining: dict[str, int] = {}
         self._ready: deque[str] = deque()
+        self._suspects: deque[str] = deque()
+        self._alone: str | None = None  # a suspect running by itself
         self._parked: dict[str, deque[str]] = {}
         self._running = 0
         self._running_by_tool: dict[str, int] = {}
@@ -104,6 +125,9 @@ class Engine:
         self._done = asyncio.Event()
         self._batch: asyncio.Future[None] | None = None
         self._batch_items: list[tuple[Any, bool]] = []
+        # After a process death, attempts wait for their `task_started` commit (`_start`).
+        self._starts: dict[str, asyncio.Future[None]] | None = None
+        journal.on_lost = self._crash
         self.peak_running = 0
 
     # -- public --------------------------------------------------------------
@@ -142,6 +166,8 @@ class Engine:
     # -- start ---------------------------------------------------------------
 
     def _start(self) -> None:
+        if self.state.after_death:
+            self._starts = {}
         outputs = self.scope.outputs
         kept: set[str] = set()
         for task_id, task in self.state.tasks.items():
@@ -189,6 +215,15 @@ class Engine:
                     TaskSkipped(task_id=task_id, at=now, reason=f"upstream '{skipped}' skipped"),
                 )
                 return
+        deaths = self.state.tasks[task_id].deaths
+        if deaths >= self.max_deaths:
+            error = (
+                f"the process died {deaths} times while this task ran, so it is not started "
+                f"again (a tool that exits or crashes the process?); resume with "
+                f"--max-deaths {deaths + 1} to try it once more"
+            )
+            self._finish(task_id, TaskFailed(task_id=task_id, at=now, error=error))
+            return
         if plan.when is not None:
             try:
                 go = bool(plan.when.evaluate(self.scope))
@@ -203,23 +238,41 @@ class Engine:
                 reason = f"condition false: {plan.when.source}"
                 self._finish(task_id, TaskSkipped(task_id=task_id, at=now, reason=reason))
                 return
-        self._ready.append(task_id)
+        self._enqueue(task_id)
+
+    def _enqueue(self, task_id: str) -> None:
+        if self.state.tasks[task_id].deaths >= max(1, self.max_deaths - 1):
+            self._suspects.append(task_id)
+        else:
+            self._ready.append(task_id)
 
     def _pump(self) -> None:
-        """Start ready tasks while there are free slots."""
+        """Start ready tasks while there are free slots; suspects first, each alone."""
+        if self._alone is not None or self._suspects:
+            if self._running or self._stopping:
+                return  # a suspect waits for an empty engine, and runs in one
+            self._alone = None
+            if self._suspects:
+                task_id = self._suspects.popleft()
+                self._alone = task_id
+                self._occupy(task_id)
+                return
         ready = self._ready
         while ready and self._running < self.max_concurrency and not self._stopping:
-            task_id = ready.popleft()
-            tool = self.plan.tasks[task_id].spec.tool
-            limit = self.limits.get(tool)
-            if limit is not None:
-                if self._running_by_tool.get(tool, 0) >= limit:
-                    self._parked.setdefault(tool, deque()).append(task_id)
-                    continue
-                self._running_by_tool[tool] = self._running_by_tool.get(tool, 0) + 1
-            self._running += 1
-            self.peak_running = max(self.peak_running, self._running)
-            self._launch(task_id)
+            self._occupy(ready.popleft())
+
+    def _occupy(self, task_id: str) -> None:
+        """Take a slot (and one of its tool's) and launch, or park it behind its tool."""
+        tool = self.plan.tasks[task_id].spec.tool
+        limit = self.limits.get(tool)
+        if limit is not None:
+            if self._running_by_tool.get(tool, 0) >= limit:
+                self._parked.setdefault(tool, deque()).append(task_id)
+                return
+            self._running_by_tool[tool] = self._running_by_tool.get(tool, 0) + 1
+        self._running += 1
+        self.peak_running = max(self.peak_running, self._running)
+        self._launch(task_id)
 
     def _launch(self, task_id: str) -> None:
         attempt = self.state.tasks[task_id].attempts + 1
@@ -227,7 +280,9 @@ class Engine:
         # The task is scheduled before `task_started` wakes the writer, so a tool
         # that finishes in its first step gets both events into one commit.
         task = asyncio.get_running_loop().create_task(self._attempt(task_id, attempt), name=task_id)
-        self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
+        started = self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
+        if self._starts is not None:
+            self._starts[task_id] = started
         self._active[task_id] = task
 
     def _release(self, task_id: str) -> None:
@@ -251,6 +306,8 @@ class Engine:
         plan = self.plan.tasks[task_id]
         try:
             try:
+                if self._starts is not None:
+                    await asyncio.shield(self._starts.pop(task_id))
                 output, data = await self._call(plan, attempt)
             except asyncio.CancelledError:
                 self._cancelled(task_id, attempt)
@@ -336,7 +393,7 @@ class Engine:
 
     def _retry(self, task_id: str) -> None:
         del self._backoff[task_id]
-        self._ready.append(task_id)
+        self._enqueue(task_id)
         self._pump()
 
     def _cancelled_early(self, task: asyncio.Task[None]) -> None:
@@ -429,6 +486,12 @@ class Engine:
         for task in list(self._active.values()):
             task.cancel()
         self._done.set()
+
+    def replay(self, event: Event) -> None:
+        """Apply and show an event that is already committed (a run's first, say)."""
+        self.state.apply(event)
+        if self._on_event is not None:
+            self._on_event(event)
 
     def emit(self, event: Event, data: bytes | None = None) -> asyncio.Future[None]:
         """Apply an event to the live state, show it, and queue it for the journal.

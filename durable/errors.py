@@ -110,3 +110,18 @@ class Interrupted(DurableError):
             f"run '{run_id}' interrupted", [f"resume it with `durable resume {run_id}`"]
         )
         self.run_id = run_id
+
+
+class JournalDamaged(JournalError):
+    """A run whose rows fail their checksums or do not fold: refused, never read wrongly.
+
+    Only that run is refused; the other runs in the journal stay usable.
+    """
+
+    def __init__(self, path: str, run_id: str, problem: str) -> None:
+        super().__init__(path, f"run '{run_id}' is damaged: {problem}")
+        self.details = [
+            "`durable check` lists all the damage; the journal's other runs are unaffected"
+        ]
+        self.run_id = run_id
+        self.problem = problem

@@ -21,6 +21,7 @@ import ast
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -81,7 +82,9 @@ def parse(source: str) -> Expression:
     if "${" in python:
         raise ExpressionError(f"'{source}': '${{' is never closed")
     try:
-        tree = ast.parse(python.strip(), mode="eval")
+        with warnings.catch_warnings():  # Python's own SyntaxWarnings ("invalid decimal
+            warnings.simplefilter("ignore")  # literal") would reach the user's stderr
+            tree = ast.parse(python.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"'{source}': syntax error ({exc.msg})") from None
     except (RecursionError, MemoryError, ValueError):

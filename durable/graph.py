@@ -23,7 +23,7 @@ from durable.errors import DurableError, ExpressionError, ReferenceSyntaxError, 
 from durable.expr import Expression
 from durable.expr import parse as parse_expression
 from durable.refs import Ref, Template, referenced_tasks
-from durable.spec import TRIGGERS, Task, Workflow
+from durable.spec import TRIGGERS, SourceLines, Task, Workflow
 from durable.tools import ToolDef
 
 if TYPE_CHECKING:
@@ -124,33 +124,49 @@ def build(
     resolve_tool: ToolResolver | None,
     source: str = "<workflow>",
     problems: Iterable[str] = (),
+    *,
+    lines: SourceLines | None = None,
+    broken_ids: Iterable[str] = (),
 ) -> Plan:
     """Validate a workflow and plan it; raise `ValidationError` with every problem found.
 
     `resolve_tool` maps a tool name to its definition (raising `DurableError` for an
     unknown one); `None` skips tool checks, e.g. to draw the graph of a file whose
-    tool modules are not importable here. `problems` found earlier (imports that
-    failed) are reported together with these.
+    tool modules are not importable here. `problems` found earlier (shape problems,
+    imports that failed) are reported together with these. `lines` (a YAML file's)
+    puts the line in front of each problem it can place. `broken_ids` are tasks the
+    file has but that were left out for shape problems: they count as known, so that
+    their dependents are not reported too, but they are not planned.
     """
     problems = list(problems)
+    at = _Lines(lines)
     tasks: dict[str, TaskPlan] = {}
     seen = Counter(task.id for task in workflow.tasks)
-    for task_id, count in seen.items():
+    known = seen + Counter(broken_ids)
+    for task_id, count in known.items():
         if count > 1:
-            problems.append(f"task '{task_id}': duplicate id (used {count} times)")
+            problems.append(
+                f"{at.duplicate(workflow, task_id)}task '{task_id}': "
+                f"duplicate id (used {count} times)"
+            )
 
     used_tools: set[str] = set()
-    for task in workflow.tasks:
+    for position, task in enumerate(workflow.tasks):
         if task.id in tasks:
             continue
-        tasks[task.id] = _plan_task(task, workflow, seen, resolve_tool, problems)
+        tasks[task.id] = _plan_task(
+            task, workflow, known, seen, resolve_tool, problems, at, position
+        )
         used_tools.add(task.tool)
 
     for name, limit in workflow.limits.items():
         if name not in used_tools:
-            problems.append(f"field 'limits': no task uses tool '{name}'")
+            problems.append(f"{at.field('limits', name)}field 'limits': no task uses tool '{name}'")
         if limit < 1:
-            problems.append(f"field 'limits': tool '{name}': limit must be at least 1, got {limit}")
+            problems.append(
+                f"{at.field('limits', name)}field 'limits': tool '{name}': "
+                f"limit must be at least 1, got {limit}"
+            )
 
     for plan in tasks.values():
         for dep in plan.deps:
@@ -158,12 +174,47 @@ def build(
     try:
         levels = _levels(tasks)
     except graphlib.CycleError:
-        problems.extend(_cycles(tasks))
+        problems.extend(at.cycle(workflow, cycle) for cycle in _cycles(tasks))
         levels = []
 
     if problems:
         raise ValidationError(source, problems)
     return Plan(workflow, tasks, levels)
+
+
+class _Lines:
+    """ "line N: " prefixes for problems, when the file is YAML; found only for problems."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: SourceLines | None) -> None:
+        self.lines = lines
+
+    @staticmethod
+    def _prefix(line: int | None) -> str:
+        return f"line {line}: " if line else ""
+
+    def task(self, position: int, field: str | None = None, needle: str | None = None) -> str:
+        """For the task at `position`: the line of its field, or of the text holding `needle`."""
+        return self._prefix(self.lines.task(position, field, needle)) if self.lines else ""
+
+    def field(self, *parts: str) -> str:
+        return self._prefix(self.lines.line(parts)) if self.lines is not None else ""
+
+    def duplicate(self, workflow: Workflow, task_id: str) -> str:
+        """The line of the second task with this id."""
+        if self.lines is None:
+            return ""
+        positions = [i for i, task in enumerate(workflow.tasks) if task.id == task_id]
+        return self.task(positions[1], "id") if len(positions) > 1 else ""
+
+    def cycle(self, workflow: Workflow, problem: str) -> str:
+        """A cycle, placed at its first task ("cycle: a -> b -> a")."""
+        if self.lines is None:
+            return problem
+        first = problem.removeprefix("cycle: ").split(" -> ", 1)[0]
+        position = next(i for i, task in enumerate(workflow.tasks) if task.id == first)
+        return self.task(position) + problem
 
 
 def build_trusted(
@@ -217,9 +268,13 @@ def _plan_task(
     task: Task,
     workflow: Workflow,
     known: Counter[str],
+    planned: Counter[str],
     resolve_tool: ToolResolver | None,
     problems: list[str],
+    lines: _Lines,
+    position: int,
 ) -> TaskPlan:
+    """Check one task and plan it. `known` ids exist in the file; only `planned` ones get edges."""
     where = f"task '{task.id}'"
     tool: ToolDef | None = None
     if resolve_tool is not None:
@@ -227,57 +282,72 @@ def _plan_task(
             tool = resolve_tool(task.tool)
         except DurableError as exc:
             problems.append(
-                f"{where}: field 'tool': {exc.message}" + "".join(f" ({d})" for d in exc.details)
+                f"{lines.task(position, 'tool')}{where}: field 'tool': {exc.message}"
+                + "".join(f" ({d})" for d in exc.details)
             )
 
     try:
         template = Template(tool.template_source(task.input) if tool else task.input)
     except ReferenceSyntaxError as exc:
-        problems.append(f"{where}: field 'input': {exc.message}")
+        problems.append(
+            f"{lines.task(position, 'input', '${')}{where}: field 'input': {exc.message}"
+        )
         template = Template(None)
     except ValueError as exc:  # a tool's `prepare` refused the input, e.g. shell's unclosed quote
-        problems.append(f"{where}: field 'input': tool '{task.tool}' cannot take it: {exc}")
+        problems.append(
+            f"{lines.task(position, 'input')}{where}: field 'input': "
+            f"tool '{task.tool}' cannot take it: {exc}"
+        )
         template = Template(None)
-    refs = list(template.refs)
+    refs = [(ref, "input") for ref in template.refs]
 
     when = None
     if task.when is not None:
         try:
             when = parse_expression(task.when)
-            refs.extend(when.refs)
+            refs.extend((ref, "when") for ref in when.refs)
         except ExpressionError as exc:
-            problems.append(f"{where}: field 'when': {exc.message}")
+            problems.append(f"{lines.task(position, 'when')}{where}: field 'when': {exc.message}")
 
     if task.trigger not in TRIGGERS:
         problems.append(
-            f"{where}: field 'trigger': unknown trigger '{task.trigger}' (expected {', '.join(TRIGGERS)})"
+            f"{lines.task(position, 'trigger')}{where}: field 'trigger': "
+            f"unknown trigger '{task.trigger}' (expected {', '.join(TRIGGERS)})"
         )
 
     deps: dict[str, None] = {}
     for dep in task.dependencies:
         if dep == task.id:
-            problems.append(f"{where}: field 'dependencies': a task cannot depend on itself")
+            problems.append(
+                f"{lines.task(position, 'dependencies', dep)}{where}: field 'dependencies': "
+                "a task cannot depend on itself"
+            )
         elif dep not in known:
-            problems.append(f"{where}: field 'dependencies': unknown task '{dep}'")
-        else:
+            problems.append(
+                f"{lines.task(position, 'dependencies', dep)}{where}: field 'dependencies': "
+                f"unknown task '{dep}'"
+            )
+        elif dep in planned:
             deps[dep] = None
-    for ref in refs:
-        problems.extend(_check_ref(ref, task, workflow, known))
-        if ref.kind == "task" and ref.name in known and ref.name != task.id:
+    for ref, field in refs:
+        problem = _check_ref(ref, task, workflow, known)
+        if problem:
+            problems.append(f"{lines.task(position, field, str(ref))}{problem}")
+        if ref.kind == "task" and ref.name in planned and ref.name != task.id:
             deps[ref.name] = None
     return TaskPlan(spec=task, tool=tool, template=template, when=when, deps=tuple(deps))
 
 
-def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) -> list[str]:
+def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) -> str | None:
     where = f"task '{task.id}'"
     if ref.kind == "param" and ref.name not in workflow.params:
-        return [f"{where}: reference {ref}: unknown param '{ref.name}' (declare it under params)"]
+        return f"{where}: reference {ref}: unknown param '{ref.name}' (declare it under params)"
     if ref.kind == "task":
         if ref.name == task.id:
-            return [f"{where}: reference {ref}: a task cannot reference its own output"]
+            return f"{where}: reference {ref}: a task cannot reference its own output"
         if ref.name not in known:
-            return [f"{where}: reference {ref}: unknown task '{ref.name}'"]
-    return []
+            return f"{where}: reference {ref}: unknown task '{ref.name}'"
+    return None
 
 
 def _cycles(tasks: dict[str, TaskPlan]) -> list[str]:

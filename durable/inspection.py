@@ -12,9 +12,11 @@ from typing import Any
 import msgspec
 
 from durable import spec as spec_module
+from durable.errors import DurableError, JournalDamaged
 from durable.journal import Journal, RunRecord
 from durable.runlock import RunLock
-from durable.state import INTERRUPTED, RUNNING, RunState
+from durable.spec import Workflow
+from durable.state import INTERRUPTED, RUNNING, IllegalTransition, RunState
 
 
 class RunView(msgspec.Struct):
@@ -24,17 +26,31 @@ class RunView(msgspec.Struct):
     last_seq: int
 
 
-async def view_run(journal: Journal, record: RunRecord) -> RunView:
-    workflow = spec_module.decode(record.spec)
+async def fold_run(journal: Journal, record: RunRecord) -> tuple[Workflow, RunState, int]:
+    """A run's workflow and the fold of its events; `JournalDamaged` if they do not fold."""
+    try:
+        workflow = spec_module.decode(record.spec)
+    except msgspec.DecodeError as exc:
+        raise JournalDamaged(str(journal.path), record.run_id, f"its workflow: {exc}") from None
     events = await journal.events(record.run_id)
-    state = RunState.fold((task.id for task in workflow.tasks), (event for _, event in events))
+    try:
+        state = RunState.fold((task.id for task in workflow.tasks), (event for _, event in events))
+    except IllegalTransition as exc:
+        raise JournalDamaged(
+            str(journal.path), record.run_id, f"its events are not a possible history: {exc}"
+        ) from None
+    return workflow, state, events[-1][0] if events else 0
+
+
+async def view_run(journal: Journal, record: RunRecord) -> RunView:
+    _, state, last_seq = await fold_run(journal, record)
     if state.status is not None:
         status = state.status
     elif RunLock(journal.path, record.run_id).is_held_elsewhere():
         status = RUNNING
     else:
         status = INTERRUPTED
-    return RunView(record, state, status, events[-1][0] if events else 0)
+    return RunView(record, state, status, last_seq)
 
 
 def runs_document(view: RunView) -> dict[str, Any]:
@@ -46,6 +62,23 @@ def runs_document(view: RunView) -> dict[str, Any]:
         "created_at": view.record.created_at,
         "finished_at": view.state.finished_at,
         "counts": view.state.counts(),
+    }
+
+
+def damaged_document(record: RunRecord | DurableError, error: DurableError) -> dict[str, Any]:
+    """The entry of `durable runs --json` for a run that cannot be read."""
+    if isinstance(record, RunRecord):
+        run_id, workflow, created_at = record.run_id, record.workflow, record.created_at
+    else:
+        run_id, workflow, created_at = getattr(record, "run_id", "?"), "?", None
+    return {
+        "run_id": run_id,
+        "workflow": workflow,
+        "status": "damaged",
+        "created_at": created_at,
+        "finished_at": None,
+        "counts": {},
+        "error": error.message,
     }
 
 

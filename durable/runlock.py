@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from pathlib import Path
 
-from durable.errors import RunLocked
+from durable.errors import DurableError, RunLocked
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids name lock files, so they are plain words: no paths, no spaces.
+
+    Checked wherever a run id becomes a name, including ids read from a journal,
+    which may have been crafted or damaged.
+    """
+    if not _RUN_ID.fullmatch(run_id):
+        raise DurableError(f"bad run id '{run_id}': use up to 64 letters, digits, '_', '-' or '.'")
+    return run_id
 
 
 class RunLock:
@@ -18,7 +32,7 @@ class RunLock:
     """
 
     def __init__(self, journal_path: Path, run_id: str) -> None:
-        self.path = Path(f"{journal_path}.locks") / run_id
+        self.path = Path(f"{journal_path}.locks") / check_run_id(run_id)
         self.run_id = run_id
         self._fd: int | None = None
 

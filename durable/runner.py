@@ -9,12 +9,12 @@ and hands over to the `Engine`. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ import msgspec
 from durable import eventloop
 from durable import spec as spec_module
 from durable.allocation import bulk_allocation
-from durable.engine import Engine
+from durable.engine import MAX_DEATHS, Engine
 from durable.errors import DurableError, ParamError
 from durable.events import Event, RunResumed, RunStarted
+from durable.executors import refuse_in_pool_worker
 from durable.graph import Plan
+from durable.inspection import fold_run
 from durable.journal import Journal, RunRecord
 from durable.loader import plan_file, plan_workflow
-from durable.runlock import RunLock
+from durable.runlock import RunLock, check_run_id
 from durable.spec import Workflow
 from durable.state import INTERRUPTED, SUCCEEDED, RunState, TaskState
 
@@ -78,20 +80,11 @@ class Session(msgspec.Struct):
     fail_fast: bool = False
     handle_signals: bool = False
     hooks: Hooks = msgspec.field(default_factory=Hooks)
-
-
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    max_deaths: int = MAX_DEATHS
 
 
 def new_run_id() -> str:
     return secrets.token_hex(5)
-
-
-def check_run_id(run_id: str) -> str:
-    """Run ids name lock files, so they are plain words: no paths, no spaces."""
-    if not _RUN_ID.fullmatch(run_id):
-        raise DurableError(f"bad run id '{run_id}': use up to 64 letters, digits, '_', '-' or '.'")
-    return run_id
 
 
 def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -129,13 +122,17 @@ async def arun(
     base_dir: str | os.PathLike[str] | None = None,
     handle_signals: bool = False,
     hooks: Hooks | None = None,
+    max_deaths: int = MAX_DEATHS,
 ) -> RunResult:
     """Run a workflow (a file path, or a `Workflow` built in code) to the end.
 
     `base_dir` is where a code-built workflow's `imports:` are found (default: the
     current directory). With `handle_signals`, SIGINT/SIGTERM interrupt the run
-    cleanly; it is journaled and can be resumed.
+    cleanly; it is journaled and can be resumed. The current directory is recorded
+    with the run: every later session of the run works there. `max_deaths`: see
+    `Engine` (a task running at that many process deaths is failed, not restarted).
     """
+    refuse_in_pool_worker()
     with bulk_allocation():
         if isinstance(workflow, Workflow):
             folder = Path(base_dir or os.getcwd()).resolve()
@@ -151,21 +148,25 @@ async def arun(
     journal = await Journal.open(db, create=True, durability=durability)
     try:
         with RunLock(journal.path, run_id):
-            await journal.create_run(
-                RunRecord(
-                    run_id=run_id,
-                    workflow=plan.workflow.name,
-                    spec=spec_module.encode(plan.workflow),
-                    spec_hash=spec_module.spec_hash(plan.workflow),
-                    params=effective,
-                    base_dir=str(folder),
-                    created_at=time.time(),
-                )
-            )
-            session = Session(max_concurrency, fail_fast, handle_signals, hooks or Hooks())
-            state = RunState.new(plan.tasks)
             opening = RunStarted(at=time.time())
-            return await _drive(journal, plan, run_id, effective, state, opening, session)
+            record = RunRecord(
+                run_id=run_id,
+                workflow=plan.workflow.name,
+                spec=spec_module.encode(plan.workflow),
+                spec_hash=spec_module.spec_hash(plan.workflow),
+                params=effective,
+                base_dir=str(folder),
+                created_at=opening.at,
+                cwd=os.getcwd(),
+            )
+            await journal.create_run(record, opening)
+            session = Session(
+                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), max_deaths
+            )
+            state = RunState.new(plan.tasks)
+            return await _drive(
+                journal, plan, run_id, effective, state, opening, session, opening_committed=True
+            )
     finally:
         await journal.close()
 
@@ -179,21 +180,21 @@ async def aresume(
     durability: str = "normal",
     handle_signals: bool = False,
     hooks: Hooks | None = None,
+    max_deaths: int = MAX_DEATHS,
 ) -> RunResult:
     """Continue a run: keep what succeeded or was skipped, run everything else.
 
     A run that already succeeded is returned as it is, with `already_finished` set,
-    and nothing runs.
+    and nothing runs. A damaged run (`JournalDamaged`) is refused. The session
+    works in the run's recorded directory, wherever it is resumed from.
     """
+    refuse_in_pool_worker()
     journal = await Journal.open(db, create=False, durability=durability)
     try:
         record = await journal.get_run(run_id)
         with RunLock(journal.path, run_id):
             with bulk_allocation():
-                workflow = spec_module.decode(record.spec)
-                events = [event for _, event in await journal.events(run_id)]
-                state = RunState.fold((task.id for task in workflow.tasks), events)
-                del events
+                workflow, state, _ = await fold_run(journal, record)
                 if state.status == SUCCEEDED:
                     return RunResult(
                         run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True
@@ -201,11 +202,37 @@ async def aresume(
                 plan = plan_workflow(
                     workflow, record.base_dir, source=f"run '{run_id}'", trusted=True
                 )
-            session = Session(max_concurrency, fail_fast, handle_signals, hooks or Hooks())
-            opening = RunResumed(at=time.time())
-            return await _drive(journal, plan, run_id, record.params, state, opening, session)
+            session = Session(
+                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), max_deaths
+            )
+            # A run created by an older durable may have no first event (a crash
+            # right after its row was written): this session is then its first.
+            opening = RunResumed(at=time.time()) if state.sessions else RunStarted(at=time.time())
+            with working_directory(record):
+                return await _drive(journal, plan, run_id, record.params, state, opening, session)
     finally:
         await journal.close()
+
+
+@contextlib.contextmanager
+def working_directory(record: RunRecord) -> Iterator[None]:
+    """Work in the run's own directory for the session, so that every attempt of a
+    run (a `shell` step's files, say) lands in one place, whoever resumes it."""
+    if record.cwd is None:  # recorded since journal schema 2
+        yield
+        return
+    here = os.getcwd()
+    try:
+        os.chdir(record.cwd)
+    except OSError as exc:
+        raise DurableError(
+            f"run '{record.run_id}' works in {record.cwd}, which cannot be entered: "
+            f"{exc.strerror or exc}"
+        ) from None
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 async def _drive(
@@ -216,7 +243,9 @@ async def _drive(
     state: RunState,
     opening: RunStarted | RunResumed,
     session: Session,
+    opening_committed: bool = False,
 ) -> RunResult:
+    """Drive one session; `opening_committed`: `create_run` already wrote the opening."""
     journal.start()
     engine = Engine(
         plan,
@@ -227,10 +256,14 @@ async def _drive(
         max_concurrency=session.max_concurrency,
         fail_fast=session.fail_fast,
         on_event=session.hooks.on_event,
+        max_deaths=session.max_deaths,
     )
     if session.hooks.on_start is not None:
         session.hooks.on_start(run_id, plan.workflow, state, isinstance(opening, RunResumed))
-    engine.emit(opening)
+    if opening_committed:
+        engine.replay(opening)
+    else:
+        engine.emit(opening)
     loop = asyncio.get_running_loop()
     if session.handle_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):

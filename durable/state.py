@@ -12,7 +12,10 @@ Task states::
 
 `run_resumed` starts a new session: every task that did not succeed or get skipped
 goes back to `pending` (a task that was `running` when the process died runs again:
-delivery is at-least-once). An event that breaks these rules raises
+delivery is at-least-once). If the session before ended without a word (no
+`run_finished`, no `run_interrupted`: its process died), each task that was
+`running` then has one more *death* to its name; the engine stops starting a task
+that has taken its process down too often (a poison task). An event that breaks these rules raises
 `IllegalTransition`: a journal that says so is corrupt, or the engine has a bug.
 """
 
@@ -73,6 +76,8 @@ class TaskState(msgspec.Struct, gc=False):
     output: Any = None
     error: str | None = None
     reason: str | None = None
+    #: Sessions whose process died while this task was running.
+    deaths: int = 0
 
 
 class RunState(msgspec.Struct):
@@ -84,6 +89,8 @@ class RunState(msgspec.Struct):
     status: str | None = None
     interrupted: bool = False
     sessions: int = 0
+    #: The session now going on follows one whose process died.
+    after_death: bool = False
 
     @classmethod
     def new(cls, task_ids: Iterable[str]) -> RunState:
@@ -139,10 +146,14 @@ class RunState(msgspec.Struct):
             case RunResumed():
                 if not self.sessions:
                     raise IllegalTransition("run_resumed before run_started")
+                died = self.status is None and not self.interrupted
                 self.sessions += 1
                 self.status, self.finished_at, self.interrupted = None, None, False
+                self.after_death = died
                 for task in self.tasks.values():
                     if task.state not in KEPT:
+                        if died and task.state == RUNNING:
+                            task.deaths += 1
                         task.state, task.finished_at, task.error = PENDING, None, None
             case RunFinished(status=status, at=at):
                 self.status, self.finished_at = status, at

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,24 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-DURABLE = os.path.join(os.path.dirname(sys.executable), "durable")
-
-
 # -- helpers ------------------------------------------------------------------
-
-
-def durable(
-    cwd: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DURABLE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path
 
 
 def assert_refused(result: subprocess.CompletedProcess[str], code: int, *culprits: str) -> None:
@@ -58,7 +39,7 @@ def assert_refused(result: subprocess.CompletedProcess[str], code: int, *culprit
 
 def digest(db: Path) -> str:
     """A hash of everything the journal holds: every run row and every event row."""
-    connection = sqlite3.connect(db)
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         runs = connection.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
         events = connection.execute("SELECT * FROM events ORDER BY seq").fetchall()
@@ -71,24 +52,6 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def wait_for_started(db: Path, run_id: str, task_id: str, timeout: float = 20) -> None:
-    """Poll the journal (not the clock) until the task has a `task_started` event."""
-    sql = "SELECT count(*) FROM events WHERE run_id = ? AND task_id = ? AND kind = 'task_started'"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            connection = sqlite3.connect(db, timeout=5)
-            try:
-                if connection.execute(sql, (run_id, task_id)).fetchone()[0]:
-                    return
-            finally:
-                connection.close()
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"task {task_id} of run {run_id} did not start within {timeout}s")
-
-
 SIMPLE = """
 name: simple
 params: {count: 2}
@@ -98,12 +61,12 @@ tasks:
 
 
 @pytest.fixture(scope="module")
-def journal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def journal(durable, write, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A valid journal holding one succeeded run, `known`."""
     folder = tmp_path_factory.mktemp("journal")
     workflow = write(folder, "simple.yaml", SIMPLE)
     db = folder / "journal.db"
-    result = durable(folder, "run", str(workflow), "--db", str(db), "--run-id", "known")
+    result = durable("run", str(workflow), "--db", str(db), "--run-id", "known", cwd=folder)
     assert result.returncode == 0, result.stderr
     return {"folder": folder, "workflow": workflow, "db": db}
 
@@ -169,7 +132,7 @@ tasks:
 
 
 @pytest.fixture(scope="module")
-def failing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def failing(durable, write, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """Each FAILING workflow run once (all at once), with its `status --json`."""
 
     # Folders are made here, one by one: `mktemp` is not thread-safe (its first
@@ -182,11 +145,11 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any
         workflow = write(folder, "workflow.yaml", FAILING[name])
         db = str(folder / "journal.db")
         began = time.monotonic()
-        result = durable(folder, "run", str(workflow), "--db", db, "--run-id", name)
+        result = durable("run", str(workflow), "--db", db, "--run-id", name, cwd=folder)
         elapsed = time.monotonic() - began
-        status = durable(folder, "status", name, "--db", db, "--json")
+        status = durable("status", name, "--db", db, "--json", cwd=folder)
         assert status.returncode == 0, status.stderr
-        log = durable(folder, "log", name, "--db", db, "--json") if name == "object" else None
+        log = durable("log", name, "--db", db, "--json", cwd=folder) if name == "object" else None
         return {
             "result": result,
             "elapsed": elapsed,
@@ -217,24 +180,21 @@ def test_unserialisable_output_fails_the_task_naming_the_type(
     assert bad_kinds == ["task_started", "task_failed"]
 
 
-def test_set_output_is_refused_or_handed_on_as_journaled(
+def test_set_output_is_journaled_as_a_list_and_handed_on_as_one(
     failing: dict[str, dict[str, Any]],
 ) -> None:
-    """A set is not JSON. Either the task fails naming the type, or it is journaled
-    (msgspec writes it as an array) and dependents get what the journal holds.
+    """An output is what the journal stores: msgspec writes a set as an array.
 
-    Fails today: the task succeeds, the journal holds a list, but the dependent in the
-    same session is handed the Python set, so a resumed run would see something else.
+    So the task succeeds, its output reads back as a list, and its dependent is
+    handed that list (not the Python set), live as it would be after a resume.
     """
     case = failing["set"]
+    assert case["result"].returncode == 0, case["result"].stdout + case["result"].stderr
+    assert "Traceback" not in case["result"].stdout + case["result"].stderr
     tasks = case["status"]["tasks"]
-    if tasks["bad"]["state"] == "failed":
-        assert_refused(case["result"], 1, "bad", "set")
-        assert "set" in tasks["bad"]["error"]
-    else:
-        assert case["result"].returncode == 0, case["result"].stderr
-        assert isinstance(tasks["bad"]["output"], list)
-        assert tasks["seen"]["output"] == "list"
+    assert tasks["bad"]["state"] == "succeeded"
+    assert tasks["bad"]["output"] == [1, 2]
+    assert tasks["seen"]["output"] == "list"
 
 
 def test_raising_tool_fails_the_task_with_its_error(failing: dict[str, dict[str, Any]]) -> None:
@@ -261,10 +221,10 @@ def test_timeout_fails_the_task(failing: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("command", ["resume", "status", "log", "output"])
-def test_unknown_run_id(journal: dict[str, Path], command: str) -> None:
+def test_unknown_run_id(durable, journal: dict[str, Path], command: str) -> None:
     db = journal["db"]
     before = digest(db)
-    result = durable(journal["folder"], command, "no-such-run", "--db", str(db))
+    result = durable(command, "no-such-run", "--db", str(db), cwd=journal["folder"])
     assert_refused(result, 2, "no-such-run")
     assert result.stdout == ""
     assert digest(db) == before
@@ -278,18 +238,18 @@ def test_unknown_run_id(journal: dict[str, Path], command: str) -> None:
     ],
     ids=["undeclared-param", "malformed-param"],
 )
-def test_bad_param(journal: dict[str, Path], args: tuple[str, ...], culprit: str) -> None:
+def test_bad_param(durable, journal: dict[str, Path], args: tuple[str, ...], culprit: str) -> None:
     db = journal["db"]
     before = digest(db)
-    result = durable(journal["folder"], "run", str(journal["workflow"]), *args, "--db", str(db))
+    result = durable("run", str(journal["workflow"]), *args, "--db", str(db), cwd=journal["folder"])
     assert_refused(result, 2, culprit)
     assert digest(db) == before
 
 
-def test_missing_workflow_file(journal: dict[str, Path]) -> None:
+def test_missing_workflow_file(durable, journal: dict[str, Path]) -> None:
     db = journal["db"]
     before = digest(db)
-    result = durable(journal["folder"], "run", "does-not-exist.yaml", "--db", str(db))
+    result = durable("run", "does-not-exist.yaml", "--db", str(db), cwd=journal["folder"])
     assert_refused(result, 2, "does-not-exist.yaml")
     assert digest(db) == before
 
@@ -303,11 +263,11 @@ def _command(args: tuple[str, ...], workflow: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("args", JOURNAL_COMMANDS, ids=lambda args: args[0])
-def test_journal_that_is_not_sqlite(tmp_path: Path, args: tuple[str, ...]) -> None:
+def test_journal_that_is_not_sqlite(durable, write, tmp_path: Path, args: tuple[str, ...]) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
     db = write(tmp_path, "notes.db", "these are my notes, not a journal\n")
     before = file_hash(db)
-    result = durable(tmp_path, *_command(args, workflow), "--db", str(db))
+    result = durable(*_command(args, workflow), "--db", str(db), cwd=tmp_path)
     assert_refused(result, 2, "notes.db")
     assert "SQLite" in result.stderr
     assert file_hash(db) == before
@@ -330,12 +290,12 @@ def newer_journal(journal: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 
 @pytest.mark.parametrize("args", JOURNAL_COMMANDS, ids=lambda args: args[0])
 def test_journal_of_a_newer_schema(
-    tmp_path: Path, newer_journal: bytes, args: tuple[str, ...]
+    durable, write, tmp_path: Path, newer_journal: bytes, args: tuple[str, ...]
 ) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
     db = tmp_path / "journal.db"
     db.write_bytes(newer_journal)
-    result = durable(tmp_path, *_command(args, workflow), "--db", str(db))
+    result = durable(*_command(args, workflow), "--db", str(db), cwd=tmp_path)
     assert_refused(result, 2, "journal.db", "999")
     assert db.read_bytes() == newer_journal
 
@@ -349,42 +309,36 @@ tasks:
 """
 
 
-def test_second_resume_of_a_live_run_is_refused(tmp_path: Path) -> None:
+def test_second_resume_of_a_live_run_is_refused(
+    durable, start, stop, write, wait_for_events, tmp_path: Path
+) -> None:
     workflow = write(tmp_path, "gated.yaml", GATED)
     gate = tmp_path / "gate"
     db = tmp_path / "journal.db"
     first = durable(
-        tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "g", "-p", f"gate={gate}"
+        "run", str(workflow), "--db", str(db), "--run-id", "g", "-p", f"gate={gate}", cwd=tmp_path
     )
     assert first.returncode == 1, first.stderr
     gate.touch()
-    driver = subprocess.Popen(
-        [DURABLE, "resume", "g", "--db", str(db)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = start("resume", "g", "--db", db, cwd=tmp_path)
     try:
-        wait_for_started(db, "g", "hold")
+        wait_for_events(db, "g", "task_started", task_id="hold", process=driver)
         before = digest(db)
-        second = durable(tmp_path, "resume", "g", "--db", str(db))
+        second = durable("resume", "g", "--db", str(db), cwd=tmp_path)
         assert_refused(second, 2, "'g'", "another live process")
         assert digest(db) == before
         assert driver.poll() is None
         driver.send_signal(signal.SIGINT)
-        driver.communicate(timeout=20)
+        driver.communicate(timeout=30)
         assert driver.returncode == 130
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
+        stop(driver)
 
 
 @pytest.mark.parametrize("where", ["default", "--db"])
-def test_status_without_a_journal_creates_none(tmp_path: Path, where: str) -> None:
+def test_status_without_a_journal_creates_none(durable, tmp_path: Path, where: str) -> None:
     args = ["--db", str(tmp_path / "sub" / "journal.db")] if where == "--db" else []
-    env = {k: v for k, v in os.environ.items() if k != "DURABLE_DB"}
-    result = durable(tmp_path, "status", "anything", *args, env=env)
+    env = {"DURABLE_DB": None}
+    result = durable("status", "anything", *args, env=env, cwd=tmp_path)
     assert_refused(result, 2, "journal")
     assert list(tmp_path.iterdir()) == []

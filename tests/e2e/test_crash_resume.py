@@ -12,7 +12,8 @@ SQLite connection polls the count of committed events for the run, and the proce
 is killed as soon as the count reaches its target. Whatever the journal holds after
 the kill was committed before it.
 
-What must hold after the resume (the at-least-once contract of DESIGN.md §3):
+What must hold after the resume (the at-least-once contract of the README's
+"Guarantees"):
 
 - the run succeeded, every task succeeded, and outputs equal an uninterrupted run's;
 - a task whose `task_succeeded` was committed before a kill never runs again;
@@ -30,9 +31,9 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,6 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
-DURABLE = os.path.join(os.path.dirname(sys.executable), "durable")
 CONCURRENCY = 8
 FAN = 60
 CHAIN = 40
@@ -109,74 +109,34 @@ def workflow_document() -> dict[str, Any]:
 
 
 def session_env(log: Path) -> dict[str, str]:
-    return {**os.environ, "CRASH_LOG": str(log)}
+    return {"CRASH_LOG": str(log)}
 
 
-def durable(*commands: list[str], cwd: Path, env: dict[str, str] | None = None) -> list[str]:
-    """Run durable commands at once (they only read); return their stdout, each exit 0."""
-    processes = [
-        subprocess.Popen(
-            [DURABLE, *args],
-            cwd=cwd,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for args in commands
-    ]
-    outputs = []
-    for args, process in zip(commands, processes, strict=True):
-        stdout, stderr = process.communicate(timeout=60)
-        assert process.returncode == 0, f"durable {' '.join(args)}: {stdout}{stderr}"
-        outputs.append(stdout)
-    return outputs
+@pytest.fixture(scope="session")
+def at_once(start: Callable[..., subprocess.Popen[str]], stop: Callable[..., None]) -> AtOnce:
+    """Run durable commands at the same moment (they only read); each must exit 0.
 
+    Returns their stdout. Starting them together is deliberate: right after a
+    SIGKILL, several readers opening the journal at once is what users do.
+    """
 
-def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [DURABLE, *args],
-        cwd=cwd,
-        env=session_env(log),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def read_only(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-
-
-def count_events(db: Path, run_id: str, kind: str) -> int:
-    """Committed events of one kind for a run; 0 while the journal does not exist yet."""
-    if not db.exists():
-        return 0
-    try:
-        connection = read_only(db)
+    def run(*commands: list[str], cwd: Path, env: dict[str, str] | None = None) -> list[str]:
+        processes = [start(*args, cwd=cwd, env=env) for args in commands]
         try:
-            row = connection.execute(
-                "SELECT count(*) FROM events WHERE run_id = ? AND kind = ?", (run_id, kind)
-            ).fetchone()
+            outputs = []
+            for args, process in zip(commands, processes, strict=True):
+                stdout, stderr = process.communicate(timeout=60)
+                assert process.returncode == 0, f"durable {' '.join(args)}: {stdout}{stderr}"
+                outputs.append(stdout)
+            return outputs
         finally:
-            connection.close()
-    except sqlite3.OperationalError:  # schema or WAL index not created yet
-        return 0
-    return row[0]
+            for process in processes:
+                stop(process)
+
+    return run
 
 
-def wait_for(
-    process: subprocess.Popen[bytes], db: Path, run_id: str, kind: str, target: int
-) -> None:
-    """Return as soon as the journal holds `target` committed events of `kind`."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while count_events(db, run_id, kind) < target:
-        if process.poll() is not None:
-            stderr = process.stderr.read().decode() if process.stderr else ""
-            pytest.fail(f"durable exited ({process.returncode}) before {target} {kind}: {stderr}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no {target} {kind} events within {DEADLINE_SECONDS}s")
-        time.sleep(POLL_SECONDS)
+AtOnce = Callable[..., list[str]]
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
@@ -186,22 +146,10 @@ def kill(process: subprocess.Popen[bytes]) -> None:
         process.stderr.close()
 
 
-def kill_when(
-    process: subprocess.Popen[bytes], db: Path, run_id: str, kind: str, target: int
-) -> None:
-    """SIGKILL the process as soon as the journal holds `target` events of `kind`."""
-    wait_for(process, db, run_id, kind, target)
-    kill(process)
-
-
-def committed_successes(db: Path, run_id: str) -> set[str]:
-    connection = read_only(db)
-    try:
-        rows = connection.execute(
-            "SELECT task_id FROM events WHERE run_id = ? AND kind = 'task_succeeded'", (run_id,)
-        ).fetchall()
-    finally:
-        connection.close()
+def committed_successes(journal_rows: Callable[..., list[Any]], db: Path, run_id: str) -> set[str]:
+    rows = journal_rows(
+        db, "SELECT task_id FROM events WHERE run_id = ? AND kind = 'task_succeeded'", (run_id,)
+    )
     return {task_id for (task_id,) in rows}
 
 
@@ -214,22 +162,32 @@ class Session:
         self.returned = {line.split()[0] for line in lines if line.endswith(" returned")}
 
 
-def assert_interrupted(run_id: str, db: Path, cwd: Path) -> None:
-    runs, status = durable(
-        ["runs", "--db", str(db), "--json"], ["status", run_id, "--db", str(db), "--json"], cwd=cwd
+def assert_interrupted(at_once: AtOnce, run_id: str, db: Path, cwd: Path) -> None:
+    """Right after a kill, readers started together see an interrupted run, and the
+    journal checks whole (`durable check` exits 0: `at_once` requires it)."""
+    runs, status, _ = at_once(
+        ["runs", "--db", str(db), "--json"],
+        ["status", run_id, "--db", str(db), "--json"],
+        ["check", "--db", str(db)],
+        cwd=cwd,
     )
     statuses = {doc["run_id"]: doc["status"] for doc in json.loads(runs)}
     assert statuses[run_id] == "interrupted"
     assert json.loads(status)["status"] == "interrupted"
 
 
-def resume_to_end(run_id: str, db: Path, cwd: Path, log: Path) -> None:
-    durable(["resume", run_id, "--db", str(db)], cwd=cwd, env=session_env(log))
+def resume_to_end(at_once: AtOnce, run_id: str, db: Path, cwd: Path, log: Path) -> None:
+    at_once(["resume", run_id, "--db", str(db)], cwd=cwd, env=session_env(log))
 
 
-def assert_final(run_id: str, db: Path, cwd: Path, reference: dict[str, Any]) -> None:
-    status, output = durable(
-        ["status", run_id, "--db", str(db), "--json"], ["output", run_id, "--db", str(db)], cwd=cwd
+def assert_final(
+    at_once: AtOnce, run_id: str, db: Path, cwd: Path, reference: dict[str, Any]
+) -> None:
+    status, output, _ = at_once(
+        ["status", run_id, "--db", str(db), "--json"],
+        ["output", run_id, "--db", str(db)],
+        ["check", run_id, "--db", str(db)],
+        cwd=cwd,
     )
     document = json.loads(status)
     assert document["status"] == "succeeded"
@@ -281,15 +239,17 @@ def workflow(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(workflow: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reference(
+    at_once: AtOnce, workflow: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """Outputs of the same workflow run once without interruption."""
     folder = tmp_path_factory.mktemp("crash_reference")
     db, log = folder / "journal.db", folder / "log-0"
     run = ["run", str(workflow), "--db", str(db), "--run-id", "reference"]
-    durable(run, cwd=folder, env=session_env(log))
+    at_once(run, cwd=folder, env=session_env(log))
     session = Session(log)
     assert len(session.ran) == TASK_COUNT and set(session.ran.values()) == {1}
-    (output,) = durable(["output", "reference", "--db", str(db)], cwd=folder)
+    (output,) = at_once(["output", "reference", "--db", str(db)], cwd=folder)
     outputs = json.loads(output)
     assert len(outputs) == TASK_COUNT
     assert outputs["join"]["n"] == 2 + DIAMONDS
@@ -313,56 +273,107 @@ def kill_moments() -> list[Any]:
     return moments
 
 
+@pytest.fixture
+def launch(start: Callable[..., subprocess.Popen[str]], stop: Callable[..., None]) -> Iterator[Any]:
+    """Start `durable ARGS` as one session of a run, its side effects logged to `log`."""
+    started: list[subprocess.Popen[str]] = []
+
+    def launch_session(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[str]:
+        process = start(*args, cwd=cwd, env=session_env(log), stdout=subprocess.DEVNULL)
+        started.append(process)
+        return process
+
+    yield launch_session
+    for process in started:
+        stop(process)
+
+
+@pytest.fixture
+def kill_when(wait_for_events: Callable[..., int]) -> Callable[..., None]:
+    """SIGKILL the process as soon as the journal holds `target` events of `kind`."""
+
+    def kill_at(
+        process: subprocess.Popen[str], db: Path, run_id: str, kind: str, target: int
+    ) -> None:
+        wait_for_events(
+            db, run_id, kind, target, process=process, timeout=DEADLINE_SECONDS, poll=POLL_SECONDS
+        )
+        kill(process)
+
+    return kill_at
+
+
 @pytest.mark.parametrize(("kind", "target"), kill_moments())
 def test_kill_then_resume(
-    kind: str, target: int, workflow: Path, reference: dict[str, Any], tmp_path: Path
+    launch: Any,
+    kill_when: Callable[..., None],
+    at_once: AtOnce,
+    journal_rows: Callable[..., list[Any]],
+    kind: str,
+    target: int,
+    workflow: Path,
+    reference: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     db, run_id = tmp_path / "journal.db", "crash"
     logs = [tmp_path / "log-0", tmp_path / "log-1"]
 
-    process = start(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    process = launch(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
     kill_when(process, db, run_id, kind, target)
-    before = committed_successes(db, run_id)
+    before = committed_successes(journal_rows, db, run_id)
     if kind == "task_succeeded":
         assert len(before) >= target
     assert len(before) < TASK_COUNT
-    assert_interrupted(run_id, db, tmp_path)
+    assert_interrupted(at_once, run_id, db, tmp_path)
 
-    resume_to_end(run_id, db, tmp_path, logs[1])
-    assert_final(run_id, db, tmp_path, reference)
-    assert_sessions([Session(log) for log in logs], [before, committed_successes(db, run_id)])
+    resume_to_end(at_once, run_id, db, tmp_path, logs[1])
+    assert_final(at_once, run_id, db, tmp_path, reference)
+    after = committed_successes(journal_rows, db, run_id)
+    assert_sessions([Session(log) for log in logs], [before, after])
 
 
 @pytest.mark.parametrize("seed", [7])
 def test_kill_a_resume_then_resume_again(
-    seed: int, workflow: Path, reference: dict[str, Any], tmp_path: Path
+    launch: Any,
+    kill_when: Callable[..., None],
+    at_once: AtOnce,
+    journal_rows: Callable[..., list[Any]],
+    seed: int,
+    workflow: Path,
+    reference: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     db, run_id = tmp_path / "journal.db", "crash-twice"
     logs = [tmp_path / f"log-{k}" for k in range(3)]
     rng = random.Random(seed)
 
-    process = start(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    process = launch(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
     kill_when(process, db, run_id, "task_succeeded", rng.randint(20, TASK_COUNT // 3))
-    first = committed_successes(db, run_id)
-    assert_interrupted(run_id, db, tmp_path)
+    first = committed_successes(journal_rows, db, run_id)
+    assert_interrupted(at_once, run_id, db, tmp_path)
 
-    process = start(["resume", run_id, "--db", str(db)], tmp_path, logs[1])
+    process = launch(["resume", run_id, "--db", str(db)], tmp_path, logs[1])
     target = len(first) + max(1, (LATE - len(first)) * rng.randint(3, 7) // 10)
     kill_when(process, db, run_id, "task_succeeded", target)
-    second = committed_successes(db, run_id)
+    second = committed_successes(journal_rows, db, run_id)
     assert first < second
     assert len(second) < TASK_COUNT
-    assert_interrupted(run_id, db, tmp_path)
+    assert_interrupted(at_once, run_id, db, tmp_path)
 
-    resume_to_end(run_id, db, tmp_path, logs[2])
-    assert_final(run_id, db, tmp_path, reference)
-    assert_sessions(
-        [Session(log) for log in logs], [first, second, committed_successes(db, run_id)]
-    )
+    resume_to_end(at_once, run_id, db, tmp_path, logs[2])
+    assert_final(at_once, run_id, db, tmp_path, reference)
+    third = committed_successes(journal_rows, db, run_id)
+    assert_sessions([Session(log) for log in logs], [first, second, third])
 
 
 def test_kill_while_commits_stall(
-    workflow: Path, reference: dict[str, Any], tmp_path: Path
+    launch: Any,
+    wait_for_events: Callable[..., int],
+    at_once: AtOnce,
+    journal_rows: Callable[..., list[Any]],
+    workflow: Path,
+    reference: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     """A slow journal (another writer, a slow disk) must not widen what a crash loses.
 
@@ -375,14 +386,14 @@ def test_kill_while_commits_stall(
     db, run_id = tmp_path / "journal.db", "stall"
     logs = [tmp_path / "log-0", tmp_path / "log-1"]
 
-    process = start(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    process = launch(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
     # root and chain_000 are the only tasks without dependencies: after both commit,
     # sixty fan-out tasks are ready at once.
-    wait_for(process, db, run_id, "task_succeeded", 2)
+    wait_for_events(db, run_id, "task_succeeded", 2, process=process, timeout=DEADLINE_SECONDS)
     blocker = sqlite3.connect(db, isolation_level=None, timeout=5)
     try:
         blocker.execute("BEGIN IMMEDIATE")
-        before = committed_successes(db, run_id)
+        before = committed_successes(journal_rows, db, run_id)
         deadline = time.monotonic() + 1.0  # well within durable's 5 s busy timeout
         while time.monotonic() < deadline:
             if len(set(Session(logs[0]).ran) - before) > CONCURRENCY:
@@ -392,9 +403,10 @@ def test_kill_while_commits_stall(
     finally:
         blocker.rollback()
         blocker.close()
-    assert committed_successes(db, run_id) == before
-    assert_interrupted(run_id, db, tmp_path)
+    assert committed_successes(journal_rows, db, run_id) == before
+    assert_interrupted(at_once, run_id, db, tmp_path)
 
-    resume_to_end(run_id, db, tmp_path, logs[1])
-    assert_final(run_id, db, tmp_path, reference)
-    assert_sessions([Session(log) for log in logs], [before, committed_successes(db, run_id)])
+    resume_to_end(at_once, run_id, db, tmp_path, logs[1])
+    assert_final(at_once, run_id, db, tmp_path, reference)
+    after = committed_successes(journal_rows, db, run_id)
+    assert_sessions([Session(log) for log in logs], [before, after])

@@ -6,9 +6,6 @@ workflow's `imports:` are found next to the workflow file, not next to the calle
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -40,37 +37,26 @@ EDGES = {
 EXAMPLE_FILES = [pytest.param(RESEARCH, id="research"), pytest.param(BRANCHING, id="branching")]
 
 
-def durable_command() -> list[str]:
-    executable = os.path.join(os.path.dirname(sys.executable), "durable")
-    if os.path.exists(executable):
-        return [executable]
-    return [sys.executable, "-m", "durable_cli.main"]
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*durable_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=60
-    )
-
-
 @pytest.mark.parametrize("workflow", EXAMPLE_FILES)
-def test_validate_prints_the_summary(tmp_path: Path, workflow: Path) -> None:
-    result = run(tmp_path, "validate", str(workflow))
+def test_validate_prints_the_summary(durable, tmp_path: Path, workflow: Path) -> None:
+    result = durable("validate", str(workflow), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == SUMMARIES[workflow] + "\n"
     assert result.stderr == ""
 
 
 @pytest.mark.parametrize("workflow", EXAMPLE_FILES)
-def test_graph_text_groups_independent_tasks_on_one_level(tmp_path: Path, workflow: Path) -> None:
-    result = run(tmp_path, "graph", str(workflow), "--format", "text")
+def test_graph_text_groups_independent_tasks_on_one_level(
+    durable, tmp_path: Path, workflow: Path
+) -> None:
+    result = durable("graph", str(workflow), "--format", "text", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [SUMMARIES[workflow], *LEVELS[workflow]]
 
 
 @pytest.mark.parametrize("workflow", EXAMPLE_FILES)
-def test_graph_dot_has_every_edge(tmp_path: Path, workflow: Path) -> None:
-    result = run(tmp_path, "graph", str(workflow), "--format", "dot")
+def test_graph_dot_has_every_edge(durable, tmp_path: Path, workflow: Path) -> None:
+    result = durable("graph", str(workflow), "--format", "dot", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("digraph ") and lines[-1] == "}"
@@ -79,8 +65,8 @@ def test_graph_dot_has_every_edge(tmp_path: Path, workflow: Path) -> None:
 
 
 @pytest.mark.parametrize("workflow", EXAMPLE_FILES)
-def test_graph_mermaid_has_every_edge(tmp_path: Path, workflow: Path) -> None:
-    result = run(tmp_path, "graph", str(workflow), "--format", "mermaid")
+def test_graph_mermaid_has_every_edge(durable, tmp_path: Path, workflow: Path) -> None:
+    result = durable("graph", str(workflow), "--format", "mermaid", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "flowchart LR"
@@ -88,21 +74,21 @@ def test_graph_mermaid_has_every_edge(tmp_path: Path, workflow: Path) -> None:
     assert sorted(edges) == sorted(f"{src} --> {dst}" for src, dst in EDGES[workflow])
 
 
-def test_relative_path_from_the_repository_root(tmp_path: Path) -> None:
+def test_relative_path_from_the_repository_root(durable) -> None:
     """The documented command line, `durable validate examples/...`, from the repo root."""
     root = EXAMPLES.parent
-    result = run(root, "validate", "examples/research/workflow.yaml")
+    result = durable("validate", "examples/research/workflow.yaml", cwd=root)
     assert result.returncode == 0, result.stderr
     assert result.stdout == SUMMARIES[RESEARCH] + "\n"
 
 
-def test_a_broken_copy_fails_validation_naming_the_problem(tmp_path: Path) -> None:
+def test_a_broken_copy_fails_validation_naming_the_problem(durable, tmp_path: Path) -> None:
     """The examples validate because they are right, not because validate accepts anything."""
     text = RESEARCH.read_text().replace("${task_2.output.value} > 40", "${task_9.output} > 40")
     (tmp_path / "tools.py").write_text((RESEARCH.parent / "tools.py").read_text())
     (tmp_path / "corpus").mkdir()
     broken = tmp_path / "workflow.yaml"
     broken.write_text(text)
-    result = run(tmp_path, "validate", str(broken))
+    result = durable("validate", str(broken), cwd=tmp_path)
     assert result.returncode == 2
     assert "task 'task_3'" in result.stderr and "unknown task 'task_9'" in result.stderr

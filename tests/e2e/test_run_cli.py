@@ -9,143 +9,22 @@ for a moment mid-run, by polling the journal itself rather than sleeping.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import signal
-import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
-DURABLE = os.path.join(os.path.dirname(sys.executable), "durable")
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 TERMINAL_KINDS = {"task_succeeded", "task_failed", "task_cancelled", "task_retrying"}
 
 
 # -- helpers ------------------------------------------------------------------
-
-
-def durable(
-    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run the command to completion; never raises on a non-zero exit."""
-    return subprocess.run(
-        [DURABLE, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def start(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    """Start the command in the background, its output piped."""
-    return subprocess.Popen(
-        [DURABLE, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path
-
-
-def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def journal_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Read the journal directly; an empty list while it does not exist yet."""
-    if not db.exists():
-        return []
-    try:
-        connection = sqlite3.connect(db, timeout=5)
-        try:
-            return connection.execute(sql, params).fetchall()
-        finally:
-            connection.close()
-    except sqlite3.OperationalError:  # not created yet, or locked for a moment
-        return []
-
-
-def wait_for_events(db: Path, run_id: str, kind: str, count: int, timeout: float = 20) -> None:
-    """Poll the journal until `count` events of `kind` exist for the run."""
-    deadline = time.monotonic() + timeout
-    sql = "SELECT count(*) FROM events WHERE run_id = ? AND kind = ?"
-    while time.monotonic() < deadline:
-        rows = journal_rows(db, sql, (run_id, kind))
-        if rows and rows[0][0] >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no {count} {kind} event(s) for run {run_id} in {timeout}s")
-
-
-def kinds(db: Path, run_id: str) -> list[tuple[str | None, str]]:
-    return [
-        (task_id, kind)
-        for task_id, kind in journal_rows(
-            db, "SELECT task_id, kind FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-    ]
-
-
-def event_count(db: Path) -> int:
-    return journal_rows(db, "SELECT count(*) FROM events")[0][0]
-
-
-class Lines:
-    """A child's stdout, line by line, read by a thread so that every wait can time out.
-
-    (Selecting on the pipe and then calling `readline` is not enough: the text
-    wrapper may buffer several lines at once, and the next select never wakes.)
-    """
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def next(self, timeout: float = 20) -> str:
-        try:
-            line = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output within {timeout}s") from None
-        assert line is not None, "the output ended"
-        return line
-
-    def rest(self, timeout: float = 20) -> str:
-        """Everything until the stream closes."""
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"output still open after {timeout}s"
-        lines = []
-        while (line := self._queue.get_nowait()) is not None:
-            lines.append(line)
-        return "".join(lines)
 
 
 def max_overlap(events: list[dict[str, Any]]) -> int:
@@ -186,17 +65,21 @@ tasks:
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def mixed(durable, write, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One failed run of MIXED with `--json`, shared by the read-back tests."""
     folder = tmp_path_factory.mktemp("mixed")
     workflow = write(folder, "mixed.yaml", MIXED)
     db = folder / "journal.db"
-    result = durable(folder, "run", str(workflow), "--db", str(db), "--run-id", "mixed-1", "--json")
-    status = durable(folder, "status", "mixed-1", "--db", str(db), "--json")
+    result = durable(
+        "run", str(workflow), "--db", str(db), "--run-id", "mixed-1", "--json", cwd=folder
+    )
+    status = durable("status", "mixed-1", "--db", str(db), "--json", cwd=folder)
     return {"folder": folder, "db": db, "result": result, "status": status}
 
 
-def test_failed_task_exits_1_and_spares_the_independent_branch(mixed: dict[str, Any]) -> None:
+def test_failed_task_exits_1_and_spares_the_independent_branch(
+    no_traceback, as_json, mixed: dict[str, Any]
+) -> None:
     result = mixed["result"]
     assert result.returncode == 1, result.stderr
     no_traceback(result)
@@ -213,7 +96,7 @@ def test_failed_task_exits_1_and_spares_the_independent_branch(mixed: dict[str, 
     assert "3" in status["tasks"]["broken"]["error"]
 
 
-def test_status_json_has_exactly_the_documented_shape(mixed: dict[str, Any]) -> None:
+def test_status_json_has_exactly_the_documented_shape(as_json, mixed: dict[str, Any]) -> None:
     status = as_json(mixed["status"])
     assert set(status) == {"run_id", "workflow", "status", "tasks"}
     assert (status["run_id"], status["workflow"]) == ("mixed-1", "mixed")
@@ -226,44 +109,46 @@ def test_status_json_has_exactly_the_documented_shape(mixed: dict[str, Any]) -> 
     assert status["tasks"]["far_after_broken"]["attempts"] == 0
 
 
-def test_status_text_names_the_run_and_the_error(mixed: dict[str, Any]) -> None:
-    result = durable(mixed["folder"], "status", "mixed-1", "--db", str(mixed["db"]))
+def test_status_text_names_the_run_and_the_error(durable, mixed: dict[str, Any]) -> None:
+    result = durable("status", "mixed-1", "--db", str(mixed["db"]), cwd=mixed["folder"])
     assert result.returncode == 0, result.stderr
     assert "mixed-1" in result.stdout.splitlines()[0]
     broken = next(line for line in result.stdout.splitlines() if "broken" in line)
     assert "failed" in broken and "3" in broken
 
 
-def test_run_json_prints_one_object_per_event(mixed: dict[str, Any]) -> None:
+def test_run_json_prints_one_object_per_event(
+    json_lines, journal_kinds, mixed: dict[str, Any]
+) -> None:
     events = json_lines(mixed["result"].stdout)
     assert all(event["run_id"] == "mixed-1" and "kind" in event for event in events)
     assert events[0]["kind"] == "run_started"
     assert events[-1]["kind"] == "run_finished"
     assert events[-1]["status"] == "failed"
     # The same transitions the journal holds, in the same order.
-    assert [(e.get("task_id"), e["kind"]) for e in events] == kinds(mixed["db"], "mixed-1")
+    assert [(e.get("task_id"), e["kind"]) for e in events] == journal_kinds(mixed["db"], "mixed-1")
 
 
-def test_log_plain_and_json(mixed: dict[str, Any]) -> None:
+def test_log_plain_and_json(durable, json_lines, journal_kinds, mixed: dict[str, Any]) -> None:
     folder, db = mixed["folder"], str(mixed["db"])
-    journal = kinds(mixed["db"], "mixed-1")
-    plain = durable(folder, "log", "mixed-1", "--db", db)
+    journal = journal_kinds(mixed["db"], "mixed-1")
+    plain = durable("log", "mixed-1", "--db", db, cwd=folder)
     assert plain.returncode == 0, plain.stderr
     assert len(plain.stdout.splitlines()) == len(journal)
     assert "broken failed" in plain.stdout
 
-    events = json_lines(durable(folder, "log", "mixed-1", "--db", db, "--json").stdout)
+    events = json_lines(durable("log", "mixed-1", "--db", db, "--json", cwd=folder).stdout)
     seqs = [event["seq"] for event in events]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert [(e.get("task_id"), e["kind"]) for e in events] == journal
     assert all(event["run_id"] == "mixed-1" for event in events)
 
 
-def test_output_all_and_one(mixed: dict[str, Any]) -> None:
+def test_output_all_and_one(durable, as_json, mixed: dict[str, Any]) -> None:
     folder, db = mixed["folder"], str(mixed["db"])
-    outputs = as_json(durable(folder, "output", "mixed-1", "--db", db))
+    outputs = as_json(durable("output", "mixed-1", "--db", db, cwd=folder))
     assert outputs == {"ok": {"greeting": "hello", "count": 2}, "after_ok": {"got": "hello"}}
-    one = as_json(durable(folder, "output", "mixed-1", "after_ok", "--db", db))
+    one = as_json(durable("output", "mixed-1", "after_ok", "--db", db, cwd=folder))
     assert one == {"got": "hello"}
 
 
@@ -282,15 +167,17 @@ tasks:
 """
 
 
-def test_run_prints_run_id_first_and_runs_lists_oldest_first(tmp_path: Path) -> None:
+def test_run_prints_run_id_first_and_runs_lists_oldest_first(
+    durable, write, no_traceback, as_json, count_events, tmp_path: Path
+) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
     db = tmp_path / "j.db"
-    first = durable(tmp_path, "run", str(workflow), "--db", str(db))
-    second = durable(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "second-run")
+    first = durable("run", str(workflow), "--db", str(db), cwd=tmp_path)
+    second = durable("run", str(workflow), "--db", str(db), "--run-id", "second-run", cwd=tmp_path)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     no_traceback(first)
 
-    runs = as_json(durable(tmp_path, "runs", "--db", str(db), "--json"))
+    runs = as_json(durable("runs", "--db", str(db), "--json", cwd=tmp_path))
     assert isinstance(runs, list) and len(runs) == 2
     for entry in runs:
         assert {"run_id", "workflow", "status", "created_at", "counts"} <= set(entry)
@@ -303,22 +190,34 @@ def test_run_prints_run_id_first_and_runs_lists_oldest_first(tmp_path: Path) -> 
     assert "second-run" in second.stdout.splitlines()[0]
 
     # A run id already in the journal is refused, and nothing is written.
-    before = event_count(db)
-    again = durable(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "second-run")
+    before = count_events(db)
+    again = durable("run", str(workflow), "--db", str(db), "--run-id", "second-run", cwd=tmp_path)
     assert again.returncode == 2
     no_traceback(again)
     assert "second-run" in again.stderr.splitlines()[0]
-    assert event_count(db) == before
+    assert count_events(db) == before
 
 
-def test_param_override_coerces_numbers_only_where_the_default_is_one(tmp_path: Path) -> None:
+def test_param_override_coerces_numbers_only_where_the_default_is_one(
+    durable, write, as_json, tmp_path: Path
+) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
     db = str(tmp_path / "j.db")
     result = durable(
-        tmp_path, "run", str(workflow), "--db", db, "--run-id", "p", "-p", "count=5", "-p", "word=7"
+        "run",
+        str(workflow),
+        "--db",
+        db,
+        "--run-id",
+        "p",
+        "-p",
+        "count=5",
+        "-p",
+        "word=7",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert as_json(durable(tmp_path, "output", "p", "--db", db)) == {
+    assert as_json(durable("output", "p", "--db", db, cwd=tmp_path)) == {
         "a": {"count": 5, "word": "7"},
         "b": {"twice": "5 and 7"},
     }
@@ -348,7 +247,7 @@ async def probe(seconds: float) -> int:
 
 
 @pytest.fixture(scope="module")
-def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def wide(durable, write, json_lines, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Four independent async probes under `-j 2`, in a workflow that would allow eight."""
     folder = tmp_path_factory.mktemp("wide")
     write(folder, "tools.py", PROBE)
@@ -357,7 +256,7 @@ def wide(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         folder, "wide.yaml", f"name: wide\nimports: [tools]\nmax_concurrency: 8\ntasks:\n{tasks}"
     )
     result = durable(
-        folder, "run", str(workflow), "--db", str(folder / "j.db"), "-j", "2", "--json"
+        "run", str(workflow), "--db", str(folder / "j.db"), "-j", "2", "--json", cwd=folder
     )
     assert result.returncode == 0, result.stderr
     return {"events": json_lines(result.stdout)}
@@ -370,15 +269,15 @@ def test_jobs_bounds_concurrency(wide: dict[str, Any]) -> None:
 
 
 def test_journal_never_shows_more_running_than_jobs(wide: dict[str, Any]) -> None:
-    """The fold of the journal must not claim three attempts running under `-j 2`.
+    """The journal never claims more attempts running at once than `-j` allows.
 
-    Fails today: the engine journals the next task's `task_started` before the
-    finished task's `task_succeeded` (it frees the slot first, then records).
+    A task keeps its slot until its outcome is journaled, so the next task's
+    `task_started` always comes after the finished task's `task_succeeded`.
     """
     assert max_overlap(wide["events"]) == 2
 
 
-def test_fail_fast_cancels_the_rest(tmp_path: Path) -> None:
+def test_fail_fast_cancels_the_rest(durable, write, no_traceback, as_json, tmp_path: Path) -> None:
     workflow = write(
         tmp_path,
         "ff.yaml",
@@ -392,87 +291,130 @@ tasks:
     )
     db = str(tmp_path / "j.db")
     began = time.monotonic()
-    result = durable(tmp_path, "run", str(workflow), "--db", db, "--run-id", "ff", "--fail-fast")
+    result = durable(
+        "run", str(workflow), "--db", db, "--run-id", "ff", "--fail-fast", cwd=tmp_path
+    )
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - began < 15
     no_traceback(result)
-    status = as_json(durable(tmp_path, "status", "ff", "--db", db, "--json"))
+    status = as_json(durable("status", "ff", "--db", db, "--json", cwd=tmp_path))
     assert status["status"] == "failed"
     assert status["tasks"]["broken"]["state"] == "failed"
     assert status["tasks"]["slow"]["state"] == "cancelled"
     assert status["tasks"]["after_slow"]["state"] != "succeeded"
 
 
-def test_durable_db_environment_variable(tmp_path: Path) -> None:
+def test_durable_db_environment_variable(durable, write, as_json, tmp_path: Path) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
     db = tmp_path / "elsewhere" / "env.db"
-    env = {**os.environ, "DURABLE_DB": str(db)}
-    result = durable(tmp_path, "run", str(workflow), "--run-id", "env", env=env)
+    env = {"DURABLE_DB": str(db)}
+    result = durable("run", str(workflow), "--run-id", "env", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert db.exists()
     assert not (tmp_path / ".durable").exists()
-    runs = as_json(durable(tmp_path, "runs", "--json", env=env))
+    runs = as_json(durable("runs", "--json", env=env, cwd=tmp_path))
     assert [(entry["run_id"], entry["status"]) for entry in runs] == [("env", "succeeded")]
 
 
 # -- interruption and resume ----------------------------------------------------
 
+HOLD = '''
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import durable
+
+
+@durable.tool
+async def hold(result: str, release: str) -> str:
+    """Runs until the release file exists (a minute at most), then returns `result`."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return result
+'''
+
 SLOW = """
 name: slow
+imports: [tools]
+params: {release: none}
 tasks:
   - {id: quick, tool: echo, input: {n: 1}}
-  - {id: slow_1, tool: sleep, input: {seconds: 1.5, result: one}}
-  - {id: slow_2, tool: sleep, input: {seconds: 1.5, result: two}}
+  - {id: slow_1, tool: hold, input: {result: one, release: "${params.release}"}}
+  - {id: slow_2, tool: hold, input: {result: two, release: "${params.release}"}}
   - {id: after, tool: echo, input: {got: ["${slow_1.output}", "${slow_2.output}"]}}
 """
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_interrupts_resumably(tmp_path: Path, signum: signal.Signals) -> None:
+def test_signal_interrupts_resumably(
+    durable,
+    start,
+    stop,
+    write,
+    as_json,
+    count_events,
+    journal_kinds,
+    wait_for_events,
+    Lines,
+    tmp_path: Path,
+    signum: signal.Signals,
+) -> None:
+    """SIGINT or SIGTERM mid-run: exit 130, running tasks journaled as cancelled, resumable.
+
+    `slow_1` and `slow_2` run until the test creates their release file, which it
+    does only after the signal: the signal always lands while they run.
+    """
+    write(tmp_path, "tools.py", HOLD)
     workflow = write(tmp_path, "slow.yaml", SLOW)
+    release = tmp_path / "release"
     db = tmp_path / "j.db"
-    process = start(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "sig")
+    process = start(
+        "run", workflow, "--db", db, "--run-id", "sig", "-p", f"release={release}", cwd=tmp_path
+    )
     try:
-        assert process.stdout is not None and process.stderr is not None
         lines = Lines(process.stdout)
         # The run id comes first, while the run is still going.
         assert "sig" in lines.next()
-        wait_for_events(db, "sig", "task_started", 3)
+        wait_for_events(db, "sig", "task_started", 3, process=process)
+        wait_for_events(db, "sig", "task_succeeded", 1, task_id="quick", process=process)
         assert process.poll() is None
         process.send_signal(signum)
-        process.wait(timeout=20)
+        process.wait(timeout=30)
         out = lines.rest()
         err = process.stderr.read()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        release.touch()
+        stop(process)
     assert process.returncode == 130, err
     assert "Traceback" not in out + err
-    journal = kinds(db, "sig")
+    journal = journal_kinds(db, "sig")
     assert ("slow_1", "task_cancelled") in journal
     assert ("slow_2", "task_cancelled") in journal
     assert journal[-1] == (None, "run_interrupted")
     assert not any(kind == "run_finished" for _, kind in journal)
 
-    runs = as_json(durable(tmp_path, "runs", "--db", str(db), "--json"))
+    runs = as_json(durable("runs", "--db", str(db), "--json", cwd=tmp_path))
     assert runs[0]["status"] == "interrupted"
     if signum != signal.SIGINT:
         return  # the resume is the same whichever signal stopped the run
 
-    resumed = durable(tmp_path, "resume", "sig", "--db", str(db))
+    resumed = durable("resume", "sig", "--db", str(db), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    status = as_json(durable(tmp_path, "status", "sig", "--db", str(db), "--json"))
+    status = as_json(durable("status", "sig", "--db", str(db), "--json", cwd=tmp_path))
     assert status["status"] == "succeeded"
     assert status["tasks"]["after"]["output"] == {"got": ["one", "two"]}
     # `quick` succeeded before the signal: it never runs again.
-    assert kinds(db, "sig").count(("quick", "task_started")) == 1
+    assert journal_kinds(db, "sig").count(("quick", "task_started")) == 1
 
-    before = event_count(db)
-    again = durable(tmp_path, "resume", "sig", "--db", str(db))
+    before = count_events(db)
+    again = durable("resume", "sig", "--db", str(db), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already succeeded" in again.stdout
-    assert event_count(db) == before
+    assert count_events(db) == before
 
 
 TOOLS = '''
@@ -506,18 +448,20 @@ tasks:
 """
 
 
-def test_retries_back_off_then_resume_reruns_only_what_failed(tmp_path: Path) -> None:
+def test_retries_back_off_then_resume_reruns_only_what_failed(
+    durable, write, no_traceback, as_json, json_lines, tmp_path: Path
+) -> None:
     write(tmp_path, "tools.py", TOOLS)
     workflow = write(tmp_path, "retrying.yaml", RETRYING)
     marker = tmp_path / "marker"
     db = str(tmp_path / "j.db")
     result = durable(
-        tmp_path, "run", str(workflow), "--db", db, "--run-id", "r", "-p", f"marker={marker}"
+        "run", str(workflow), "--db", db, "--run-id", "r", "-p", f"marker={marker}", cwd=tmp_path
     )
     assert result.returncode == 1, result.stderr
     no_traceback(result)
 
-    events = json_lines(durable(tmp_path, "log", "r", "--db", db, "--json").stdout)
+    events = json_lines(durable("log", "r", "--db", db, "--json", cwd=tmp_path).stdout)
     retrying = [e for e in events if e["kind"] == "task_retrying"]
     assert [e["task_id"] for e in retrying] == ["flaky", "flaky"]
     assert [e["delay"] for e in retrying] == pytest.approx([0.05, 0.1])
@@ -527,17 +471,19 @@ def test_retries_back_off_then_resume_reruns_only_what_failed(tmp_path: Path) ->
     assert ("after", "task_upstream_failed") in [(e.get("task_id"), e["kind"]) for e in events]
 
     marker.touch()
-    resumed = durable(tmp_path, "resume", "r", "--db", db, "--json")
+    resumed = durable("resume", "r", "--db", db, "--json", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     session = json_lines(resumed.stdout)
     started = [e["task_id"] for e in session if e["kind"] == "task_started"]
     assert sorted(started) == ["after", "flaky"]
     assert session[-1]["kind"] == "run_finished" and session[-1]["status"] == "succeeded"
-    outputs = as_json(durable(tmp_path, "output", "r", "--db", db))
+    outputs = as_json(durable("output", "r", "--db", db, cwd=tmp_path))
     assert outputs["after"] == {"flaky": {"ok": True}, "steady": {"n": 1}}
 
 
-def test_log_follow_streams_until_the_run_finishes(tmp_path: Path) -> None:
+def test_log_follow_streams_until_the_run_finishes(
+    start, stop, write, json_lines, journal_kinds, wait_for_events, Lines, tmp_path: Path
+) -> None:
     """`--follow` prints events as they happen, and returns once the run has finished.
 
     Task `b` waits for a file the test creates only after `--follow` has printed
@@ -558,12 +504,11 @@ tasks:
 """,
     )
     db = tmp_path / "j.db"
-    run = start(tmp_path, "run", str(workflow), "--db", str(db), "--run-id", "follow")
+    run = start("run", str(workflow), "--db", str(db), "--run-id", "follow", cwd=tmp_path)
     follow: subprocess.Popen[str] | None = None
     try:
-        wait_for_events(db, "follow", "run_started", 1)
-        follow = start(tmp_path, "log", "follow", "--db", str(db), "--follow", "--json")
-        assert follow.stdout is not None and follow.stderr is not None
+        wait_for_events(db, "follow", "run_started", 1, process=run)
+        follow = start("log", "follow", "--db", str(db), "--follow", "--json", cwd=tmp_path)
         lines = Lines(follow.stdout)
         streamed = []
         while not streamed or streamed[-1][:2] != ("b", "task_started"):
@@ -576,10 +521,9 @@ tasks:
         err = follow.stderr.read()
         run.communicate(timeout=30)
     finally:
-        for process in (run, follow):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait()
+        (tmp_path / "release").touch()
+        stop(run)
+        stop(follow)
     assert follow.returncode == 0, err
     assert run.returncode == 0
     events = [(e.get("task_id"), e["kind"], e["seq"]) for e in json_lines(out)]
@@ -589,14 +533,14 @@ tasks:
     assert ("c", "task_succeeded") in [event[:2] for event in events]
     seqs = [event[2] for event in events]
     assert seqs == sorted(set(seqs))
-    assert [event[:2] for event in events] == kinds(db, "follow")
+    assert [event[:2] for event in events] == journal_kinds(db, "follow")
 
 
 # -- the shipped examples ------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def examples(durable, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Both shipped examples (branching twice), run at once from a folder of their own."""
     folder = tmp_path_factory.mktemp("examples")
     runs = {
@@ -609,7 +553,7 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         example, params = runs[name]
         workflow = str(EXAMPLES / example / "workflow.yaml")
         db = str(folder / f"{name}.db")
-        return durable(folder, "run", workflow, *params, "--db", db, "--run-id", name, "--json")
+        return durable("run", workflow, *params, "--db", db, "--run-id", name, "--json", cwd=folder)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = dict(zip(runs, pool.map(run, runs), strict=True))
@@ -617,16 +561,14 @@ def examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def outputs_of(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The outputs a succeeded `run --json` printed, by task."""
     assert result.returncode == 0, result.stderr
-    no_traceback(result)
-    return {
-        e["task_id"]: e["output"]
-        for e in json_lines(result.stdout)
-        if e["kind"] == "task_succeeded"
-    }
+    assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return {e["task_id"]: e["output"] for e in events if e["kind"] == "task_succeeded"}
 
 
-def test_research_example_runs(examples: dict[str, Any]) -> None:
+def test_research_example_runs(durable, as_json, examples: dict[str, Any]) -> None:
     outputs = outputs_of(examples["results"]["research"])
     assert outputs["task_3"]["summary"].strip()
     assert outputs["task_3"]["sources"]
@@ -636,7 +578,10 @@ def test_research_example_runs(examples: dict[str, Any]) -> None:
     # `output RUN TASK` reads back what the run printed.
     folder = examples["folder"]
     db = str(folder / "research.db")
-    assert as_json(durable(folder, "output", "research", "task_3", "--db", db)) == outputs["task_3"]
+    assert (
+        as_json(durable("output", "research", "task_3", "--db", db, cwd=folder))
+        == outputs["task_3"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -645,7 +590,7 @@ def test_research_example_runs(examples: dict[str, Any]) -> None:
     ids=["default", "size=50"],
 )
 def test_branching_example_takes_the_branch_of_its_size(
-    examples: dict[str, Any], name: str, taken: str, skipped: str, items: int
+    json_lines, examples: dict[str, Any], name: str, taken: str, skipped: str, items: int
 ) -> None:
     result = examples["results"][name]
     outputs = outputs_of(result)

@@ -71,7 +71,7 @@ def test_echo_returns_a_mapping_as_a_dict() -> None:
 
 def test_echo_of_no_input_returns_null(tmp_path: Path) -> None:
     # echo's docstring: "a mapping input as a dict, anything else as is"; null is
-    # "anything else", and DESIGN §2 says echo returns its input.
+    # "anything else", and the README's built-ins table says: null for an empty input.
     result = run_one(tmp_path, "echo", None)
     assert result.status == "succeeded"
     assert result.tasks["t"].output is None
@@ -105,14 +105,6 @@ def test_sleep_without_result_returns_null(tmp_path: Path) -> None:
     result = run_one(tmp_path, "sleep", {"seconds": 0})
     assert result.status == "succeeded"
     assert result.tasks["t"].output is None
-
-
-def test_sleep_past_the_timeout_fails_the_task(tmp_path: Path) -> None:
-    started = time.monotonic()
-    result = run_one(tmp_path, "sleep", {"seconds": 10}, timeout=0.1)
-    assert time.monotonic() - started < 3
-    assert result.tasks["t"].state == "failed"
-    assert "timed out" in (result.tasks["t"].error or "")
 
 
 # shell: forms and output
@@ -194,9 +186,9 @@ def test_shell_empty_command_fails(tmp_path: Path) -> None:
 
 
 def test_shell_command_from_a_whole_reference_to_a_list_keeps_the_list(tmp_path: Path) -> None:
-    # DESIGN §1: a whole-value reference keeps its type; shell takes an argument list.
-    # Splitting the string "${params.argv}" into words first wraps the list in another
-    # list, and the argv becomes the one word "['printf', ...]".
+    # README, "References": a whole-value reference keeps its type; shell takes an
+    # argument list. So "${params.argv}" is not split into words first (which would
+    # wrap the list in another list and make the argv the one word "['printf', ...]").
     result = run_workflow(
         tmp_path,
         [{"id": "t", "tool": "shell", "input": {"command": "${params.argv}"}}],
@@ -396,9 +388,13 @@ def test_shell_timeout_kills_the_process(in_tmp: Path) -> None:
 
 
 def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path) -> None:
-    # `sh -c` forks `sleep`; killing only `sh` leaves `sleep` holding stdout, and
-    # `await process.wait()` (on 3.11, it waits for the pipes too) blocks until the
-    # grandchild exits: the 0.3 s timeout takes the full 2 s.
+    """A timed-out command's grandchildren cannot keep its task waiting.
+
+    `sh -c` forks `sleep`, which inherits the stdout pipe. Killing only `sh` would
+    leave `sleep` holding it, and waiting for the process (on 3.11 that waits for
+    the pipes too) would last as long as the grandchild: 30 s here, against a
+    timeout of 0.3 s.
+    """
     pid_file = in_tmp / "grandchild.pid"
     started = time.monotonic()
     result = run_workflow(
@@ -407,7 +403,7 @@ def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path) -> None:
             {
                 "id": "t",
                 "tool": "shell",
-                "input": {"command": ["sh", "-c", f"sleep 2 & echo $! > {pid_file}; wait"]},
+                "input": {"command": ["sh", "-c", f"sleep 30 & echo $! > {pid_file}; wait"]},
                 "timeout": 0.3,
             }
         ],
@@ -417,7 +413,7 @@ def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path) -> None:
     try:
         assert result.tasks["t"].state == "failed"
         assert "timed out" in (result.tasks["t"].error or "")
-        assert elapsed < 1.5, f"a 0.3 s timeout took {elapsed:.1f} s"
+        assert elapsed < 10, f"a 0.3 s timeout took {elapsed:.1f} s"
     finally:
         if _alive(pid):
             os.kill(pid, 9)
@@ -476,7 +472,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._json(200, {"ok": True, "hits": hits})
         elif path == "/slow":
-            time.sleep(1.0)
+            # Answers only once the test is over (or after a minute): a client timeout
+            # always fires first, however loaded the machine.
+            self.server.released.wait(60)
             self._json(200, {"late": True})
         else:
             self._reply(404, b"unknown", "text/plain")
@@ -491,6 +489,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.released = threading.Event()
 
     @property
     def url(self) -> str:
@@ -507,6 +506,7 @@ def server() -> Iterator[_Server]:
     try:
         yield httpd
     finally:
+        httpd.released.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
@@ -645,9 +645,9 @@ def test_http_connection_refused_fails_with_a_clear_message(tmp_path: Path) -> N
 def test_http_own_timeout_fails_the_task_with_a_clear_message(
     tmp_path: Path, server: _Server
 ) -> None:
-    # aiohttp's total timeout raises a bare TimeoutError (not a ClientError), which
-    # the tool lets through; the engine then formats the task's `timeout` (None) with
-    # `:g` and the whole run dies with TypeError instead of this task failing.
+    # aiohttp's total timeout raises a bare TimeoutError (not a ClientError): it
+    # fails this task, with a message naming the URL, and is not mistaken for the
+    # task's own `timeout` (none is set here).
     url = f"{server.url}/slow"
     result = run_one(tmp_path, "http", {"url": url, "timeout": 0.2})
     assert result.status == "failed"

@@ -28,12 +28,12 @@ from durable.executors import Executors, TaskContext, call_args, current_context
 from durable.journal import Journal
 from durable.runner import RunResult
 from durable.spec import Task, Workflow
+from durable.state import RunState
 from durable.tools import REGISTRY, ToolDef
 
 # -- tools -----------------------------------------------------------------------------
 
 CALLS: list[dict[str, Any]] = []
-FAIL_SESSION = {"on": True}
 
 
 def _snapshot() -> dict[str, Any]:
@@ -67,14 +67,6 @@ def slow_sync_context(delay: float) -> str:
     return f"{before}/{current_context().task_id}"
 
 
-async def flaky_async(fail_until: int) -> str:
-    context = current_context()
-    CALLS.append(msgspec.structs.asdict(context))
-    if context.attempt < fail_until:
-        raise RuntimeError(f"attempt {context.attempt} fails")
-    return context.idempotency_key
-
-
 def flaky_sync(fail_until: int) -> str:
     context = current_context()
     CALLS.append(msgspec.structs.asdict(context))
@@ -83,68 +75,33 @@ def flaky_sync(fail_until: int) -> str:
     return context.idempotency_key
 
 
-def fails_in_first_session() -> str:
-    context = current_context()
-    CALLS.append(msgspec.structs.asdict(context))
-    if FAIL_SESSION["on"]:
-        raise RuntimeError("first session fails")
-    return context.idempotency_key
-
-
-class Widget:
-    pass
-
-
-def returns_object() -> Any:
-    return object()
-
-
-def returns_widget() -> Any:
-    return Widget()
-
-
-def returns_set() -> Any:
-    return {3, 1, 2}
-
-
-def raises_timeout_error() -> Any:
-    raise TimeoutError("socket read timed out")
-
-
-def sleeps_sync(seconds: float) -> str:
-    time.sleep(seconds)
-    return "late"
-
-
 TOOLS = [
     where_async,
     where_sync,
     slow_async_context,
     slow_sync_context,
-    flaky_async,
     flaky_sync,
-    fails_in_first_session,
-    returns_object,
-    returns_widget,
-    returns_set,
-    raises_timeout_error,
-    sleeps_sync,
 ]
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Register this file's tools in a copy of the registry; undo `sys` changes afterwards."""
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Register this file's tools in a copy of the registry; undo `sys` changes afterwards.
+
+    Only the test's own modules (written under `tmp_path`) are forgotten: dropping a
+    library module imported on first use (`concurrent.futures.process`) would leave
+    two copies of it, and pickling for the process pool then fails.
+    """
     monkeypatch.setattr(REGISTRY, "_tools", dict(REGISTRY._tools))
     monkeypatch.setattr(sys, "path", list(sys.path))
     modules = dict(sys.modules)
     for fn in TOOLS:
         REGISTRY.add(fn, name=f"x_{fn.__name__}")
     CALLS.clear()
-    FAIL_SESSION["on"] = True
     yield
     for name in set(sys.modules) - set(modules):
-        del sys.modules[name]
+        if (getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
     sys.modules.update(modules)
 
 
@@ -246,12 +203,6 @@ def test_async_sync_and_process_tools_run_where_they_should_and_see_their_contex
             "idempotency_key": idempotency_key("run-where", task_id),
         }
 
-    # The process tool failed on attempt 1 and was retried: same key both times.
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    retried = [r["context"] for r in records if r["context"]["task_id"] == "by_reference"]
-    assert [r["attempt"] for r in retried] == [1, 2]
-    assert {r["idempotency_key"] for r in retried} == {idempotency_key("run-where", "by_reference")}
-
 
 @pytest.mark.parametrize("tool", ["x_slow_async_context", "x_slow_sync_context"])
 def test_concurrent_calls_each_see_their_own_context(tmp_path: Path, tool: str) -> None:
@@ -312,54 +263,6 @@ def test_idempotency_key_depends_on_run_and_task_only() -> None:
     assert len(others) == 4
 
 
-@pytest.mark.parametrize("tool", ["x_flaky_async", "x_flaky_sync"])
-def test_idempotency_key_is_stable_across_retries(tmp_path: Path, tool: str) -> None:
-    result = run_workflow(
-        tmp_path,
-        [
-            {
-                "id": "pay",
-                "tool": tool,
-                "input": {"fail_until": 3},
-                "retries": 2,
-                "retry_delay": 0.01,
-            },
-            {"id": "other", "tool": tool, "input": {"fail_until": 0}},
-        ],
-    )
-    assert result.status == "succeeded"
-    pay = [c for c in CALLS if c["task_id"] == "pay"]
-    assert [c["attempt"] for c in pay] == [1, 2, 3]
-    assert {c["idempotency_key"] for c in pay} == {idempotency_key(result.run_id, "pay")}
-    assert {c["run_id"] for c in pay} == {result.run_id}
-    assert result.tasks["pay"].output == idempotency_key(result.run_id, "pay")
-    assert result.tasks["other"].output != result.tasks["pay"].output
-
-
-def test_idempotency_key_is_stable_across_resume_and_differs_between_runs(tmp_path: Path) -> None:
-    db = tmp_path / "journal.db"
-    workflow = Workflow(name="resume", tasks=[Task(id="charge", tool="x_fails_in_first_session")])
-
-    async def scenario() -> tuple[RunResult, RunResult, RunResult]:
-        first = await runner.arun(workflow, db=db, base_dir=tmp_path)
-        FAIL_SESSION["on"] = False
-        resumed = await runner.aresume(first.run_id, db=db)
-        another = await runner.arun(workflow, db=db, base_dir=tmp_path)
-        return first, resumed, another
-
-    first, resumed, another = asyncio.run(scenario())
-    assert first.status == "failed"
-    assert resumed.status == "succeeded"
-    assert resumed.run_id == first.run_id
-    first_call, resumed_call, other_call = CALLS
-    assert first_call["run_id"] == resumed_call["run_id"] == first.run_id
-    assert first_call["idempotency_key"] == resumed_call["idempotency_key"]
-    assert resumed_call["idempotency_key"] == idempotency_key(first.run_id, "charge")
-    assert resumed_call["attempt"] > first_call["attempt"]
-    assert other_call["run_id"] == another.run_id != first.run_id
-    assert other_call["idempotency_key"] != first_call["idempotency_key"]
-
-
 # -- how input becomes arguments -----------------------------------------------------------------
 
 
@@ -418,82 +321,315 @@ def test_input_that_does_not_fit_the_signature_fails_the_task(tmp_path: Path) ->
     assert "TypeError" in (result.tasks["t"].error or "")
 
 
-# -- outputs, failures, timeouts ------------------------------------------------------------------
+# -- what every kind of tool gets the same: async, sync (thread) and process ------------------
+#
+# One test per behaviour, each run once per kind. The tools live in a module written
+# into `tmp_path` and imported through `imports:`, as a user's would be, because a
+# process-pool worker imports its tool by name. They record what they saw in a log
+# file, since a worker process cannot append to this process's lists.
+
+KINDS = ["async", "sync", "process"]
+
+KIND_MODULE = """
+    import asyncio
+    import dataclasses
+    import json
+    import os
+    import time
+
+    import durable
+    from durable.executors import current_context
 
 
-@pytest.mark.parametrize(
-    ("tool", "type_name"), [("x_returns_object", "object"), ("x_returns_widget", "Widget")]
-)
-def test_non_serialisable_output_fails_the_task_naming_the_type(
-    tmp_path: Path, tool: str, type_name: str
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        y: int
+
+
+    class Widget:
+        pass
+
+
+    SHAPES = {
+        "point": lambda: Point(1, 2),
+        "pair": lambda: (1, 2),
+        "set": lambda: {3, 1, 2},
+        "object": lambda: object(),
+        "widget": lambda: Widget(),
+    }
+
+
+    def record(log, fail_until=0):
+        \"\"\"Log the call's context; fail while the attempt is below `fail_until`.\"\"\"
+        context = current_context()
+        with open(log, "a") as handle:
+            handle.write(json.dumps({
+                "run_id": context.run_id,
+                "task_id": context.task_id,
+                "attempt": context.attempt,
+                "idempotency_key": context.idempotency_key,
+            }) + "\\n")
+        if context.attempt < fail_until:
+            raise RuntimeError(f"attempt {context.attempt} fails")
+        return {"attempt": context.attempt, "key": context.idempotency_key}
+
+
+    def shape(which, log=None):
+        \"\"\"A value of the named shape; logs the call when given a log.\"\"\"
+        if log:
+            with open(log, "a") as handle:
+                handle.write(which + "\\n")
+        return SHAPES[which]()
+
+
+    def type_of(value):
+        \"\"\"The Python type a dependent was handed.\"\"\"
+        return type(value).__name__
+
+
+    def raise_timeout():
+        \"\"\"A tool whose own I/O timed out (sockets, aiohttp, wait_for raise this).\"\"\"
+        raise TimeoutError("socket read timed out")
+
+
+    def wait_for(release):
+        \"\"\"Block until the release file exists (at most 60 s); the test creates it.\"\"\"
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "released"
+
+
+    async def record_async(log, fail_until=0):
+        return record(log, fail_until)
+
+
+    async def shape_async(which, log=None):
+        return shape(which, log)
+
+
+    async def type_of_async(value):
+        return type_of(value)
+
+
+    async def raise_timeout_async():
+        raise_timeout()
+
+
+    async def wait_for_async(release):
+        deadline = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return "released"
+
+
+    for _fn in (record, shape, type_of, raise_timeout, wait_for):
+        durable.tool(name="sync_" + _fn.__name__)(_fn)
+        durable.tool(name="process_" + _fn.__name__, cpu_bound=True)(_fn)
+        durable.tool(name="async_" + _fn.__name__)(globals()[_fn.__name__ + "_async"])
+"""
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The kind of tool under test: its tools are named `KIND_behaviour` (`process_shape`)."""
+    return request.param
+
+
+@pytest.fixture
+def kind_module(tmp_path: Path) -> str:
+    """KIND_MODULE written into `tmp_path` under a unique name; returns that name."""
+    name = f"kind_tools_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(KIND_MODULE))
+    return name
+
+
+def journaled_events(db: Path, run_id: str) -> list[Any]:
+    async def main() -> list[Any]:
+        journal = await Journal.open(db, create=False)
+        try:
+            return [event for _, event in await journal.events(run_id)]
+        finally:
+            await journal.close()
+
+    return asyncio.run(main())
+
+
+def assert_fold_matches(result: RunResult, db: Path) -> None:
+    """What the live run returned is exactly the fold of what it journaled."""
+    folded = RunState.fold(result.tasks, journaled_events(db, result.run_id))
+    assert folded.tasks == result.tasks
+    assert folded.status == result.status
+
+
+def test_a_timed_out_tool_fails_its_task_and_the_run_does_not_wait_for_it(
+    tmp_path: Path, kind: str, kind_module: str
 ) -> None:
+    """An attempt past its `timeout` fails at the deadline, whatever the tool's kind.
+
+    A sync tool cannot be stopped (Python cannot kill a thread) and a process-pool
+    job keeps its worker: both are abandoned, their late result ignored. The tool
+    here would block for a minute; the test releases it once the run has returned.
+    """
+    release = tmp_path / "release"
+    started = time.monotonic()
+    try:
+        result = run_workflow(
+            tmp_path,
+            [
+                {
+                    "id": "t",
+                    "tool": f"{kind}_wait_for",
+                    "input": {"release": str(release)},
+                    "timeout": 0.1,
+                },
+                {"id": "independent", "tool": "echo", "input": {"ok": True}},
+            ],
+            imports=[kind_module],
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        release.touch()
+    assert result.tasks["t"].state == "failed"
+    assert result.tasks["t"].error == "timed out after 0.1s"
+    assert result.tasks["independent"].state == "succeeded"
+    # Blocked, the run would take the tool's full minute; starting a process pool
+    # takes a second or two on a loaded machine.
+    assert elapsed < 20, f"a 0.1 s timeout took {elapsed:.1f} s"
+    assert_fold_matches(result, tmp_path / "journal.db")
+
+
+def test_a_tool_raising_timeout_error_fails_its_task_not_the_run(
+    tmp_path: Path, kind: str, kind_module: str
+) -> None:
+    """A tool's own TimeoutError (with no `timeout:` set) is that task's failure, named as such.
+
+    It is not mistaken for the task's own deadline, and the rest of the run goes on.
+    """
     result = run_workflow(
         tmp_path,
         [
-            {"id": "bad", "tool": tool},
+            {"id": "t", "tool": f"{kind}_raise_timeout"},
+            {"id": "independent", "tool": "echo", "input": {"ok": True}},
+        ],
+        imports=[kind_module],
+    )
+    assert result.status == "failed"
+    assert result.tasks["t"].state == "failed"
+    assert result.tasks["t"].error == "TimeoutError: socket read timed out"
+    assert result.tasks["independent"].state == "succeeded"
+    assert_fold_matches(result, tmp_path / "journal.db")
+
+
+@pytest.mark.parametrize(("which", "type_name"), [("object", "object"), ("widget", "Widget")])
+def test_an_unserialisable_output_fails_the_task_naming_the_type_without_retries(
+    tmp_path: Path, kind: str, kind_module: str, which: str, type_name: str
+) -> None:
+    log = tmp_path / "calls.log"
+    result = run_workflow(
+        tmp_path,
+        [
+            {
+                "id": "bad",
+                "tool": f"{kind}_shape",
+                "input": {"which": which, "log": str(log)},
+                "retries": 3,
+                "retry_delay": 0.01,
+            },
             {"id": "after", "tool": "echo", "input": "${bad.output}"},
             {"id": "independent", "tool": "echo", "input": {"ok": True}},
         ],
+        imports=[kind_module],
     )
     assert result.status == "failed"
     assert result.tasks["bad"].state == "failed"
     error = result.tasks["bad"].error or ""
-    assert f"type {type_name}" in error
-    assert "not serialisable" in error
+    assert error.startswith(f"output of type {type_name} is not serialisable"), error
+    assert log.read_text().splitlines() == [which]  # refused once, never retried
     assert result.tasks["after"].state == "upstream_failed"
     assert result.tasks["independent"].output == {"ok": True}
+    assert_fold_matches(result, tmp_path / "journal.db")
 
 
-def test_output_dependents_see_is_the_output_the_journal_holds(tmp_path: Path) -> None:
-    # msgspec encodes a set as an array, so the journal (and any resume, `durable output`)
-    # holds a list, while the live run keeps the set: `${src.output[0]}` fails live and
-    # would work after a resume. Live and journaled outputs must be the same value.
+def test_dependents_see_the_output_as_the_journal_stores_it(
+    tmp_path: Path, kind: str, kind_module: str
+) -> None:
+    """An output is handed on as msgpack (msgspec) decodes it back, live as after a resume.
+
+    A dataclass becomes a dict, a tuple a list, and a set a list (msgspec encodes a
+    set as an array, in the set's iteration order). So `${a.output.x}` reads the
+    dataclass's field and `${c.output} == [1, 2]` holds, and the live `RunResult`
+    equals the fold of the journal.
+    """
+    result = run_workflow(
+        tmp_path,
+        [
+            {"id": "a", "tool": f"{kind}_shape", "input": {"which": "point"}},
+            {"id": "b", "tool": "echo", "input": "${a.output.x}"},
+            {"id": "c", "tool": f"{kind}_shape", "input": {"which": "pair"}},
+            {"id": "d", "tool": "echo", "when": "${c.output} == [1, 2]", "input": "ran"},
+            {"id": "s", "tool": f"{kind}_shape", "input": {"which": "set"}},
+            {"id": "first", "tool": "echo", "input": "${s.output[0]}"},
+            {"id": "seen", "tool": f"{kind}_type_of", "input": {"value": "${s.output}"}},
+        ],
+        imports=[kind_module],
+    )
+    assert result.status == "succeeded", {t: s.error or s.reason for t, s in result.tasks.items()}
+    assert result.outputs == {
+        "a": {"x": 1, "y": 2},
+        "b": 1,
+        "c": [1, 2],
+        "d": "ran",
+        "s": [1, 2, 3],
+        "first": 1,
+        "seen": "list",
+    }
+    assert_fold_matches(result, tmp_path / "journal.db")
+
+
+def test_idempotency_key_is_the_same_for_every_attempt_and_resume(
+    tmp_path: Path, kind: str, kind_module: str
+) -> None:
+    """`RUN:TASK`, for every attempt of a task and every resume; other tasks and runs differ."""
     db = tmp_path / "journal.db"
-    result = run_workflow(
-        tmp_path,
-        [
-            {"id": "src", "tool": "x_returns_set"},
-            {"id": "first", "tool": "echo", "input": "${src.output[0]}"},
+    log = tmp_path / "calls.log"
+    workflow = Workflow(
+        name="idempotency",
+        imports=[kind_module],
+        tasks=[
+            # Attempts 1 and 2 fail in the first session; attempt 3, on resume, succeeds.
+            Task(
+                id="pay",
+                tool=f"{kind}_record",
+                input={"log": str(log), "fail_until": 3},
+                retries=1,
+                retry_delay=0.01,
+            ),
+            Task(id="other", tool=f"{kind}_record", input={"log": str(log)}),
         ],
     )
 
-    async def journaled() -> Any:
-        journal = await Journal.open(db, create=False)
-        try:
-            events = [event for _, event in await journal.events(result.run_id)]
-        finally:
-            await journal.close()
-        return next(
-            e.output
-            for e in events
-            if getattr(e, "task_id", None) == "src" and type(e).__name__ == "TaskSucceeded"
-        )
+    async def scenario() -> tuple[RunResult, RunResult, RunResult]:
+        first = await runner.arun(workflow, db=db, base_dir=tmp_path)
+        resumed = await runner.aresume(first.run_id, db=db)
+        another = await runner.arun(workflow, db=db, base_dir=tmp_path)
+        return first, resumed, another
 
-    assert result.tasks["src"].output == asyncio.run(journaled())
-    assert result.tasks["first"].state == "succeeded", result.tasks["first"].error
-
-
-def test_a_tool_raising_timeout_error_fails_its_task_not_the_run(tmp_path: Path) -> None:
-    # A tool's own TimeoutError (socket.timeout is one) is taken for the task timeout;
-    # with no `timeout` set, formatting `None:g` raises TypeError and the run crashes.
-    result = run_workflow(
-        tmp_path,
-        [
-            {"id": "t", "tool": "x_raises_timeout_error"},
-            {"id": "independent", "tool": "echo", "input": {"ok": True}},
-        ],
-    )
-    assert result.status == "failed"
-    assert "socket read timed out" in (result.tasks["t"].error or "")
-    assert result.tasks["independent"].state == "succeeded"
-
-
-def test_a_timed_out_sync_tool_is_abandoned(tmp_path: Path) -> None:
-    started = time.monotonic()
-    result = run_workflow(
-        tmp_path, [{"id": "t", "tool": "x_sleeps_sync", "input": {"seconds": 3}, "timeout": 0.1}]
-    )
-    # Well under the tool's 3 s: the run did not wait for the thread.
-    assert time.monotonic() - started < 2
-    assert result.tasks["t"].state == "failed"
-    assert result.tasks["t"].error == "timed out after 0.1s"
+    first, resumed, another = asyncio.run(scenario())
+    assert first.status == "failed"
+    assert resumed.status == "succeeded"
+    assert resumed.run_id == first.run_id != another.run_id
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    pay = [c for c in calls if c["task_id"] == "pay" and c["run_id"] == first.run_id]
+    assert [c["attempt"] for c in pay] == [1, 2, 3]
+    assert {c["idempotency_key"] for c in pay} == {idempotency_key(first.run_id, "pay")}
+    assert resumed.outputs["pay"] == {"attempt": 3, "key": idempotency_key(first.run_id, "pay")}
+    assert resumed.outputs["other"]["key"] == idempotency_key(first.run_id, "other")
+    keys = {c["idempotency_key"] for c in calls}
+    # One key per task of each run: pay and other, in two runs.
+    assert len(keys) == 4
+    assert {c["idempotency_key"] for c in calls if c["run_id"] == another.run_id} == {
+        idempotency_key(another.run_id, "pay"),
+        idempotency_key(another.run_id, "other"),
+    }

@@ -427,3 +427,47 @@ class TestRendering:
         assert build(workflow(Task(id="a", tool="echo"))).summary() == (
             "w: 1 task, 1 level, max concurrency 16"
         )
+
+
+class TestSourceLinesAndBrokenTasks:
+    """`build` places problems in a YAML file, and knows tasks the decoder left out."""
+
+    TEXT = b"""\
+name: w
+tasks:
+  - id: a
+    tool: echo
+    dependencies: [gone]
+  - id: b
+    tool: echo
+    input: {x: "${ghost.output}", y: "${gone.output}"}
+"""
+
+    def test_problems_carry_lines(self) -> None:
+        from durable.spec import SourceLines
+
+        wf = workflow(
+            Task(id="a", tool="echo", dependencies=["gone"]),
+            Task(id="b", tool="echo", input={"x": "${ghost.output}", "y": "${gone.output}"}),
+        )
+        with pytest.raises(ValidationError) as info:
+            graph.build(wf, REGISTRY.resolve, "w.yaml", lines=SourceLines(self.TEXT))
+        assert info.value.problems == [
+            "line 5: task 'a': field 'dependencies': unknown task 'gone'",
+            "line 8: task 'b': reference ${ghost.output}: unknown task 'ghost'",
+            "line 8: task 'b': reference ${gone.output}: unknown task 'gone'",
+        ]
+
+    def test_broken_ids_are_known_but_not_planned(self) -> None:
+        wf = workflow(
+            Task(id="a", tool="echo", dependencies=["gone"]),
+            Task(id="b", tool="echo", input={"y": "${gone.output}"}),
+        )
+        plan = graph.build(wf, REGISTRY.resolve, "w.yaml", broken_ids=["gone"])
+        assert plan.tasks["a"].deps == () and plan.tasks["b"].deps == ()
+        assert plan.levels == [["a", "b"]]
+
+    def test_broken_ids_count_as_duplicates(self) -> None:
+        with pytest.raises(ValidationError) as info:
+            graph.build(workflow(Task(id="a", tool="echo")), None, "w.yaml", broken_ids=["a"])
+        assert info.value.problems == ["task 'a': duplicate id (used 2 times)"]

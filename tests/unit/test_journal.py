@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from durable.errors import JournalError, RunExists, RunLocked, RunNotFound
@@ -39,6 +40,13 @@ def record(run_id: str = "run-1", created_at: float = 1.0) -> RunRecord:
         base_dir="/somewhere",
         created_at=created_at,
     )
+
+
+async def create(journal: Journal, run: RunRecord) -> RunStarted:
+    """Create a run as durable does: its row and its first event in one commit."""
+    opening = RunStarted(at=run.created_at)
+    await journal.create_run(run, opening)
+    return opening
 
 
 def sample_events(count: int) -> list:
@@ -80,7 +88,7 @@ def test_schema_and_user_version(tmp_path):
     asyncio.run(main())
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         objects = {
             (kind, name)
@@ -100,10 +108,10 @@ def test_schema_and_user_version(tmp_path):
             ("trigger", "events_append_only_delete"),
         }
         columns = [row[1] for row in connection.execute("PRAGMA table_info(events)")]
-        assert columns == ["seq", "run_id", "task_id", "attempt", "kind", "at", "data"]
+        assert columns == ["seq", "run_id", "task_id", "attempt", "kind", "at", "data", "crc"]
         columns = [row[1] for row in connection.execute("PRAGMA table_info(runs)")]
         assert columns[:2] == ["run_id", "workflow"]
-        assert {"spec", "spec_hash", "params", "created_at"} <= set(columns)
+        assert {"spec", "spec_hash", "params", "created_at", "cwd", "crc"} <= set(columns)
     finally:
         connection.close()
 
@@ -113,9 +121,7 @@ def test_reopening_a_journal_keeps_its_data(tmp_path):
 
     async def main():
         journal = await open_journal(path)
-        await journal.create_run(record())
-        journal.append("run-1", RunStarted(at=1.0))
-        await journal.flush()
+        await create(journal, record())
         await journal.close()
         journal = await open_journal(path, create=False)
         try:
@@ -148,7 +154,7 @@ def filled_journal(tmp_path) -> Path:
 
     async def main():
         journal = await open_journal(path)
-        await journal.create_run(record())
+        await create(journal, record())
         for event in sample_events(3):
             journal.append("run-1", event)
         await journal.flush()
@@ -179,7 +185,7 @@ def test_history_cannot_be_rewritten(filled_journal, sql):
         connection.commit()
         assert connection.execute("SELECT * FROM events ORDER BY seq").fetchall() == before_events
         assert connection.execute("SELECT * FROM runs").fetchall() == before_runs
-        assert len(before_events) == 3
+        assert len(before_events) == 4
     finally:
         connection.close()
 
@@ -223,7 +229,7 @@ def test_update_is_refused_through_the_journal_too(filled_journal):
                 await journal.execute("UPDATE events SET at = 0")
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 await journal.execute("DELETE FROM runs WHERE run_id = ?", ["run-1"])
-            assert len(await journal.events("run-1")) == 3
+            assert len(await journal.events("run-1")) == 4
         finally:
             await journal.close()
 
@@ -344,19 +350,19 @@ def test_group_commit_of_a_burst(tmp_path):
     async def main():
         journal = await open_journal(tmp_path / "journal.db")
         try:
-            await journal.create_run(record())
+            opening = await create(journal, record())
             futures = [journal.append("run-1", event) for event in events]
             await journal.flush()
             assert all(future.done() and future.exception() is None for future in futures)
-            assert journal.events_written == 1000
-            assert journal.commits <= 5, journal.commits
-            return await journal.events("run-1")
+            assert journal.events_written == 1001  # the run's first event came with its row
+            assert journal.commits <= 6, journal.commits
+            return opening, await journal.events("run-1")
         finally:
             await journal.close()
 
-    read = asyncio.run(main())
-    assert [event for _, event in read] == events
-    assert [seq for seq, _ in read] == list(range(1, 1001))
+    opening, read = asyncio.run(main())
+    assert [event for _, event in read] == [opening, *events]
+    assert [seq for seq, _ in read] == list(range(1, 1002))
 
 
 def test_group_commit_under_concurrent_writers(tmp_path):
@@ -508,17 +514,17 @@ def test_events_read_back_equal_events_written_and_after(tmp_path):
     async def main():
         journal = await open_journal(tmp_path / "journal.db")
         try:
-            await journal.create_run(record("a"))
-            await journal.create_run(record("b", created_at=0.5))
+            opening = await create(journal, record("a"))
+            await create(journal, record("b", created_at=0.5))
             for event in events:
                 journal.append("a", event)
                 journal.append("b", RunStarted(at=event.at))
             await journal.flush()
             read_a = await journal.events("a")
-            assert [e for _, e in read_a] == events
-            tail = await journal.events("a", after=read_a[19][0])
+            assert [e for _, e in read_a] == [opening, *events]
+            tail = await journal.events("a", after=read_a[20][0])
             assert [e for _, e in tail] == events[20:]
-            assert len(await journal.events("b")) == 30
+            assert len(await journal.events("b")) == 31
             assert await journal.events("nobody") == []
             streamed = [item async for chunk in journal.read_events("a") for item in chunk]
             assert streamed == read_a
@@ -532,12 +538,13 @@ def test_runs_table(tmp_path):
     async def main():
         journal = await open_journal(tmp_path / "journal.db")
         try:
-            await journal.create_run(record("late", created_at=5.0))
-            await journal.create_run(record("early", created_at=1.0))
+            await create(journal, record("late", created_at=5.0))
+            await create(journal, record("early", created_at=1.0))
             with pytest.raises(RunExists):
-                await journal.create_run(record("late"))
+                await create(journal, record("late"))
             got = await journal.get_run("early")
-            assert got == record("early", created_at=1.0)
+            assert got.crc is not None
+            assert msgspec.structs.replace(got, crc=None) == record("early", created_at=1.0)
             assert got.params == {"n": 1, "tags": ["x"]}
             assert [run.run_id for run in await journal.list_runs()] == ["early", "late"]
             with pytest.raises(RunNotFound, match="'ghost'"):

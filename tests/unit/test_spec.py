@@ -412,3 +412,183 @@ class TestDuplicateYamlKeys:
         ok = "name: w\ntasks:\n  - &t {id: a, tool: echo, retries: 2}\n  - {<<: *t, id: b}\n"
         workflow = spec.load(write(tmp_path, "ok.yaml", ok))
         assert [(t.id, t.retries) for t in workflow.tasks] == [("a", 2), ("b", 2)]
+
+
+def problems_of(path: Path) -> list[str]:
+    """Every problem `durable validate` reports for a file, shape and graph together."""
+    from durable.errors import ValidationError
+    from durable.loader import plan_file
+
+    with pytest.raises(ValidationError) as info:
+        plan_file(path)
+    assert info.value.source == str(path)
+    return info.value.problems
+
+
+MIXED = """\
+name: demo
+colour: red
+tasks:
+  - id: a
+    tool: ehco
+    retries: -1
+  - id: b
+    tool: echo
+    dependencies: [a, nope]
+    timeout: 0
+    input:
+      first: "${c.output}"
+      second: "${d.output}"
+  - id: c
+    tool: echo
+    colr: 1
+    retries: x
+  - tool: echo
+  - 5
+  - id: e
+    tool: echo
+    input: {x: "${params.p}"}
+    when: "${b.output} > 1"
+"""
+
+
+class TestAllProblemsTogether:
+    """Shape problems no longer hide graph problems: `validate` reports both in one pass."""
+
+    def test_shape_and_graph_problems_are_reported_together_with_lines(
+        self, tmp_path: Path
+    ) -> None:
+        assert problems_of(write(tmp_path, "w.yaml", MIXED)) == [
+            "line 2: field 'colour': unknown field",
+            "line 6: task 'a': field 'retries': expected `int` >= 0",
+            "line 10: task 'b': field 'timeout': expected `float` > 0.0",
+            "line 16: task 'c': field 'colr': unknown field",
+            "line 17: task 'c': field 'retries': expected `int`, got `str`",
+            "line 18: task #4: field 'id': required field is missing",
+            "line 19: task #5: expected `object`, got `int`",
+            "line 5: task 'a': field 'tool': unknown tool 'ehco' (did you mean 'echo'?)",
+            "line 9: task 'b': field 'dependencies': unknown task 'nope'",
+            "line 13: task 'b': reference ${d.output}: unknown task 'd'",
+            "line 22: task 'e': reference ${params.p}: unknown param 'p' (declare it under params)",
+        ]
+
+    def test_json_reports_the_same_problems_without_lines(self, tmp_path: Path) -> None:
+        import yaml
+
+        path = write(tmp_path, "w.json", json.dumps(yaml.safe_load(MIXED)))
+        expected = problems_of(write(tmp_path, "w.yaml", MIXED))
+        assert problems_of(path) == [p.split(": ", 1)[1] for p in expected]
+
+    def test_a_task_with_a_shape_problem_still_counts_as_known(self, tmp_path: Path) -> None:
+        text = (
+            "name: w\ntasks:\n  - {id: a, tool: echo, retries: -1}\n"
+            '  - {id: b, tool: echo, dependencies: [a], input: "${a.output}"}\n'
+        )
+        assert problems_of(write(tmp_path, "w.yaml", text)) == [
+            "line 3: task 'a': field 'retries': expected `int` >= 0"
+        ]
+
+    def test_a_task_without_a_usable_tool_is_not_graph_checked(self, tmp_path: Path) -> None:
+        text = 'name: w\ntasks:\n  - {id: a, tool: "", input: "${ghost.output}"}\n'
+        assert problems_of(write(tmp_path, "w.yaml", text)) == [
+            "line 3: task 'a': field 'tool': expected `str` of length >= 1"
+        ]
+
+    def test_duplicate_ids_count_tasks_left_out(self, tmp_path: Path) -> None:
+        text = 'name: w\ntasks:\n  - {id: a, tool: echo}\n  - {id: a, tool: ""}\n'
+        assert problems_of(write(tmp_path, "w.yaml", text)) == [
+            "line 4: task 'a': field 'tool': expected `str` of length >= 1",
+            "task 'a': duplicate id (used 2 times)",
+        ]
+
+    def test_a_task_keeps_its_sound_fields_and_is_still_checked(self, tmp_path: Path) -> None:
+        text = "name: w\ntasks:\n  - {id: a, tool: ehco, retries: -1}\n  - {id: a, tool: echo}\n"
+        assert problems_of(write(tmp_path, "w.yaml", text)) == [
+            "line 3: task 'a': field 'retries': expected `int` >= 0",
+            "line 4: task 'a': duplicate id (used 2 times)",
+            "line 3: task 'a': field 'tool': unknown tool 'ehco' (did you mean 'echo'?)",
+        ]
+
+    @pytest.mark.parametrize(
+        ("field", "value"), [("params", "[1]"), ("imports", "nope"), ("tasks", "{a: 1}")]
+    )
+    def test_no_graph_check_when_it_would_give_false_alarms(
+        self, tmp_path: Path, field: str, value: str
+    ) -> None:
+        fields = {
+            "params": "{}",
+            "imports": "[]",
+            "tasks": '[{id: a, tool: echo, input: "${params.p}"}]',
+            field: value,
+        }
+        text = "name: w\n" + "".join(f"{key}: {fields[key]}\n" for key in fields)
+        found = problems_of(write(tmp_path, "w.yaml", text))
+        assert len(found) == 1
+        assert f"field '{field}': expected " in found[0]
+
+    def test_spec_load_still_raises_the_first_problem(self, tmp_path: Path) -> None:
+        path = write(tmp_path, "w.yaml", MIXED)
+        assert spec_error(path) == f"{path}: line 2: field 'colour': unknown field"
+
+
+class TestGraphProblemLines:
+    """Graph problems carry the YAML line of what they are about, as shape problems do."""
+
+    def one(self, tmp_path: Path, text: str) -> str:
+        (found,) = problems_of(write(tmp_path, "w.yaml", text))
+        return found
+
+    def test_unknown_tool(self, tmp_path: Path) -> None:
+        text = "name: w\ntasks:\n  - id: a\n    tool: ehco\n"
+        assert self.one(tmp_path, text).startswith("line 4: task 'a': field 'tool': unknown tool")
+
+    def test_unknown_dependency_points_at_the_item(self, tmp_path: Path) -> None:
+        text = "name: w\ntasks:\n  - id: a\n    tool: echo\n    dependencies:\n      - nope\n"
+        assert self.one(tmp_path, text) == (
+            "line 6: task 'a': field 'dependencies': unknown task 'nope'"
+        )
+
+    def test_unknown_reference_points_at_the_text_holding_it(self, tmp_path: Path) -> None:
+        text = (
+            "name: w\ntasks:\n  - id: a\n    tool: echo\n    input:\n"
+            "      fine: 1\n      deep: {list: [1, 'x ${ghost.output.k}']}\n"
+        )
+        assert self.one(tmp_path, text) == (
+            "line 7: task 'a': reference ${ghost.output.k}: unknown task 'ghost'"
+        )
+
+    def test_unknown_reference_in_when(self, tmp_path: Path) -> None:
+        text = "name: w\ntasks:\n  - id: a\n    tool: echo\n    when: ${ghost.output}\n"
+        assert self.one(tmp_path, text) == (
+            "line 5: task 'a': reference ${ghost.output}: unknown task 'ghost'"
+        )
+
+    def test_bad_expression_and_trigger(self, tmp_path: Path) -> None:
+        text = "name: w\ntasks:\n  - id: a\n    tool: echo\n    when: len(1)\n    trigger: x\n"
+        found = problems_of(write(tmp_path, "w.yaml", text))
+        assert [p.split(": task")[0] for p in found] == ["line 5", "line 6"]
+
+    def test_duplicate_id_points_at_the_second(self, tmp_path: Path) -> None:
+        text = (
+            "name: w\ntasks:\n  - {id: a, tool: echo}\n"
+            "  - {id: b, tool: echo}\n  - {id: a, tool: echo}\n"
+        )
+        assert self.one(tmp_path, text) == "line 5: task 'a': duplicate id (used 2 times)"
+
+    def test_unused_limit(self, tmp_path: Path) -> None:
+        text = "name: w\nlimits:\n  echo: 1\n  http: 2\ntasks: [{id: a, tool: echo}]\n"
+        assert self.one(tmp_path, text) == "line 4: field 'limits': no task uses tool 'http'"
+
+    def test_cycle_points_at_its_first_task(self, tmp_path: Path) -> None:
+        text = (
+            "name: w\ntasks:\n  - {id: x, tool: echo}\n"
+            "  - {id: a, tool: echo, dependencies: [b]}\n"
+            "  - {id: b, tool: echo, dependencies: [a]}\n"
+        )
+        assert self.one(tmp_path, text) == "line 4: cycle: a -> b -> a"
+
+    def test_lines_follow_tasks_left_out(self, tmp_path: Path) -> None:
+        text = "name: w\ntasks:\n  - {id: a, tool: echo, retries: -1}\n  - {id: b, tool: ehco}\n"
+        assert problems_of(write(tmp_path, "w.yaml", text))[1].startswith(
+            "line 4: task 'b': field 'tool': unknown tool 'ehco'"
+        )
