@@ -4,10 +4,18 @@ Two modes, chosen by the environment:
 
 - full (the default): the sizes the figures in bench/README.md are measured at.
 - quick (`BENCH_QUICK=1`): every benchmark still runs its code, once, at reduced
-  sizes, and benchmarks marked `full_only` are skipped. CI runs the suite this way
-  (with `--benchmark-disable`) so that it cannot rot; it never asserts a time.
+  sizes (the 100k-task wide checks excepted), and benchmarks marked `full_only` are
+  skipped. CI runs the suite this way (with `--benchmark-disable`) so that it
+  cannot rot and its guards hold.
 
-Benchmarks assert correctness only (the run succeeded, every task succeeded).
+Benchmarks assert correctness (the run succeeded, every task succeeded) and, in
+both modes, loose guards on the README's performance claims (`Kit.guard`). A guard
+never bounds a raw time: it bounds a count (journal bytes per task, events per
+commit, tasks re-run), a memory peak, or a ratio of two times taken on the same
+machine moments apart (the I/O workload against its ideal, a resume against a
+plan), with a margin of about 2x, so that a slow or loaded machine passes and a
+regression of the kind that matters (a lost batching, memory or time per task
+doubled, an O(n^2)) fails.
 """
 
 from __future__ import annotations
@@ -100,7 +108,7 @@ class Kit:
 
     @staticmethod
     def check(result: RunResult, tasks: int) -> None:
-        """The only assertions a benchmark makes: the run and every one of its tasks succeeded."""
+        """What every benchmark asserts: the run and every one of its tasks succeeded."""
         assert result.status == SUCCEEDED, f"run {result.run_id} ended {result.status}"
         assert len(result.tasks) == tasks
         failed = {
@@ -109,6 +117,28 @@ class Kit:
         assert not failed, (
             f"tasks that did not succeed: {dict(itertools.islice(failed.items(), 5))}"
         )
+
+    @staticmethod
+    def guard(
+        what: str,
+        measured: float,
+        *,
+        at_most: float | None = None,
+        at_least: float | None = None,
+        readme: str,
+    ) -> None:
+        """Assert a loose bound on a figure the README stands behind.
+
+        The message says what was measured, the bound, and what the README claims.
+        """
+        if at_most is not None:
+            assert measured <= at_most, (
+                f"{what}: measured {measured:,.3g}, guard <= {at_most:,.3g} (README: {readme})"
+            )
+        if at_least is not None:
+            assert measured >= at_least, (
+                f"{what}: measured {measured:,.3g}, guard >= {at_least:,.3g} (README: {readme})"
+            )
 
     @staticmethod
     def median(values: Iterable[float]) -> float:

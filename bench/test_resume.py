@@ -14,6 +14,10 @@ new session reaches `Hooks.on_event`: opening the journal, reading and folding
 every event, planning the workflow, dispatching the gate. The rest of the run
 (the gate and its dependents) then finishes outside the timed part, and is
 checked: the resumed run must succeed.
+
+`test_resume_after_kill` is the README's own case: a 100k-task run of `durable run`
+SIGKILLed once about half its tasks have succeeded, then resumed in a fresh
+process. It guards what the README claims about it (bench/README.md, "Guards").
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +37,8 @@ from typing import Any
 
 import pytest
 
-from durable import eventloop, runner
+from durable import eventloop, runner, spec
+from durable.benchmark import make_workflow
 from durable.events import TaskStarted
 from durable.runner import RunResult
 from durable.state import SUCCEEDED
@@ -48,6 +55,61 @@ from durable import runner
 result = runner.run(sys.argv[1], db=sys.argv[2], run_id=sys.argv[3], durability="off")
 print(result.status, result.stats.events)
 sys.exit(0 if result.status == "failed" else 3)
+"""
+
+# test_resume_after_kill. README: "A 100k-task workflow ... its resume starts
+# dispatching within 2 s" (Figures: 1.75 s wide, 1.80 s layered, process start to
+# the first task_started, peak RSS 167 / 194 MB; `plan_ms` of the same workflows
+# is 1.47 s / 2.89 s).
+KILL_TASKS = 100_000
+KILL_RUN_ID = "bench-kill"
+# Resume (journal opened, 50k tasks' events read and folded, the workflow planned
+# from its snapshot) up to the first dispatch, over planning the same workflow
+# afresh (what every `durable run` pays first): 1.0-1.6 for wide here, 0.5 for
+# layered (a resume plans its own snapshot as trusted, without validating it again).
+# Both times are taken in one process seconds apart, so a slow machine scales both;
+# a resume that rereads or replans per event, or anything O(n^2), is far beyond 3.
+RESUME_MAX_PLAN_RATIO = 3.0
+# README figures: shape -> (process start to first dispatch s, plan s, peak RSS MB).
+RESUME_README = {"wide": (1.75, 1.47, 167), "layered": (1.80, 2.89, 194)}
+
+# Run in a fresh process: resume, then plan the same workflow (timed) for the ratio.
+_RESUME = """
+import json, sys, time
+from durable import runner, spec
+from durable.benchmark import peak_rss_mb
+from durable.events import TaskStarted
+from durable.loader import plan_workflow
+
+run_id, db, workflow_file = sys.argv[1:]
+first, started = [], [0]
+
+def on_event(event):
+    if isinstance(event, TaskStarted):
+        started[0] += 1
+        if not first:
+            first.append((time.perf_counter(), time.time()))
+
+called = time.perf_counter()
+result = runner.resume(run_id, db=db, hooks=runner.Hooks(on_event=on_event))
+finished = time.perf_counter()
+rss = peak_rss_mb()  # VmHWM: not inherited over exec, unlike ru_maxrss
+report = {
+    "status": result.status,
+    "tasks": len(result.tasks),
+    "succeeded": sum(task.state == "succeeded" for task in result.tasks.values()),
+    "started": started[0],
+    "first_dispatch_s": first[0][0] - called if first else None,
+    "first_dispatch_at": first[0][1] if first else None,
+    "resume_s": finished - called,
+    "peak_rss_mb": round(rss, 1),
+}
+del result
+workflow = spec.load(workflow_file)
+planned = time.perf_counter()
+plan_workflow(workflow, ".")
+report["plan_s"] = time.perf_counter() - planned
+print(json.dumps(report))
 """
 
 
@@ -224,4 +286,132 @@ def test_resume_to_first_dispatch(
         build_s=round(journal.build_seconds, 1),
         loop=eventloop.name(),
         quick=kit.quick,
+    )
+
+
+def _kill_midway(durable_exe: str, workflow_file: Path, db: Path, tasks: int) -> int:
+    """`durable run` the workflow, SIGKILL it once about half its tasks have succeeded.
+
+    Watches the journal (a read-only connection, polling the last event's number),
+    never the clock. Returns how many tasks had their success committed.
+    """
+    process = subprocess.Popen(
+        [durable_exe, "run", str(workflow_file), "--db", str(db), "--run-id", KILL_RUN_ID],
+        cwd=workflow_file.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    connection: sqlite3.Connection | None = None
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            time.sleep(0.01)
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"the run ended ({process.returncode}) before it could be killed: "
+                    f"{process.stderr.read().decode() if process.stderr else ''}"
+                )
+            assert time.monotonic() < deadline, "the run did not reach half its tasks in 600 s"
+            if connection is None:
+                if not db.exists():
+                    continue
+                connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                (last,) = connection.execute("SELECT max(seq) FROM events").fetchone()
+            except sqlite3.OperationalError:  # the schema is not there yet
+                continue
+            if (last or 0) >= tasks:  # two events a task: about half have succeeded
+                break
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL, "the run ended before the kill"
+        ((committed,),) = connection.execute(
+            "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'task_succeeded'",
+            (KILL_RUN_ID,),
+        ).fetchall()
+        return committed
+    finally:
+        if connection is not None:
+            connection.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+
+@pytest.mark.parametrize("shape", ["wide", pytest.param("layered", marks=pytest.mark.full_only)])
+def test_resume_after_kill(benchmark, kit, durable_exe: str, tmp_path: Path, shape: str) -> None:
+    """100k tasks (-j 64) killed at about 50k, resumed in a fresh process.
+
+    Runs at 100k in quick mode too (wide only; 15-25 s here), since the claim is
+    about 100k. A round times the resuming process from start to exit (the other
+    50k tasks included); `extra_info` has the first dispatch: `first_dispatch_s`
+    (from calling `resume`), `process_start_to_first_dispatch_s` (a Python process
+    calling `runner.resume`, not the CLI: no click), `plan_s`, the ratio, RSS.
+
+    Guards: the resumed run succeeds; it starts exactly the tasks whose success was
+    not committed (none re-run); its first dispatch within 3x the time to plan the
+    same workflow (best of up to three resumes of copies of the killed journal, as
+    load only adds time); peak RSS within 2x the README's figure.
+    """
+    workflow_file = tmp_path / "workflow.json"
+    workflow_file.write_bytes(spec.encode(make_workflow(shape, KILL_TASKS, 64)))
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    db = killed / "journal.db"
+    committed = _kill_midway(durable_exe, workflow_file, db, KILL_TASKS)
+    assert 0 < committed < KILL_TASKS, f"{committed} tasks had succeeded at the kill"
+    journal_files = [path for path in (db, Path(f"{db}-wal")) if path.exists()]
+
+    reports: list[dict[str, Any]] = []
+
+    def resume_copy() -> None:
+        folder = kit.fresh_dir()
+        for source in journal_files:
+            shutil.copyfile(source, folder / source.name)
+        started_at = time.time()
+        done = subprocess.run(
+            [sys.executable, "-c", _RESUME, KILL_RUN_ID, str(folder / db.name), str(workflow_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, f"resuming: {done.stdout}{done.stderr}"
+        report = json.loads(done.stdout)
+        shutil.rmtree(folder, ignore_errors=True)
+        assert report["status"] == SUCCEEDED, f"the resumed run ended {report['status']}"
+        assert report["tasks"] == report["succeeded"] == KILL_TASKS, report
+        # At-least-once, and no more: the tasks whose success was committed are kept.
+        assert report["started"] == KILL_TASKS - committed, (
+            f"the resume started {report['started']} tasks; "
+            f"{KILL_TASKS - committed} had no committed success"
+        )
+        report["process_start_to_first_dispatch_s"] = report.pop("first_dispatch_at") - started_at
+        report["ratio"] = report["first_dispatch_s"] / report["plan_s"]
+        reports.append(report)
+
+    benchmark.pedantic(resume_copy, rounds=1, iterations=1)
+    while reports[-1]["ratio"] > RESUME_MAX_PLAN_RATIO and len(reports) < 3:
+        resume_copy()  # a loaded moment? resume another copy: the best one counts
+    best = min(reports, key=lambda report: report["ratio"])
+    readme_s, readme_plan, readme_mb = RESUME_README[shape]
+    benchmark.extra_info.update(
+        {key: round(value, 4) if isinstance(value, float) else value for key, value in best.items()}
+    )
+    benchmark.extra_info.update(
+        shape=shape, committed_at_kill=committed, attempts=len(reports), quick=kit.quick
+    )
+    kit.guard(
+        f"{shape} x 100k killed at {committed}: resume to first dispatch / plan "
+        f"({best['first_dispatch_s']:.2f} s / {best['plan_s']:.2f} s, best of {len(reports)})",
+        best["ratio"],
+        at_most=RESUME_MAX_PLAN_RATIO,
+        readme=f"its resume starts dispatching within 2 s ({readme_s} s from process start; "
+        f"plan_ms {readme_plan * 1000:.0f})",
+    )
+    kit.guard(
+        f"{shape} x 100k: the resuming process's peak RSS (MB)",
+        best["peak_rss_mb"],
+        at_most=2 * readme_mb,
+        readme=f"peak RSS {readme_mb} MB",
     )

@@ -24,9 +24,10 @@ from durable import eventloop
 from durable import spec as spec_module
 from durable.allocation import bulk_allocation
 from durable.engine import MAX_DEATHS, Engine
-from durable.errors import DurableError, ParamError
+from durable.errors import DurableError, ParamError, SpecError
 from durable.events import Event, RunResumed, RunStarted
 from durable.executors import refuse_in_pool_worker
+from durable.formats import MAX_DEPTH
 from durable.graph import Plan
 from durable.inspection import fold_run
 from durable.journal import Journal, RunRecord
@@ -136,11 +137,14 @@ async def arun(
     with bulk_allocation():
         if isinstance(workflow, Workflow):
             folder = Path(base_dir or os.getcwd()).resolve()
+            source = f"workflow '{workflow.name}'"
             # Structs built in code skip the constraints a decode checks (ids, ranges).
-            checked = spec_module.from_data(
-                msgspec.to_builtins(workflow), source=f"workflow '{workflow.name}'"
-            )
-            plan = plan_workflow(checked, folder, source=f"workflow '{workflow.name}'")
+            try:
+                data = msgspec.to_builtins(workflow)
+            except RecursionError:
+                raise SpecError(source, f"nested deeper than {MAX_DEPTH} levels") from None
+            checked = spec_module.from_data(data, source=source)
+            plan = plan_workflow(checked, folder, source=source)
         else:
             plan, folder = plan_file(workflow)
     effective = merge_params(plan.workflow, params)

@@ -201,10 +201,11 @@ def test_history_cannot_be_rewritten(filled_journal, sql):
     ids=["events", "runs"],
 )
 def test_insert_or_replace_cannot_rewrite_history(filled_journal, sql):
-    """BUG: `INSERT OR REPLACE` rewrites an existing row of either table.
+    """`INSERT OR REPLACE` cannot rewrite an existing row of either table.
 
     REPLACE deletes the conflicting row without firing DELETE triggers (SQLite fires
-    them only with `recursive_triggers` on), so the append-only triggers never see it.
+    them only with `recursive_triggers` on), so the UPDATE/DELETE triggers alone would
+    not see it: an INSERT trigger refuses an existing key.
     """
     connection = sqlite3.connect(filled_journal)
     try:
@@ -285,12 +286,11 @@ def test_another_programs_sqlite_database_is_left_untouched(tmp_path, create):
 
 @pytest.mark.parametrize("user_version", [0, 999], ids=["foreign", "newer"])
 def test_a_refused_wal_mode_database_gets_no_side_files(tmp_path, user_version):
-    """BUG (minor): refusing a WAL-mode SQLite file leaves `-wal`/`-shm` beside it.
+    """Refusing a WAL-mode SQLite file leaves nothing beside it: no `-wal`, no `-shm`.
 
-    `check_file` probes with a stdlib `mode=ro` connection; on a WAL database that
-    connection creates `<db>-wal` and `<db>-shm` and, being read-only, cannot remove
-    them. A newer durable's journal is always WAL, so it always gets them.
-    (`immutable=1`, or reading the header's user_version at offset 60, would not.)
+    A plain `mode=ro` connection to a WAL database creates both and, being read-only,
+    cannot remove them; `check_file` reads the version from the header (offset 60)
+    and looks for foreign tables without side files.
     """
     path = tmp_path / "app.db"
     connection = sqlite3.connect(path)
@@ -428,12 +428,8 @@ def test_appends_before_start_are_queued(tmp_path):
 
 
 def test_flush_waits_for_a_batch_already_being_written(tmp_path):
-    """BUG: `flush()` returns at once while the writer is committing a batch.
-
-    `flush` only awaits `self._batch`, the *queued* batch; once the writer has taken
-    the queue (`_batch` is None) the in-flight batch is not waited for, so "everything
-    appended so far is committed" does not hold when flush returns.
-    """
+    """`flush()` waits for the batch the writer is committing, not only the queued one:
+    when it returns, everything appended so far is committed."""
     path = tmp_path / "journal.db"
 
     async def main():
@@ -451,11 +447,8 @@ def test_flush_waits_for_a_batch_already_being_written(tmp_path):
 
 
 def test_close_commits_what_is_queued_even_without_a_writer(tmp_path):
-    """BUG: appends made before `start()` are dropped by `close()`.
-
-    `start()` promises "Appends before this are queued, not lost" and `close()` to
-    "Commit what is queued", but `close()` only drains a started writer.
-    """
+    """Appends made before `start()` are committed by `close()`, not dropped
+    (`start()`: "appends before this are queued, not lost")."""
     path = tmp_path / "journal.db"
 
     async def main():
@@ -486,13 +479,11 @@ asyncio.run(main())
 
 
 def test_close_right_after_an_append_does_not_hang(tmp_path):
-    """BUG: `append()` then `close()` in the same step hangs forever.
+    """`append()` then `close()` in the same step commits the event and returns.
 
-    The writer wakes once for both (the append and close set the same Event), writes
-    the batch, clears nothing new, and waits on `_wakeup` again: `close()` had already
-    set and it was cleared, so `await self._writer` never returns. The engine hits this
-    when a run crashes (`Engine.run` raises without flushing) while tasks were being
-    cancelled: `arun`'s `finally: await journal.close()` never returns.
+    The writer wakes once for both (they set the same Event); it must see `_closing`
+    after writing the batch rather than wait again. A run that crashes while tasks are
+    being cancelled does exactly this in `arun`'s `finally: await journal.close()`.
     """
     path = tmp_path / "journal.db"
     try:

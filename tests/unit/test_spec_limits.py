@@ -271,3 +271,18 @@ class TestDecoderMessages:
             with pytest.raises(ValidationError, match="syntax error"):
                 plan_file(write(tmp_path, "w.yaml", text))
         assert [str(w.message) for w in caught] == []
+
+
+def test_a_workflow_built_in_code_nested_too_deep_is_refused_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Data built in code can nest as deep as Python allows, past msgspec's own limit."""
+    import durable
+
+    deep: object = 1
+    for _ in range(3000):
+        deep = [deep]
+    workflow = durable.Workflow(name="deep", tasks=[durable.Task(id="a", tool="echo", input=deep)])
+    with pytest.raises(SpecError, match="workflow 'deep': nested deeper than 100 levels"):
+        durable.run(workflow, db=tmp_path / "j.db")
+    assert not (tmp_path / "j.db").exists()
