@@ -49,9 +49,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from durable_cli import bench_cmds, inspect_cmds, journal_cmds, run_cmds
+    from durable_cli import bench_cmds, inspect_cmds, journal_cmds, run_cmds, timeline_cmds
 
-    for module in (run_cmds, journal_cmds, inspect_cmds, bench_cmds):
+    for module in (run_cmds, journal_cmds, inspect_cmds, bench_cmds, timeline_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 
