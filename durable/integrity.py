@@ -11,8 +11,10 @@ row carries a CRC-32 of its own content:
   CRC; a row that vanished from a run, or moved to another run, or changed place,
   breaks the chain at the next event.
 
-What a chain cannot see is the loss of a run's very last events: that reads as a
-crash a moment earlier. `durable check` also scans for rows that belong to no run.
+What a chain cannot see is the loss of a run's very last events. The reader
+covers the likely cause, a damaged index entry or page, by checking the index
+entry that follows a run's (`journal/reader.py`); `durable check` also scans for
+rows that belong to no run.
 
 CRC-32 (zlib, in C) costs well under a microsecond per event. It guards against
 accidents (disk, copies, bit rot), not against someone forging a journal.

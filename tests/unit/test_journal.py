@@ -1,4 +1,4 @@
-"""journal.py: schema, append-only history, refusing foreign files, group commit, run lock."""
+"""durable/journal/: schema, append-only history, refusing foreign files, group commit, run lock."""
 
 from __future__ import annotations
 

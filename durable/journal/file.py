@@ -1,10 +1,12 @@
 """The journal as a file: is it ours, how to read it without writing, what an error means.
 
 A journal file must be refused before anything is written to it when it is not
-SQLite, belongs to another program, or has a newer schema. The check reads it the
-way SQLite itself does, with locks and the `-wal` file: a probe that ignores the
-WAL (`immutable=1`) sees a half-checkpointed file after a crash and calls it
-malformed, although SQLite opens it and loses nothing.
+SQLite, belongs to another program, or has a newer schema; and a journal SQLite
+opens must never be refused. A probe that ignores the WAL (`immutable=1`) sees a
+file half-checkpointed by a crash, or by another process right now, as malformed,
+although SQLite opens it and loses nothing: so the version comes from the file's
+header, and only where that says 0 is the file opened to look for foreign tables,
+without side files first and, if that fails, the way SQLite reads it.
 
 Reading commands (`runs`, `status`, `log`, `output`, `check`) never write, so they
 must work where the journal cannot be written: a read-only folder or file. SQLite
@@ -24,6 +26,9 @@ from durable.errors import JournalError
 
 SCHEMA_VERSION = 2
 SQLITE_MAGIC = b"SQLite format 3\x00"
+#: What reading a damaged file can raise: SQLite's errors, and the UnicodeDecodeError
+#: Python's sqlite3 raises instead when SQLite's message holds bytes of the file.
+READ_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 class FileAccess:
@@ -81,12 +86,12 @@ def _schema(path: Path) -> tuple[int, bool]:
     """The schema version, and whether there are tables, as SQLite reads the file."""
     try:
         return _read_schema(f"{path.resolve().as_uri()}?mode=ro&immutable=1")
-    except sqlite3.Error:
+    except READ_ERRORS:
         pass  # a file caught mid-checkpoint, say: read it properly, with its WAL
     access = readable(path)
     try:
         return _read_schema(access.uri)
-    except sqlite3.Error as exc:
+    except READ_ERRORS as exc:
         raise JournalError(str(path), f"cannot read the journal: {describe(exc)}") from None
     finally:
         access.cleanup()
@@ -112,8 +117,8 @@ def readable(path: Path) -> FileAccess:
         finally:
             probe.close()
         return FileAccess(uri)
-    except sqlite3.Error as exc:
-        if not _cannot_write(exc):
+    except READ_ERRORS as exc:
+        if isinstance(exc, UnicodeDecodeError) or not _cannot_write(exc):
             return FileAccess(uri)  # a real problem: the caller's read reports it
     # SQLite needs to create `-shm` (and may need `-wal`) beside the file and may not.
     wal = Path(f"{path}-wal")
@@ -136,13 +141,17 @@ def _cannot_write(exc: sqlite3.Error) -> bool:
     return name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or "readonly" in str(exc)
 
 
-def describe(exc: sqlite3.Error, path: Path | None = None) -> str:
+def describe(exc: sqlite3.Error | UnicodeDecodeError, path: Path | None = None) -> str:
     """SQLite's error in words that name the real cause.
 
     SQLite reports a full disk as SQLITE_FULL, but a write refused for the file-size
     limit (`ulimit -f`) only as a generic I/O error: look at the limit and the free
     space to say which it was.
     """
+    if isinstance(exc, UnicodeDecodeError):
+        # Python's sqlite3 decodes SQLite's message strictly; a damaged schema puts
+        # its garbage in the message (`malformed database schema (<bytes>)`).
+        return "the journal file is damaged (its schema cannot be read); `durable check` says more"
     name = getattr(exc, "sqlite_errorname", "")
     if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) and path is not None:
         cause = _space_problem(path)

@@ -1,0 +1,215 @@
+"""Reading the journal: runs and events, each row checked against its checksum.
+
+A damaged run raises `JournalDamaged` (or, in `damage`, lists every problem);
+the other runs in the file read as usual. SQLite's errors become a `JournalError`
+that names the real cause (`file.describe`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from durable.errors import JournalDamaged, JournalError, RunNotFound
+from durable.events import Event, from_row
+from durable.integrity import ChainVerifier, run_crc
+from durable.journal.file import READ_ERRORS, describe
+
+RUN_COLUMNS = "run_id, workflow, spec, spec_hash, params, base_dir, created_at"
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    run_id: str
+    workflow: str
+    spec: bytes
+    spec_hash: str
+    params: dict[str, Any]
+    base_dir: str
+    created_at: float
+    #: Where the run's tasks run; None for a run written before it was recorded.
+    cwd: str | None = None
+    #: The row's checksum as stored (None: written before checksums existed).
+    crc: int | None = None
+
+
+class JournalReader:
+    """The reading half of a `Journal`: what every command that inspects runs uses."""
+
+    def __init__(self, path: Path, reader: aiosqlite.Connection, version: int) -> None:
+        self.path = path
+        self._conn = reader
+        self._columns = RUN_COLUMNS + (", cwd, crc" if version >= 2 else ", NULL, NULL")
+        self._event_crc = "crc" if version >= 2 else "NULL"
+        #: Whether the events_by_run index has as many entries as the table has rows.
+        self._index_whole: bool | None = None
+
+    async def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one read; SQLite's errors become a `JournalError` that says what happened."""
+        try:
+            cursor = await self._conn.execute(sql, parameters)
+            return list(await cursor.fetchall())
+        except READ_ERRORS as exc:
+            raise JournalError(str(self.path), f"cannot read: {describe(exc, self.path)}") from None
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """The run's record; raises `JournalDamaged` if its row fails its checksum."""
+        rows = await self.query(f"SELECT {self._columns} FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id, str(self.path))
+        return self._record(rows[0])
+
+    async def list_runs(self) -> list[RunRecord | JournalDamaged]:
+        """Every run, oldest first; a run whose row is damaged comes as its error."""
+        rows = await self.query(f"SELECT {self._columns} FROM runs ORDER BY created_at, rowid")
+        found: list[RunRecord | JournalDamaged] = []
+        for row in rows:
+            try:
+                found.append(self._record(row))
+            except JournalDamaged as exc:
+                found.append(exc)
+        return found
+
+    def _record(self, row: tuple[Any, ...]) -> RunRecord:
+        run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
+        run_id = str(run_id)
+        try:
+            if crc is not None and crc != run_crc(
+                run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd or ""
+            ):
+                raise ValueError("its row does not match its checksum")
+            return RunRecord(
+                run_id,
+                workflow,
+                spec,
+                spec_hash,
+                msgspec.json.decode(params),
+                base_dir,
+                created_at,
+                cwd,
+                crc,
+            )
+        except (ValueError, TypeError, AttributeError, msgspec.DecodeError) as exc:
+            raise JournalDamaged(str(self.path), run_id, str(exc)) from None
+
+    async def read_events(
+        self, run_id: str, after: int = 0
+    ) -> AsyncIterator[list[tuple[int, Event]]]:
+        """Yield a run's events as chunks of `(seq, event)`, oldest first, each checked
+        against its checksum; a damaged one raises `JournalDamaged`.
+
+        Chunks, not single events: an async generator step per event cost more than
+        reading the row (1.7 s against 0.8 s for 200k events).
+        """
+        async for chunk in self._checked(run_id, after):
+            events = []
+            for seq, event, problem in chunk:
+                if problem is not None:
+                    raise JournalDamaged(str(self.path), run_id, problem)
+                events.append((seq, event))
+            yield events
+
+    async def damage(self, run_id: str) -> tuple[int, list[str]]:
+        """Every problem with a run's events (not just the first), and how many it has."""
+        count, problems = 0, []
+        async for chunk in self._checked(run_id, 0):
+            count += len(chunk)
+            problems += [problem for _, _, problem in chunk if problem is not None]
+        return count, problems
+
+    async def _checked(
+        self, run_id: str, after: int
+    ) -> AsyncIterator[list[tuple[int, Event | None, str | None]]]:
+        """A run's rows as `(seq, event, problem)`: the event, or what is wrong with it."""
+        head = await self._chain_start(run_id, after)
+        check = ChainVerifier(run_id, head).check
+        empty = after == 0 and head is not None
+        count = 0
+        try:
+            cursor = await self._conn.execute(
+                "SELECT seq, run_id, kind, task_id, attempt, at, data, "
+                f"{self._event_crc} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, after),
+            )
+            while rows := await cursor.fetchmany(20_000):
+                chunk: list[tuple[int, Event | None, str | None]] = []
+                for seq, row_run, kind, task_id, attempt, at, data, crc in rows:
+                    problem = check(seq, row_run, task_id, attempt, kind, at, data, crc)
+                    if problem is not None:
+                        chunk.append((seq, None, problem))
+                        continue
+                    try:
+                        chunk.append((seq, from_row(kind, task_id, attempt, at, data), None))
+                    except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
+                        chunk.append((seq, None, f"event {seq} ({kind}) cannot be read: {exc}"))
+                empty = False
+                count += len(rows)
+                yield chunk
+            if empty:
+                # A run's row and its first event are committed together (`create_run`):
+                # a checksummed run with no events lost them (a damaged index, say).
+                yield [(0, None, "it has no events: its history is missing")]
+            elif after == 0 and (problem := await self._index_successor(run_id, count)):
+                yield [(0, None, problem)]
+        except READ_ERRORS as exc:
+            raise JournalError(str(self.path), f"cannot read: {describe(exc, self.path)}") from None
+
+    async def _index_successor(self, run_id: str, count: int) -> str | None:
+        """What is wrong with the index entry that follows a run's `count` entries.
+
+        The run's events are found through the `events_by_run` index, and a chain
+        cannot see the loss of a run's last events: an index entry whose run id was
+        damaged (or that sorts out of place) ends the run's scan early, silently. The
+        entry right after the run's, walked to from the same place, must name a later
+        run, and the row it points to must belong to that run. And entries lost from
+        the index (a damaged page) show as fewer entries than the table has rows:
+        counted once per journal opened, which reads every page of the table once.
+        """
+        if self._index_whole is None:
+            # One statement, one snapshot: a writer appending meanwhile changes both.
+            ((rows_, entries),) = await self.query(
+                "SELECT (SELECT count(*) FROM events NOT INDEXED),"
+                " (SELECT count(*) FROM events INDEXED BY events_by_run)"
+            )
+            self._index_whole = rows_ == entries
+        if not self._index_whole:
+            return "the index of the journal's events is damaged: some of its events may be missing"
+        rows = await self.query(
+            "SELECT CAST(run_id AS BLOB), seq, typeof(run_id) FROM events INDEXED BY events_by_run"
+            " WHERE run_id >= ? ORDER BY run_id, seq LIMIT 1 OFFSET ?",
+            (run_id, count),
+        )
+        if not rows:
+            return None
+        key, seq, kind = bytes(rows[0][0]), rows[0][1], rows[0][2]
+        if kind != "text":
+            return "the index of its events is damaged: some of its events may be missing"
+        if key == run_id.encode():
+            return None  # appended since the run's events were read
+        found = await self.query("SELECT CAST(run_id AS BLOB) FROM events WHERE seq = ?", (seq,))
+        if key > run_id.encode() and found and bytes(found[0][0]) == key:
+            return None
+        return "the index of its events is damaged: some of its events may be missing"
+
+    async def _chain_start(self, run_id: str, after: int) -> int | None:
+        """What the run's events after `after` chain from (None: a run without checksums)."""
+        if after == 0:
+            sql, key = f"SELECT {self._event_crc} FROM runs WHERE run_id = ?", run_id
+        else:
+            sql, key = f"SELECT {self._event_crc} FROM events WHERE seq = ?", after
+        rows = await self.query(sql, (key,))
+        return rows[0][0] if rows else None
+
+    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
+        found: list[tuple[int, Event]] = []
+        async for chunk in self.read_events(run_id, after):
+            found.extend(chunk)
+        return found
+
+    async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement and return its rows, SQLite's errors untouched. For tests."""
+        cursor = await self._conn.execute(sql, tuple(parameters))
+        return list(await cursor.fetchall())
