@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from durable_cli.options import db_option
+from durable_cli.options import db_option, run_id_argument
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @db_option
 @click.option(
     "-o",
@@ -36,21 +36,23 @@ def timeline(run_id: str, db: str | None, output_path: str | None, open_it: bool
 
     async def collect(journal: Any) -> Timeline:
         from durable import graph, spec
-        from durable.inspection import view_run
+        from durable.inspection import resolve_run_id, view_run
 
-        record = await journal.get_run(run_id)
+        record = await journal.get_run(await resolve_run_id(journal, run_id))
         view = await view_run(journal, record)  # refuses a damaged run
         # The picture needs no tool: plan without importing the workflow's modules.
         plan = graph.build_trusted(spec.decode(record.spec), _no_tool)
-        events = [event for _, event in await journal.events(run_id)]
-        return build(run_id, events, plan, status=view.status, live=view.status == "running")
+        events = [event for _, event in await journal.events(record.run_id)]
+        return build(
+            record.run_id, events, plan, status=view.status, live=view.status == "running"
+        )
 
     drawn = _with_journal(db, collect)
     page = timeline_html.render(drawn)
     if output_path == "-":
         click.echo(page, nl=False)
         return
-    path = Path(output_path or f"timeline-{run_id}.html")
+    path = Path(output_path or f"timeline-{drawn.run_id}.html")
     try:
         path.write_text(page, encoding="utf-8")
     except OSError as exc:

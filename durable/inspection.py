@@ -2,21 +2,102 @@
 
 A run's status is the fold's, with one fact the journal cannot hold: whether a live
 process drives it. A run that has no `run_finished` and whose lock is free was
-interrupted (or its process died); one whose lock is held is running.
+interrupted (or its process died); one whose lock is held is running. The tasks
+that were in flight in an interrupted run (`running`, or `retrying` with a retry
+that nobody will start) are shown as `interrupted`, never as `running`.
+
+Durations are those of attempts and sessions (`state.py`), never the time a run
+spent with no process. An open attempt of a live run counts up to now; one of a
+run whose process died counts up to that session's last event.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import fnmatch
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Collection, Iterable
+from typing import Any, NamedTuple
 
 import msgspec
 
 from durable import spec as spec_module
-from durable.errors import DurableError, JournalDamaged
+from durable.errors import DurableError, JournalDamaged, RunNotFound
+from durable.events import Event, RunFinished, RunInterrupted, kind_of
 from durable.journal import Journal, RunRecord
 from durable.runlock import RunLock
 from durable.spec import Workflow
-from durable.state import INTERRUPTED, RUNNING, IllegalTransition, RunState
+from durable.state import (
+    CANCELLED,
+    FAILED,
+    INTERRUPTED,
+    RETRYING,
+    RUNNING,
+    UPSTREAM_FAILED,
+    IllegalTransition,
+    RunState,
+    TaskState,
+)
+
+#: The statuses `runs` can show: the fold's, "running" (a live driver) and "damaged".
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "damaged")
+#: Task states that need someone's attention: `status --failed` shows only these.
+ATTENTION = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED})
+# `status` lists what went wrong first (the cause before its consequences), then
+# what is running, then everything else; within a group, by first start.
+_RANK = {FAILED: 0, INTERRUPTED: 1, CANCELLED: 2, UPSTREAM_FAILED: 3, RUNNING: 4, RETRYING: 4}
+_IN_FLIGHT = frozenset({RUNNING, RETRYING})
+#: How often `log --follow` looks for new events.
+FOLLOW_POLL = 0.2
+
+
+class AmbiguousRunId(DurableError):
+    """A run id prefix that more than one run starts with."""
+
+    SHOWN = 20
+
+    def __init__(self, prefix: str, candidates: list[tuple[str, str, float]]) -> None:
+        lines = [
+            f"{run_id}  {workflow}  {_local(created_at)}"
+            for run_id, workflow, created_at in candidates[: self.SHOWN]
+        ]
+        if len(candidates) > self.SHOWN:
+            lines.append(f"and {len(candidates) - self.SHOWN} more")
+        lines.append("give more of the id")
+        super().__init__(
+            f"run id '{prefix}' is ambiguous: {len(candidates)} runs start with it", lines
+        )
+        self.prefix = prefix
+        self.candidates = [run_id for run_id, _, _ in candidates]
+
+
+def _local(at: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+async def resolve_run_id(journal: Journal, text: str) -> str:
+    """The run `text` names: its exact id, else the one run whose id starts with it.
+
+    An exact id wins over a prefix (a run `ab` is `ab` even beside `abc`). A prefix
+    that several runs share is `AmbiguousRunId`, one that none has `RunNotFound`.
+    """
+    if await journal.query("SELECT 1 FROM runs WHERE run_id = ?", (text,)):
+        return text
+    if text:
+        rows = await journal.query(
+            "SELECT run_id, workflow, created_at FROM runs WHERE substr(run_id, 1, ?) = ? "
+            "ORDER BY created_at, rowid",
+            (len(text), text),
+        )
+        if len(rows) == 1:
+            return str(rows[0][0])
+        if rows:
+            raise AmbiguousRunId(text, [(str(r), str(w), c) for r, w, c in rows])
+    raise RunNotFound(text, str(journal.path))
 
 
 class RunView(msgspec.Struct):
@@ -24,33 +105,136 @@ class RunView(msgspec.Struct):
     state: RunState
     status: str
     last_seq: int
+    #: The clock when the run was read: where a live run's open clocks stop.
+    observed_at: float = 0.0
+
+    def clock_end(self) -> float | None:
+        """Where the open session's clocks stop: now for a live run, else its last event."""
+        return self.observed_at if self.status == RUNNING else self.state.last_event_at
+
+    def task_state(self, task: TaskState) -> str:
+        """The state to show: in an interrupted run, in-flight tasks are `interrupted`."""
+        if self.status == INTERRUPTED and task.state in _IN_FLIGHT:
+            return INTERRUPTED
+        return task.state
+
+    def task_duration(self, task: TaskState) -> float | None:
+        """Seconds in the task's attempts; None if it never started."""
+        if task.started_at is None:
+            return None
+        elapsed = task.elapsed
+        end = self.clock_end()
+        if task.attempt_started_at is not None and end is not None:
+            elapsed += max(0.0, end - task.attempt_started_at)
+        return elapsed
+
+    def duration(self) -> float | None:
+        """Seconds in the run's sessions, never the time it had no process."""
+        if not self.state.sessions:
+            return None
+        elapsed = self.state.elapsed
+        end = self.clock_end()
+        if self.state.session_started_at is not None and end is not None:
+            elapsed += max(0.0, end - self.state.session_started_at)
+        return elapsed
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(self.task_state(task) for task in self.state.tasks.values()))
+
+    def ordered(self) -> list[tuple[str, TaskState]]:
+        """Tasks as `status` lists them: failures, then running, then by first start."""
+        position = {task_id: i for i, task_id in enumerate(self.state.tasks)}
+
+        def key(item: tuple[str, TaskState]) -> tuple[int, float, int]:
+            task_id, task = item
+            started = task.started_at if task.started_at is not None else float("inf")
+            return _RANK.get(self.task_state(task), 5), started, position[task_id]
+
+        return sorted(self.state.tasks.items(), key=key)
+
+
+class DamagedRun(NamedTuple):
+    """A run `runs` cannot read: its row (then an error in its place) or its events."""
+
+    record: RunRecord | DurableError
+    error: DurableError
 
 
 async def fold_run(journal: Journal, record: RunRecord) -> tuple[Workflow, RunState, int]:
     """A run's workflow and the fold of its events; `JournalDamaged` if they do not fold."""
+    workflow, events = await _workflow_and_events(journal, record)
+    try:
+        state = RunState.fold((task.id for task in workflow.tasks), (event for _, event in events))
+    except IllegalTransition as exc:
+        raise _not_a_history(journal, record, exc) from None
+    return workflow, state, events[-1][0] if events else 0
+
+
+async def _workflow_and_events(
+    journal: Journal, record: RunRecord
+) -> tuple[Workflow, list[tuple[int, Event]]]:
     try:
         workflow = spec_module.decode(record.spec)
     except msgspec.DecodeError as exc:
         raise JournalDamaged(str(journal.path), record.run_id, f"its workflow: {exc}") from None
-    events = await journal.events(record.run_id)
-    try:
-        state = RunState.fold((task.id for task in workflow.tasks), (event for _, event in events))
-    except IllegalTransition as exc:
-        raise JournalDamaged(
-            str(journal.path), record.run_id, f"its events are not a possible history: {exc}"
-        ) from None
-    return workflow, state, events[-1][0] if events else 0
+    return workflow, await journal.events(record.run_id)
+
+
+def _not_a_history(journal: Journal, record: RunRecord, exc: Exception) -> JournalDamaged:
+    return JournalDamaged(
+        str(journal.path), record.run_id, f"its events are not a possible history: {exc}"
+    )
 
 
 async def view_run(journal: Journal, record: RunRecord) -> RunView:
     _, state, last_seq = await fold_run(journal, record)
+    return RunView(record, state, _status(journal, record, state), last_seq, time.time())
+
+
+def _status(journal: Journal, record: RunRecord, state: RunState) -> str:
     if state.status is not None:
-        status = state.status
-    elif RunLock(journal.path, record.run_id).is_held_elsewhere():
-        status = RUNNING
-    else:
-        status = INTERRUPTED
-    return RunView(record, state, status, last_seq)
+        return state.status
+    if RunLock(journal.path, record.run_id).is_held_elsewhere():
+        return RUNNING
+    return INTERRUPTED
+
+
+async def select_runs(
+    journal: Journal,
+    *,
+    statuses: Collection[str] = (),
+    workflow: str | None = None,
+    since: float | None = None,
+    limit: int | None = None,
+) -> list[RunView | DamagedRun]:
+    """The runs `durable runs` lists, oldest first: with `limit`, the newest `limit`.
+
+    `workflow` is a glob (`fnmatch`, case-sensitive) on the workflow's name; `since`
+    a time the run was created at or after. Only the runs that pass the filters a
+    run's row can answer are folded, newest first, until `limit` is reached, so a
+    `--limit` keeps `runs` quick on a journal of many runs. A damaged run is listed
+    whatever `statuses` asks (its status cannot be known), so damage is never hidden.
+    """
+    chosen: list[RunView | DamagedRun] = []
+    for record in reversed(await journal.list_runs()):
+        if limit is not None and len(chosen) >= limit:
+            break
+        if isinstance(record, RunRecord):
+            if workflow is not None and not fnmatch.fnmatchcase(record.workflow, workflow):
+                continue
+            if since is not None and record.created_at < since:
+                continue
+        try:
+            if isinstance(record, DurableError):
+                raise record
+            view = await view_run(journal, record)
+        except DurableError as exc:  # one damaged run must not hide the others
+            chosen.append(DamagedRun(record, exc))
+            continue
+        if not statuses or view.status in statuses:
+            chosen.append(view)
+    chosen.reverse()
+    return chosen
 
 
 def runs_document(view: RunView) -> dict[str, Any]:
@@ -61,7 +245,8 @@ def runs_document(view: RunView) -> dict[str, Any]:
         "status": view.status,
         "created_at": view.record.created_at,
         "finished_at": view.state.finished_at,
-        "counts": view.state.counts(),
+        "duration": _seconds(view.duration()),
+        "counts": view.counts(),
     }
 
 
@@ -77,26 +262,136 @@ def damaged_document(record: RunRecord | DurableError, error: DurableError) -> d
         "status": "damaged",
         "created_at": created_at,
         "finished_at": None,
+        "duration": None,
         "counts": {},
         "error": error.message,
     }
 
 
-def status_document(view: RunView) -> dict[str, Any]:
-    """`durable status --json`."""
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def task_document(view: RunView, task: TaskState) -> dict[str, Any]:
+    return {
+        "state": view.task_state(task),
+        "attempts": task.attempts,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "duration": _seconds(view.task_duration(task)),
+        "output": task.output,
+        "error": task.error,
+    }
+
+
+def status_document(view: RunView, *, failed_only: bool = False) -> dict[str, Any]:
+    """`durable status --json`: tasks in workflow order; `failed_only`: those in `ATTENTION`."""
+    tasks = {}
+    for task_id, task in view.state.tasks.items():
+        document = task_document(view, task)
+        if not failed_only or document["state"] in ATTENTION:
+            tasks[task_id] = document
     return {
         "run_id": view.record.run_id,
         "workflow": view.record.workflow,
         "status": view.status,
-        "tasks": {
-            task_id: {
-                "state": task.state,
-                "attempts": task.attempts,
-                "started_at": task.started_at,
-                "finished_at": task.finished_at,
-                "output": task.output,
-                "error": task.error,
-            }
-            for task_id, task in view.state.tasks.items()
-        },
+        "duration": _seconds(view.duration()),
+        "tasks": tasks,
     }
+
+
+class Attempt(NamedTuple):
+    """One attempt of a task: when it ran, for how long, and how it ended.
+
+    `outcome` is the task state the attempt ended in (`succeeded`, `retrying`,
+    `failed`, `cancelled`), `interrupted` when its session was interrupted or its
+    process died under it, or, for the attempt still open, the task's shown state.
+    """
+
+    attempt: int
+    started_at: float
+    ended_at: float | None
+    duration: float
+    outcome: str
+
+
+def attempts_of(
+    task_ids: Iterable[str], events: Iterable[Event], task_id: str, view: RunView
+) -> list[Attempt]:
+    """Every attempt of one task, replayed through the fold so the times are its own."""
+    state = RunState.new(task_ids)
+    task = state.tasks[task_id]
+    found: list[Attempt] = []
+    for event in events:
+        opened, elapsed, number = task.attempt_started_at, task.elapsed, task.attempts
+        state.apply(event)
+        if opened is not None and task.attempt_started_at is None:
+            duration = task.elapsed - elapsed
+            if getattr(event, "task_id", None) == task_id:
+                outcome = kind_of(event).removeprefix("task_")
+            else:  # its session ended under it: interrupted, or its process died
+                outcome = INTERRUPTED
+            found.append(Attempt(number, opened, opened + duration, duration, outcome))
+    if task.attempt_started_at is not None:
+        end = view.clock_end()
+        duration = max(0.0, end - task.attempt_started_at) if end is not None else 0.0
+        found.append(
+            Attempt(task.attempts, task.attempt_started_at, None, duration, view.task_state(task))
+        )
+    return found
+
+
+async def task_attempts(journal: Journal, view: RunView, task_id: str) -> list[Attempt]:
+    workflow, events = await _workflow_and_events(journal, view.record)
+    try:
+        return attempts_of(
+            (task.id for task in workflow.tasks), (e for _, e in events), task_id, view
+        )
+    except IllegalTransition as exc:
+        raise _not_a_history(journal, view.record, exc) from None
+
+
+def attempts_document(attempts: list[Attempt]) -> list[dict[str, Any]]:
+    return [{**attempt._asdict(), "duration": _seconds(attempt.duration)} for attempt in attempts]
+
+
+class Follower:
+    """A run's events as they are committed, until the run ends or nobody drives it.
+
+    After the loop, `ending` says how: "finished" (with `status`), "interrupted" (a
+    `run_interrupted`), or "gone": the run has neither and its lock is free, so the
+    process that drove it died. The lock is checked only when no new event came, and
+    the events are read once more after finding it free, since a driver commits its
+    last events before its death frees the lock.
+    """
+
+    def __init__(self, journal: Journal, run_id: str, poll: float = FOLLOW_POLL) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.poll = poll
+        self.ending: str | None = None
+        self.status: str | None = None
+
+    async def events(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
+        lock = RunLock(self.journal.path, self.run_id)
+        while True:
+            batch = await self.journal.events(self.run_id, after)
+            if not batch:
+                if lock.is_held_elsewhere():
+                    await asyncio.sleep(self.poll)
+                    continue
+                batch = await self.journal.events(self.run_id, after)
+                if not batch:
+                    self.ending = "gone"
+                    return
+            for seq, event in batch:
+                after = seq
+                yield seq, event
+            last = batch[-1][1]
+            if isinstance(last, RunFinished):
+                self.ending, self.status = "finished", last.status
+                return
+            if isinstance(last, RunInterrupted):
+                self.ending = INTERRUPTED
+                return
+            await asyncio.sleep(self.poll)

@@ -29,7 +29,7 @@ from durable.events import Event, RunResumed, RunStarted
 from durable.executors import refuse_in_pool_worker
 from durable.formats import MAX_DEPTH
 from durable.graph import Plan
-from durable.inspection import fold_run
+from durable.inspection import fold_run, resolve_run_id
 from durable.journal import Journal, RunRecord
 from durable.loader import plan_file, plan_workflow
 from durable.runlock import RunLock, check_run_id
@@ -195,7 +195,8 @@ async def aresume(
     refuse_in_pool_worker()
     journal = await Journal.open(db, create=False, durability=durability)
     try:
-        record = await journal.get_run(run_id)
+        record = await journal.get_run(await resolve_run_id(journal, run_id))
+        run_id = record.run_id
         with RunLock(journal.path, run_id):
             with bulk_allocation():
                 workflow, state, _ = await fold_run(journal, record)

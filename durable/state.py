@@ -17,6 +17,14 @@ delivery is at-least-once). If the session before ended without a word (no
 `running` then has one more *death* to its name; the engine stops starting a task
 that has taken its process down too often (a poison task). An event that breaks these rules raises
 `IllegalTransition`: a journal that says so is corrupt, or the engine has a bug.
+
+Timing: a task's `elapsed` is the sum of its finished attempts, each from its
+`task_started` to the event that ended it (succeeded, retrying, failed, cancelled),
+or to the end of its session if the session ended first. A session ends with
+`run_finished` or `run_interrupted`; a session whose process died ends at its last
+event. The time a run spent with no process (between a death or an interrupt and
+`run_resumed`), and a retry's delay, are never counted. The run's own `elapsed` sums
+its sessions the same way.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ UPSTREAM_FAILED = "upstream_failed"
 CANCELLED = "cancelled"
 
 #: A run's status when it stopped on SIGINT/SIGTERM (succeeded/failed are shared
-#: with tasks); `inspection` adds "running" for a run a live process drives.
+#: with tasks); `inspection` adds "running" for a run a live process drives, and
+#: shows the in-flight tasks of an interrupted run as interrupted too.
 INTERRUPTED = "interrupted"
 
 #: States a resume keeps: their outputs are final.
@@ -78,6 +87,10 @@ class TaskState(msgspec.Struct, gc=False):
     reason: str | None = None
     #: Sessions whose process died while this task was running.
     deaths: int = 0
+    #: Seconds spent in this task's finished attempts, over every session.
+    elapsed: float = 0.0
+    #: When the attempt now going on started; None when no attempt is open.
+    attempt_started_at: float | None = None
 
 
 class RunState(msgspec.Struct):
@@ -91,6 +104,12 @@ class RunState(msgspec.Struct):
     sessions: int = 0
     #: The session now going on follows one whose process died.
     after_death: bool = False
+    #: Seconds spent in the run's ended sessions (never the time with no process).
+    elapsed: float = 0.0
+    #: When the session now going on started; None once it has ended.
+    session_started_at: float | None = None
+    #: The time of the last event applied: where a session that died ends.
+    last_event_at: float | None = None
 
     @classmethod
     def new(cls, task_ids: Iterable[str]) -> RunState:
@@ -121,15 +140,21 @@ class RunState(msgspec.Struct):
                 if task.started_at is None:
                     task.started_at = at
                 task.error = None
+                task.attempt_started_at = at
             case TaskSucceeded(task_id=task_id, output=output, at=at):
                 task = self._task(task_id, event, (RUNNING,))
                 task.state, task.output, task.finished_at = SUCCEEDED, output, at
-            case TaskRetrying(task_id=task_id, error=error):
+                if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
+                    task.elapsed += at - opened if at > opened else 0.0  # the hottest path
+                    task.attempt_started_at = None
+            case TaskRetrying(task_id=task_id, error=error, at=at):
                 task = self._task(task_id, event, (RUNNING,))
                 task.state, task.error = RETRYING, error
+                _end_attempt(task, at)
             case TaskFailed(task_id=task_id, error=error, at=at):
                 task = self._task(task_id, event, (RUNNING, PENDING))
                 task.state, task.error, task.finished_at = FAILED, error, at
+                _end_attempt(task, at)
             case TaskSkipped(task_id=task_id, reason=reason, at=at):
                 task = self._task(task_id, event, (PENDING,))
                 task.state, task.reason, task.finished_at = SKIPPED, reason, at
@@ -139,17 +164,22 @@ class RunState(msgspec.Struct):
             case TaskCancelled(task_id=task_id, at=at):
                 task = self._task(task_id, event, (RUNNING, RETRYING))
                 task.state, task.finished_at = CANCELLED, at
+                _end_attempt(task, at)
             case RunStarted(at=at):
                 if self.sessions:
                     raise IllegalTransition("run_started twice")
                 self.started_at, self.sessions = at, 1
-            case RunResumed():
+                self.session_started_at = at
+            case RunResumed(at=at):
                 if not self.sessions:
                     raise IllegalTransition("run_resumed before run_started")
                 died = self.status is None and not self.interrupted
+                if self.last_event_at is not None:  # a session that died ends at its last event
+                    self._end_session(self.last_event_at)
                 self.sessions += 1
                 self.status, self.finished_at, self.interrupted = None, None, False
                 self.after_death = died
+                self.session_started_at = at
                 for task in self.tasks.values():
                     if task.state not in KEPT:
                         if died and task.state == RUNNING:
@@ -157,10 +187,22 @@ class RunState(msgspec.Struct):
                         task.state, task.finished_at, task.error = PENDING, None, None
             case RunFinished(status=status, at=at):
                 self.status, self.finished_at = status, at
+                self._end_session(at)
             case RunInterrupted(at=at):
                 self.interrupted, self.finished_at = True, at
+                self._end_session(at)
             case _:
                 raise IllegalTransition(f"unknown event {event!r}")
+        self.last_event_at = at
+
+    def _end_session(self, at: float) -> None:
+        """Stop the clocks: the session's, and those of the attempts still open in it."""
+        if self.session_started_at is not None:
+            self.elapsed += max(0.0, at - self.session_started_at)
+            self.session_started_at = None
+        for task in self.tasks.values():
+            if task.attempt_started_at is not None:
+                _end_attempt(task, at)
 
     def _task(self, task_id: str, event: Event, allowed: tuple[str, ...]) -> TaskState:
         task = self.tasks.get(task_id)
@@ -171,3 +213,10 @@ class RunState(msgspec.Struct):
                 f"task '{task_id}': {type(event).__name__} is illegal in state '{task.state}'"
             )
         return task
+
+
+def _end_attempt(task: TaskState, at: float) -> None:
+    if task.attempt_started_at is not None:
+        # Clamped: two sessions may run on machines whose clocks disagree.
+        task.elapsed += max(0.0, at - task.attempt_started_at)
+        task.attempt_started_at = None

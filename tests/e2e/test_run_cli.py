@@ -98,10 +98,18 @@ def test_failed_task_exits_1_and_spares_the_independent_branch(
 
 def test_status_json_has_exactly_the_documented_shape(as_json, mixed: dict[str, Any]) -> None:
     status = as_json(mixed["status"])
-    assert set(status) == {"run_id", "workflow", "status", "tasks"}
+    assert set(status) == {"run_id", "workflow", "status", "duration", "tasks"}
     assert (status["run_id"], status["workflow"]) == ("mixed-1", "mixed")
     for task in status["tasks"].values():
-        assert set(task) == {"state", "attempts", "started_at", "finished_at", "output", "error"}
+        assert set(task) == {
+            "state",
+            "attempts",
+            "started_at",
+            "finished_at",
+            "duration",
+            "output",
+            "error",
+        }
     ok = status["tasks"]["ok"]
     assert ok["output"] == {"greeting": "hello", "count": 2}
     assert ok["attempts"] == 1 and ok["error"] is None

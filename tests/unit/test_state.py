@@ -65,9 +65,9 @@ class TestNormalRuns:
             RunFinished(at=6.0, status="succeeded"),
         ]
         state = fold(["a", "b", "c"], events)
-        assert state.tasks["a"] == TaskState(SUCCEEDED, 1, 2.0, 3.0, {"n": 1})
-        assert state.tasks["b"] == TaskState(SUCCEEDED, 1, 2.5, 3.5, [1, 2])
-        assert state.tasks["c"] == TaskState(SUCCEEDED, 1, 4.0, 5.0, None)
+        assert state.tasks["a"] == TaskState(SUCCEEDED, 1, 2.0, 3.0, {"n": 1}, elapsed=1.0)
+        assert state.tasks["b"] == TaskState(SUCCEEDED, 1, 2.5, 3.5, [1, 2], elapsed=1.0)
+        assert state.tasks["c"] == TaskState(SUCCEEDED, 1, 4.0, 5.0, None, elapsed=1.0)
         assert (state.started_at, state.finished_at, state.status) == (1.0, 6.0, "succeeded")
         assert state.sessions == 1
         assert state.counts() == {SUCCEEDED: 3}
@@ -247,7 +247,7 @@ class TestRunResumed:
         )
         state.apply(RunResumed(at=10.0))
 
-        assert state.tasks["ok"] == TaskState(SUCCEEDED, 1, 2.0, 3.0, {"kept": [1, 2]})
+        assert state.tasks["ok"] == TaskState(SUCCEEDED, 1, 2.0, 3.0, {"kept": [1, 2]}, elapsed=1.0)
         assert state.tasks["skip"] == TaskState(
             SKIPPED, 0, None, 3.0, None, None, "condition false: no"
         )
