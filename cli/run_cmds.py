@@ -14,6 +14,7 @@ from durable_cli.options import (
     jobs_option,
     json_option,
     max_deaths_option,
+    run_id_argument,
 )
 
 
@@ -29,11 +30,34 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     return params
 
 
+quiet_option = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing while the run goes on, only the final summary.",
+)
+no_live_option = click.option(
+    "--no-live",
+    is_flag=True,
+    help="On a terminal too, one plain line per transition instead of the live view.",
+)
+
+
 def _drive(
-    as_json: bool, durability: str, start: Callable[[Any], Coroutine[Any, Any, Any]]
+    output: tuple[bool, bool, bool],
+    db: str | None,
+    durability: str,
+    start: Callable[[Any], Coroutine[Any, Any, Any]],
 ) -> None:
-    """Run or resume with the reporter the output calls for, then report and exit."""
+    """Run or resume with the reporter the output calls for, then report and exit.
+
+    `output` is (--json, --quiet, --no-live).
+    """
     from durable import eventloop, report, runner
+
+    as_json, quiet, no_live = output
+    if as_json and quiet:
+        raise click.UsageError("--json and --quiet cannot be combined")
 
     if durability == "off":
         click.echo(
@@ -42,27 +66,23 @@ def _drive(
             err=True,
         )
 
-    reporter = report.for_output(as_json)
+    reporter = report.for_output(as_json, quiet=quiet, live=not no_live)
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
     started = time.monotonic()
-    result = eventloop.run(start(hooks))
+    try:
+        result = eventloop.run(start(hooks))
+    finally:
+        reporter.close()  # the terminal is given back whatever happened
     if result.already_finished:
         click.echo(f"run {result.run_id} already succeeded; nothing to resume")
         return
-    _finish(result, reporter, time.monotonic() - started)
+    _finish(result, reporter, time.monotonic() - started, db)
 
 
-def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: ignore[no-untyped-def]
     from durable.errors import Interrupted
-    from durable.report import JsonReporter, summary_line
-    from durable.state import RunState
 
-    counts = RunState(tasks=result.tasks).counts()
-    if not isinstance(reporter, JsonReporter):
-        click.echo(summary_line(result.run_id, result.status, counts, elapsed))
-        for task_id, task in result.tasks.items():
-            if task.state == "failed":
-                click.echo(f"  {task_id}: {task.error}", err=True)
+    reporter.finish(result, elapsed, db)
     if result.status == "interrupted":
         raise Interrupted(result.run_id)
     if result.status != "succeeded":
@@ -83,6 +103,8 @@ def _finish(result, reporter, elapsed: float) -> None:  # type: ignore[no-untype
 @click.option("--run-id", default=None, help="Use this run id instead of a generated one.")
 @jobs_option
 @json_option
+@quiet_option
+@no_live_option
 @fail_fast_option
 @durability_option
 @max_deaths_option
@@ -93,18 +115,24 @@ def run(
     run_id: str | None,
     jobs: int | None,
     as_json: bool,
+    quiet: bool,
+    no_live: bool,
     fail_fast: bool,
     durability: str,
     max_deaths: int,
 ) -> None:
     """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
 
+    On a terminal a live view shows progress and the running tasks; elsewhere (a
+    pipe, a file, CI) one plain line per transition.
+
     Exit codes: 0 succeeded, 1 finished with failed tasks, 2 bad input, 130 interrupted.
     """
     from durable import runner
 
     _drive(
-        as_json,
+        (as_json, quiet, no_live),
+        db,
         durability,
         lambda hooks: runner.arun(
             workflow,
@@ -122,10 +150,12 @@ def run(
 
 
 @click.command()
-@click.argument("run_id")
+@run_id_argument()
 @db_option
 @jobs_option
 @json_option
+@quiet_option
+@no_live_option
 @fail_fast_option
 @durability_option
 @max_deaths_option
@@ -134,6 +164,8 @@ def resume(
     db: str | None,
     jobs: int | None,
     as_json: bool,
+    quiet: bool,
+    no_live: bool,
     fail_fast: bool,
     durability: str,
     max_deaths: int,
@@ -147,7 +179,8 @@ def resume(
     from durable import runner
 
     _drive(
-        as_json,
+        (as_json, quiet, no_live),
+        db,
         durability,
         lambda hooks: runner.aresume(
             run_id,

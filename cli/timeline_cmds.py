@@ -43,9 +43,7 @@ def timeline(run_id: str, db: str | None, output_path: str | None, open_it: bool
         # The picture needs no tool: plan without importing the workflow's modules.
         plan = graph.build_trusted(spec.decode(record.spec), _no_tool)
         events = [event for _, event in await journal.events(record.run_id)]
-        return build(
-            record.run_id, events, plan, status=view.status, live=view.status == "running"
-        )
+        return build(record.run_id, events, plan, status=view.status, live=view.status == "running")
 
     drawn = _with_journal(db, collect)
     page = timeline_html.render(drawn)

@@ -57,3 +57,19 @@ def test_command_is_in_readme(command: str) -> None:
     assert re.search(rf"\bdurable {re.escape(command)}\b", readme), (
         f"README.md never shows `durable {command}`"
     )
+
+
+def test_every_package_is_in_the_build() -> None:
+    """A subpackage missing from pyproject's `packages` is left out of the wheel,
+    though an editable install (and so every other test) would never notice."""
+    import tomllib
+
+    root = README.parent
+    declared = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "durable").rglob("__init__.py")
+    }
+    assert found <= declared, f"add to [tool.setuptools] packages: {sorted(found - declared)}"

@@ -1,7 +1,7 @@
-"""Reporters: how a run shows itself. Live on a terminal, plain lines otherwise, or JSON lines.
+"""Plain text: the reporter base, one line per transition, and the one-line summary.
 
-A reporter only formats; it never decides anything. When nobody watches (the
-Python API, `durable bench`), there is no reporter and reporting costs nothing.
+This is what pipes, CI logs and `nohup` get, what `--no-live` gives on a terminal,
+and (summary only) what `--quiet` prints. `durable log` uses `describe_event` too.
 """
 
 from __future__ import annotations
@@ -9,17 +9,23 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import msgspec
-
-from durable.events import Event, RunFinished, RunInterrupted, TaskRetrying, kind_of, to_dict
+from durable.events import Event, RunFinished, TaskRetrying, kind_of
 from durable.spec import Workflow
-from durable.state import FAILED, KEPT, RUNNING, RunState
+from durable.state import FAILED, KEPT, RunState
+
+if TYPE_CHECKING:
+    from durable.runner import RunResult
 
 
 class Reporter:
-    """Base reporter: prints nothing. Subclasses override what they show."""
+    """Base reporter: prints nothing. Subclasses override what they show.
+
+    The CLI calls `on_start` and `on_event` (through `runner.Hooks`, on the event
+    loop's thread: `on_event` runs once per event, so it must stay cheap), then
+    `finish` with the result, and `close` in any case, even after an error.
+    """
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
@@ -36,6 +42,20 @@ class Reporter:
     def on_event(self, event: Event) -> None:
         pass
 
+    def finish(self, result: RunResult, elapsed: float, db: str | None = None) -> None:
+        """Show how the run ended: the summary line, and each failed task on stderr."""
+        self.write(
+            summary_line(result.run_id, result.status, RunState(result.tasks).counts(), elapsed)
+        )
+        self.stream.flush()
+        for task_id, task in result.tasks.items():
+            if task.state == FAILED:
+                sys.stderr.write(f"  {task_id}: {task.error}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """Give the terminal back; safe to call more than once, and after an error."""
+
     def flush_now_and_then(self) -> None:
         now = time.monotonic()
         if now - self._flushed_at >= 1.0:
@@ -46,6 +66,10 @@ class Reporter:
         self.stream.write(line + "\n")
         if self.interactive:
             self.stream.flush()
+
+
+class QuietReporter(Reporter):
+    """`--quiet`: nothing while the run goes on, only the final summary."""
 
 
 def describe_start(run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> str:
@@ -96,74 +120,6 @@ class PlainReporter(Reporter):
             self.flush_now_and_then()
         else:
             self.stream.flush()
-
-
-class JsonReporter(Reporter):
-    """One JSON object per event on stdout; the run id is in every object."""
-
-    _encoder = msgspec.json.Encoder()
-
-    def on_event(self, event: Event) -> None:
-        record = to_dict(event, self.run_id)
-        try:
-            line = self._encoder.encode(record).decode()
-        except (TypeError, msgspec.EncodeError):
-            record["output"] = repr(record.get("output"))
-            line = self._encoder.encode(record).decode()
-        self.write(line)
-        if getattr(event, "task_id", None) is None:
-            self.stream.flush()
-        else:
-            self.flush_now_and_then()
-
-
-class LiveReporter(Reporter):
-    """A status line redrawn in place (at most ten times a second), failures as lines above it."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        super().__init__(stream)
-        self._last_draw = 0.0
-        self._started = time.monotonic()
-
-    def on_start(self, run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> None:
-        super().on_start(run_id, workflow, state, resumed)
-        self.write(describe_start(run_id, workflow, state, resumed))
-
-    def on_event(self, event: Event) -> None:
-        kind = kind_of(event)
-        if kind in ("task_failed", "task_retrying"):
-            self.stream.write("\r\x1b[K")
-            self.write(describe_event(event))
-        final = isinstance(event, RunFinished | RunInterrupted)
-        now = time.monotonic()
-        if final or now - self._last_draw >= 0.1:
-            self._last_draw = now
-            self._draw(final)
-
-    def _draw(self, final: bool) -> None:
-        assert self.state is not None
-        counts: dict[str, int] = {}
-        for task in self.state.tasks.values():
-            counts[task.state] = counts.get(task.state, 0) + 1
-        total = len(self.state.tasks)
-        done = sum(counts.get(s, 0) for s in KEPT)
-        parts = [f"{done}/{total} done", f"{counts.get(RUNNING, 0)} running"]
-        if counts.get(FAILED):
-            parts.append(f"{counts[FAILED]} failed")
-        elapsed = time.monotonic() - self._started
-        self.stream.write(f"\r\x1b[K{self.run_id} {', '.join(parts)} [{elapsed:.1f}s]")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
-def for_output(json: bool, stream: IO[str] | None = None) -> Reporter:
-    stream = stream or sys.stdout
-    if json:
-        return JsonReporter(stream)
-    if stream.isatty():
-        return LiveReporter(stream)
-    return PlainReporter(stream)
 
 
 def summary_line(
