@@ -9,6 +9,7 @@ for a moment mid-run, by polling the journal itself rather than sleeping.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -608,3 +609,34 @@ def test_branching_example_takes_the_branch_of_its_size(
     assert outputs["report"]["branch"] == taken
     assert outputs["report"]["items"] == items
     assert f"cleanup done for run {name}" in outputs["cleanup"]["stdout"]
+
+
+def test_crawl_example_is_interrupted_and_resumed_as_the_quickstart_says(
+    tmp_path, start, stop, durable, as_json, wait_for_events, journal_rows
+) -> None:
+    """The quickstart's Ctrl-C step, followed as written: interrupt the crawl example
+    halfway, resume it, and only the pages not yet fetched are fetched again."""
+    workflow = Path(__file__).resolve().parents[2] / "examples" / "crawl" / "workflow.yaml"
+    db = tmp_path / "j.db"
+    process = start(
+        "run", workflow, "--db", db, "--run-id", "crawl", "-p", "seconds=0.5", cwd=tmp_path
+    )
+    try:
+        wait_for_events(db, "crawl", "task_succeeded", 4, process=process)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        stop(process)
+    kept = {
+        row[0]
+        for row in journal_rows(db, "SELECT task_id FROM events WHERE kind = 'task_succeeded'")
+    }
+    assert 4 <= len(kept) < 13
+    durable("resume", "cra", "--db", db, cwd=tmp_path, check=0)
+    assert as_json(durable("output", "crawl", "index", "--db", db, cwd=tmp_path)) == {
+        "pages": list(range(1, 13))
+    }
+    starts = journal_rows(
+        db, "SELECT task_id, count(*) FROM events WHERE kind = 'task_started' GROUP BY task_id"
+    )
+    assert all(count == 1 for task_id, count in starts if task_id in kept)
