@@ -212,6 +212,12 @@ def test_reading_commands_work_in_a_read_only_folder(tmp_path, durable, write, a
     whose folder (and file) they cannot write, WAL left behind by a crash included."""
     if os.geteuid() == 0 and not shutil.which("setpriv"):
         pytest.skip("needs setpriv to drop root, which ignores file permissions")
+    probe = _as_nobody(["durable", "--version"], tmp_path)
+    if probe.returncode != 0:
+        pytest.skip(
+            "an unprivileged user cannot run durable from this install (its venv or "
+            f"checkout is not readable by others): {probe.stderr.strip()[:200]}"
+        )
     # pytest's own tmp folders are private to root: use one anybody may enter.
     tmp_path = Path(tempfile.mkdtemp(prefix="durable-ro-"))
     os.chmod(tmp_path, 0o755)
