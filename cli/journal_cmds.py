@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 from durable_cli.options import (
+    complete_task_id,
     db_option,
     json_option,
     run_id_argument,
@@ -350,28 +351,48 @@ def _show_task(document: dict[str, Any]) -> None:
     help="Print transitions as they are committed until the run ends; exit as `durable run` "
     "would (0 succeeded, 1 failed, 130 interrupted or no longer driven).",
 )
-def log(run_id: str, db: str | None, as_json: bool, follow: bool) -> None:
+@click.option(
+    "--task",
+    "-t",
+    "task",
+    default=None,
+    metavar="TASK",
+    shell_complete=complete_task_id,
+    help="Only this task's events and the lines it logged (ctx.log).",
+)
+def log(run_id: str, db: str | None, as_json: bool, follow: bool, task: str | None) -> None:
     """Print a run's events, oldest first; with --follow, until the run ends.
 
-    RUN_ID may be a unique prefix of the id. A followed run that nobody drives any
-    more (its process died) is named as such on stderr, and `log` exits 130.
+    Transitions, and the lines tasks logged through `ctx.log`; `--json` also has
+    their progress reports (`task_progress`). RUN_ID may be a unique prefix of the
+    id. A followed run that nobody drives any more (its process died) is named as
+    such on stderr, and `log` exits 130.
     """
     import msgspec
 
-    from durable.events import to_dict
+    from durable.events import TaskProgress, to_dict
     from durable.inspection import Follower, resolve_run_id
     from durable.report import describe_event
 
     encoder = msgspec.json.Encoder()
 
     def show(seq: int, event: Any, resolved: str) -> None:
+        if task is not None and getattr(event, "task_id", None) != task:
+            return
         if as_json:
             click.echo(encoder.encode(to_dict(event, resolved, seq)).decode())
-        else:
+        elif type(event) is not TaskProgress:
             click.echo(describe_event(event))
 
     async def main(journal: Any) -> tuple[str, Follower | None]:
-        resolved = (await journal.get_run(await resolve_run_id(journal, run_id))).run_id
+        record = await journal.get_run(await resolve_run_id(journal, run_id))
+        resolved = record.run_id
+        if task is not None:
+            from durable import spec as spec_module
+            from durable.errors import DurableError
+
+            if task not in {t.id for t in spec_module.decode(record.spec).tasks}:
+                raise DurableError(f"run '{resolved}' has no task '{task}'")
         if not follow:
             for seq, event in await journal.events(resolved):
                 show(seq, event, resolved)

@@ -49,9 +49,16 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from durable_cli import bench_cmds, inspect_cmds, journal_cmds, run_cmds, timeline_cmds
+    from durable_cli import (
+        bench_cmds,
+        inspect_cmds,
+        journal_cmds,
+        run_cmds,
+        timeline_cmds,
+        watch_cmds,
+    )
 
-    for module in (run_cmds, journal_cmds, inspect_cmds, bench_cmds, timeline_cmds):
+    for module in (run_cmds, journal_cmds, watch_cmds, inspect_cmds, bench_cmds, timeline_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
 

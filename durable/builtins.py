@@ -64,11 +64,19 @@ async def shell(
     env: dict[str, str] | None = None,
     stdin: str | None = None,
     check: bool = True,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """Run a program without a shell. Output: `{returncode, stdout, stderr}`.
 
-    A non-zero exit fails the task unless `check` is false.
+    A non-zero exit fails the task unless `check` is false. With `progress` (true or
+    "stdout", or "stderr"), the last line the program wrote to that stream (lines
+    end with a newline or a carriage return, as progress bars draw them) is the
+    task's progress message (`ctx.progress`), as it is written.
     """
+    if progress not in (False, True, "stdout", "stderr"):
+        raise ToolFailed(
+            f"shell: progress must be true, false, 'stdout' or 'stderr', not {progress!r}"
+        )
     argv = shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
     if not argv:
         raise ToolFailed("shell: empty command")
@@ -87,8 +95,12 @@ async def shell(
         )
     except OSError as exc:
         raise ToolFailed(f"shell: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+    data = stdin.encode() if stdin is not None else None
     try:
-        out, err = await process.communicate(stdin.encode() if stdin is not None else None)
+        if progress:
+            out, err = await _communicate_reporting(process, data, progress == "stderr")
+        else:
+            out, err = await process.communicate(data)
     except asyncio.CancelledError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -105,6 +117,53 @@ async def shell(
             f"shell: {argv[0]} exited with {process.returncode}: {tail[0]}".rstrip(": ")
         )
     return result
+
+
+_LINE_END = re.compile(rb"[\r\n]")
+
+
+async def _communicate_reporting(
+    process: asyncio.subprocess.Process, data: bytes | None, from_stderr: bool
+) -> tuple[bytes, bytes]:
+    """`communicate`, reporting the last complete line of one stream as progress.
+
+    Reported once per chunk read, not per line; `ctx.progress` keeps only the latest
+    anyway, and journals it at most twice a second.
+    """
+    from durable.executors import _current
+
+    context = _current.get()
+
+    async def feed() -> None:
+        assert process.stdin is not None
+        if data:
+            process.stdin.write(data)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await process.stdin.drain()
+        process.stdin.close()
+
+    async def read(stream: asyncio.StreamReader, report: bool) -> bytes:
+        chunks: list[bytes] = []
+        partial = b""
+        while chunk := await stream.read(65536):
+            chunks.append(chunk)
+            if not report or context is None:
+                continue
+            *whole, partial = _LINE_END.split(partial + chunk)
+            partial = partial[-4096:]  # a stream with no line ends is not held twice
+            for line in reversed(whole):
+                if line.strip():
+                    context.progress(None, line.decode(errors="replace").strip())
+                    break
+        return b"".join(chunks)
+
+    assert process.stdout is not None and process.stderr is not None
+    jobs = [read(process.stdout, not from_stderr), read(process.stderr, from_stderr)]
+    if process.stdin is not None:
+        jobs.append(feed())
+    out, err, *_ = await asyncio.gather(*jobs)
+    await process.wait()
+    return out, err
 
 
 async def http(

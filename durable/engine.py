@@ -56,7 +56,7 @@ from durable.events import (
     decode_output,
     encode_output,
 )
-from durable.executors import Executors, TaskContext, idempotency_key
+from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
 from durable.graph import Plan, TaskPlan
 from durable.journal import Journal
 from durable.refs import Scope
@@ -134,6 +134,9 @@ class Engine:
 
     async def run(self) -> str:
         """Run until every task is finished or the run is stopped; return the run status."""
+        self.reports = TaskReports(
+            self.run_id, self.state, self.emit, asyncio.get_running_loop()
+        ).open()
         self._start()
         # Everything alive now (the plan, the state) lives until the end of the run:
         # moved out of the GC's generations, it is not walked by every full collection.
@@ -142,6 +145,7 @@ class Engine:
             await self._done.wait()
         finally:
             gc.unfreeze()
+            self.reports.close()
         self.executors.shutdown()
         if self._fatal is not None:
             raise self._fatal
@@ -356,6 +360,8 @@ class Engine:
             raise
         except Exception as exc:  # a tool may raise anything; that is the task failing
             raise _AttemptFailed(_describe(exc)) from None
+        finally:
+            self.reports.settle(plan.id, attempt)  # its log lines before its outcome
         try:
             data = encode_output(output)
         except (TypeError, msgspec.EncodeError, OverflowError) as exc:

@@ -71,6 +71,29 @@ class TaskCancelled(_TaskEvent, tag="task_cancelled"):
     pass
 
 
+class TaskProgress(_TaskEvent, tag="task_progress"):
+    """A running attempt's own word on how far it is (`ctx.progress`): not a transition.
+
+    `fraction` is None or in [0, 1]. The engine journals at most one every
+    `context.PROGRESS_EVERY` seconds per task, and drops the latest one unsent when
+    the attempt ends (its outcome says more), so a tool may call it in a tight loop.
+    """
+
+    fraction: float | None = None
+    message: str = ""
+
+
+class TaskLog(_TaskEvent, tag="task_log"):
+    """A line a running attempt logged through `ctx.log`: not a transition.
+
+    `level` is the `logging` level name (INFO, WARNING...). Kept per attempt within
+    the limits of `context.LOG_LINES` and `context.LOG_CHARS`.
+    """
+
+    level: str
+    message: str
+
+
 Event = (
     RunStarted
     | RunResumed
@@ -83,7 +106,13 @@ Event = (
     | TaskSkipped
     | TaskUpstreamFailed
     | TaskCancelled
+    | TaskProgress
+    | TaskLog
 )
+
+#: Kinds that are not transitions: what a running attempt says about itself. The
+#: fold accepts them in any state and changes no state for them.
+NOTES = (TaskProgress, TaskLog)
 
 KINDS: dict[str, type[_Event]] = {cls.__struct_config__.tag: cls for cls in Event.__args__}  # type: ignore[attr-defined]
 

@@ -25,6 +25,9 @@ or to the end of its session if the session ended first. A session ends with
 event. The time a run spent with no process (between a death or an interrupt and
 `run_resumed`), and a retry's delay, are never counted. The run's own `elapsed` sums
 its sessions the same way.
+
+`task_progress` and `task_log` are not transitions: they are accepted in any state
+of a known task and change nothing but `last_event_at`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from durable.events import (
     RunStarted,
     TaskCancelled,
     TaskFailed,
+    TaskLog,
+    TaskProgress,
     TaskRetrying,
     TaskSkipped,
     TaskStarted,
@@ -191,6 +196,12 @@ class RunState(msgspec.Struct):
             case RunInterrupted(at=at):
                 self.interrupted, self.finished_at = True, at
                 self._end_session(at)
+            case TaskProgress(task_id=task_id, at=at) | TaskLog(task_id=task_id, at=at):
+                # Not transitions: legal in any state, they change none. They are
+                # committed events all the same, so a session that died ends at the
+                # last of them (`last_event_at`, below).
+                if task_id not in self.tasks:
+                    raise IllegalTransition(f"{type(event).__name__} for unknown task '{task_id}'")
             case _:
                 raise IllegalTransition(f"unknown event {event!r}")
         self.last_event_at = at

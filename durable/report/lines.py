@@ -11,7 +11,8 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from durable.events import Event, RunFinished, TaskRetrying, kind_of
+from durable.events import NOTES, Event, RunFinished, TaskLog, TaskProgress, TaskRetrying, kind_of
+from durable.report.model import progress_text
 from durable.spec import Workflow
 from durable.state import FAILED, KEPT, RunState
 
@@ -94,6 +95,10 @@ def describe_event(event: Event) -> str:
     if task_id is None:
         detail = f" {event.status}" if isinstance(event, RunFinished) else ""
         return f"{clock} run {kind.removeprefix('run_')}{detail}"
+    if isinstance(event, TaskLog):  # continuation lines indented under the first
+        return f"{clock} {task_id} {event.level.lower()}: " + event.message.replace("\n", "\n    ")
+    if isinstance(event, TaskProgress):
+        return f"{clock} {task_id} progress: {progress_text(event.fraction, event.message)}"
     line = f"{clock} {task_id} {kind.removeprefix('task_')}"
     attempt = getattr(event, "attempt", 0)
     if kind in ("task_started", "task_retrying", "task_failed") and attempt:
@@ -108,7 +113,11 @@ def describe_event(event: Event) -> str:
 
 
 class PlainReporter(Reporter):
-    """One line per transition: for logs, pipes and CI."""
+    """One line per transition: for logs, pipes and CI.
+
+    Progress and log lines are not transitions and are not printed: progress is
+    for the live view, log lines for `durable log` (`--json` has both).
+    """
 
     def on_start(self, run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> None:
         super().on_start(run_id, workflow, state, resumed)
@@ -116,6 +125,8 @@ class PlainReporter(Reporter):
 
     def on_event(self, event: Event) -> None:
         if getattr(event, "task_id", None) is not None:
+            if type(event) in NOTES:
+                return
             self.write(describe_event(event))
             self.flush_now_and_then()
         else:

@@ -32,6 +32,8 @@ from durable.events import (
     RunStarted,
     TaskCancelled,
     TaskFailed,
+    TaskLog,
+    TaskProgress,
     TaskRetrying,
     TaskSkipped,
     TaskStarted,
@@ -108,6 +110,19 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
+def progress_text(fraction: float | None, message: str) -> str:
+    """`42% copying files`, `42%`, or the message alone when there is no fraction."""
+    words = first_line(message)
+    if fraction is None:
+        return words
+    percent = f"{int(fraction * 100)}%"
+    return f"{percent} {words}" if words else percent
+
+
+def _ignore(event: Event) -> None:
+    pass
+
+
 class LiveModel:
     """A run's progress for the live view.
 
@@ -151,6 +166,8 @@ class LiveModel:
             RunResumed: self._session,
             RunFinished: self._run_finished,
             RunInterrupted: self._run_interrupted,
+            TaskProgress: self._progressed,
+            TaskLog: _ignore,  # kept for `durable log`, not shown live
         }
 
     # -- per event: O(1) ------------------------------------------------------------
@@ -198,6 +215,9 @@ class LiveModel:
             self.progress.pop(task_id, None)
         elif task_id in self.running:
             self.progress[task_id] = message
+
+    def _progressed(self, event: TaskProgress) -> None:
+        self.set_progress(event.task_id, progress_text(event.fraction, event.message))
 
     def take_notices(self) -> list[Notice]:
         notices, self.notices = self.notices, []

@@ -63,6 +63,14 @@ def load_corpus(folder: Path = CORPUS) -> list[Document]:
     return [Document(path) for path in sorted(folder.glob("*.md"))]
 
 
+def _context() -> durable.TaskContext | None:
+    """The tool call's context, or None when a tool is called directly (in a test)."""
+    try:
+        return durable.current_context()
+    except RuntimeError:
+        return None
+
+
 @durable.tool
 def web_search(query: str, top_k: int = 3) -> list[dict[str, Any]]:
     """Rank the corpus against `query` with BM25; return the `top_k` best, best first.
@@ -83,8 +91,11 @@ def web_search(query: str, top_k: int = 3) -> list[dict[str, Any]]:
         df = sum(1 for d in documents if term in d.terms)
         idf[term] = math.log(1 + (count - df + 0.5) / (df + 0.5))
 
+    ctx = _context()
     scored = []
-    for doc in documents:
+    for number, doc in enumerate(documents):
+        if ctx is not None:
+            ctx.progress(number / count, f"ranking {doc.title}")  # shown live by `durable run`
         score = 0.0
         for term in query_terms:
             tf = doc.terms.get(term, 0)
@@ -94,6 +105,8 @@ def web_search(query: str, top_k: int = 3) -> list[dict[str, Any]]:
         if score > 0:
             scored.append((score, doc))
     scored.sort(key=lambda hit: (-hit[0], hit[1].title))
+    if ctx is not None:
+        ctx.log.info("%d of %d notes match %r", len(scored), count, query)  # `durable log --task`
     return [
         {
             "title": doc.title,

@@ -18,6 +18,8 @@ from durable.events import (
     RunStarted,
     TaskCancelled,
     TaskFailed,
+    TaskLog,
+    TaskProgress,
     TaskRetrying,
     TaskSkipped,
     TaskStarted,
@@ -42,6 +44,8 @@ SAMPLES = [
     TaskSkipped(task_id="fetch", attempt=0, at=9.0, reason="condition false: ${params.x}"),
     TaskUpstreamFailed(task_id="fetch", at=10.0),
     TaskCancelled(task_id="fetch", attempt=4, at=11.0),
+    TaskProgress(task_id="fetch", attempt=1, at=12.0, fraction=0.5, message="half way"),
+    TaskLog(task_id="fetch", attempt=1, at=13.0, level="WARNING", message="rate limited"),
 ]
 
 # The journal's `kind` column and `durable log --json`'s "kind": changing this set
@@ -58,6 +62,8 @@ KNOWN_KINDS = {
     "task_skipped",
     "task_upstream_failed",
     "task_cancelled",
+    "task_progress",
+    "task_log",
 }
 
 
