@@ -35,7 +35,7 @@ declare -A tests_for=(
     [expr]="tests/unit/test_expr.py"
     [graph]="tests/unit/test_graph.py tests/unit/test_graph_trusted.py"
     [engine]="tests/unit/test_engine.py tests/unit/test_guarantees.py"
-    [journal]="tests/unit/test_journal.py tests/unit/test_guarantees.py"
+    [journal]="tests/unit/test_journal.py tests/unit/test_journal_integrity.py tests/unit/test_guarantees.py"
 )
 
 only=()

@@ -76,6 +76,8 @@ class JournalReader:
     def _record(self, row: tuple[Any, ...]) -> RunRecord:
         run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
         run_id = str(run_id)
+        # A damaged record header can turn a BLOB into TEXT: same bytes, same checksum.
+        spec, params = (v.encode() if isinstance(v, str) else v for v in (spec, params))
         try:
             if crc is not None and crc != run_crc(
                 run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd or ""
