@@ -43,19 +43,43 @@ no_live_option = click.option(
 )
 
 
+def session_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options `run` and `resume` share: how a session runs and shows itself."""
+    for option in reversed(
+        (
+            db_option,
+            jobs_option,
+            json_option,
+            quiet_option,
+            no_live_option,
+            fail_fast_option,
+            durability_option,
+            max_deaths_option,
+        )
+    ):
+        command = option(command)
+    return command
+
+
 def _drive(
-    output: tuple[bool, bool, bool],
+    start: Callable[..., Coroutine[Any, Any, Any]],
+    *,
     db: str | None,
+    jobs: int | None,
+    as_json: bool,
+    quiet: bool,
+    no_live: bool,
+    fail_fast: bool,
     durability: str,
-    start: Callable[[Any], Coroutine[Any, Any, Any]],
+    max_deaths: int,
 ) -> None:
     """Run or resume with the reporter the output calls for, then report and exit.
 
-    `output` is (--json, --quiet, --no-live).
+    `start(**session)` runs the session: `arun` or `aresume` with the first
+    argument bound, and the session's options as keywords.
     """
     from durable import eventloop, report, runner
 
-    as_json, quiet, no_live = output
     if as_json and quiet:
         raise click.UsageError("--json and --quiet cannot be combined")
 
@@ -70,7 +94,17 @@ def _drive(
     hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
     started = time.monotonic()
     try:
-        result = eventloop.run(start(hooks))
+        result = eventloop.run(
+            start(
+                db=db,
+                max_concurrency=jobs,
+                fail_fast=fail_fast,
+                durability=durability,
+                max_deaths=max_deaths,
+                handle_signals=True,
+                hooks=hooks,
+            )
+        )
     finally:
         reporter.close()  # the terminal is given back whatever happened
     if result.already_finished:
@@ -99,28 +133,9 @@ def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: 
     metavar="KEY=VALUE",
     help="Override a param (repeatable).",
 )
-@db_option
 @click.option("--run-id", default=None, help="Use this run id instead of a generated one.")
-@jobs_option
-@json_option
-@quiet_option
-@no_live_option
-@fail_fast_option
-@durability_option
-@max_deaths_option
-def run(
-    workflow: str,
-    params: tuple[str, ...],
-    db: str | None,
-    run_id: str | None,
-    jobs: int | None,
-    as_json: bool,
-    quiet: bool,
-    no_live: bool,
-    fail_fast: bool,
-    durability: str,
-    max_deaths: int,
-) -> None:
+@session_options
+def run(workflow: str, params: tuple[str, ...], run_id: str | None, **session: Any) -> None:
     """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
 
     On a terminal a live view shows progress and the running tasks; elsewhere (a
@@ -130,46 +145,14 @@ def run(
     """
     from durable import runner
 
-    _drive(
-        (as_json, quiet, no_live),
-        db,
-        durability,
-        lambda hooks: runner.arun(
-            workflow,
-            _parse_params(params),
-            db=db,
-            run_id=run_id,
-            max_concurrency=jobs,
-            fail_fast=fail_fast,
-            durability=durability,
-            handle_signals=True,
-            hooks=hooks,
-            max_deaths=max_deaths,
-        ),
-    )
+    overrides = _parse_params(params)
+    _drive(lambda **options: runner.arun(workflow, overrides, run_id=run_id, **options), **session)
 
 
 @click.command()
 @run_id_argument()
-@db_option
-@jobs_option
-@json_option
-@quiet_option
-@no_live_option
-@fail_fast_option
-@durability_option
-@max_deaths_option
-def resume(
-    run_id: str,
-    db: str | None,
-    jobs: int | None,
-    as_json: bool,
-    quiet: bool,
-    no_live: bool,
-    fail_fast: bool,
-    durability: str,
-    max_deaths: int,
-) -> None:
+@session_options
+def resume(run_id: str, **session: Any) -> None:
     """Continue an interrupted or failed run.
 
     Tasks whose success was committed are kept with their outputs and never run
@@ -178,21 +161,7 @@ def resume(
     """
     from durable import runner
 
-    _drive(
-        (as_json, quiet, no_live),
-        db,
-        durability,
-        lambda hooks: runner.aresume(
-            run_id,
-            db=db,
-            max_concurrency=jobs,
-            fail_fast=fail_fast,
-            durability=durability,
-            handle_signals=True,
-            hooks=hooks,
-            max_deaths=max_deaths,
-        ),
-    )
+    _drive(lambda **options: runner.aresume(run_id, **options), **session)
 
 
 COMMANDS = [run, resume]
