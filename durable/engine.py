@@ -105,6 +105,8 @@ class Engine:
         self.limits = plan.workflow.limits
         self.fail_fast = fail_fast
         self.max_deaths = max_deaths
+        # A task this many deaths in runs alone (see the module docstring).
+        self._suspect_at = max(1, max_deaths - 1)
         self._on_event = on_event
         self.executors = executors or Executors(self.max_concurrency)
         self.scope = Scope(params=params, run_id=run_id, outputs={})
@@ -245,7 +247,7 @@ class Engine:
         self._enqueue(task_id)
 
     def _enqueue(self, task_id: str) -> None:
-        if self.state.tasks[task_id].deaths >= max(1, self.max_deaths - 1):
+        if self.state.tasks[task_id].deaths >= self._suspect_at:
             self._suspects.append(task_id)
         else:
             self._ready.append(task_id)
