@@ -403,17 +403,22 @@ def log(run_id: str, db: str | None, as_json: bool, follow: bool, task: str | No
         return resolved, follower
 
     resolved, follower = _with_journal(db, main)
-    if follower is None:
-        return
-    if follower.ending == "finished":
-        if follower.status != "succeeded":
+    if follower is not None:
+        exit_as_followed(resolved, follower.ending, follower.status)
+
+
+def exit_as_followed(run_id: str, ending: str | None, status: str | None) -> None:
+    """Exit as `durable run` would have, once a followed run ended (`log --follow`,
+    `watch`): 0 succeeded, 1 failed, 130 interrupted or no longer driven."""
+    if ending == "finished":
+        if status != "succeeded":
             click.get_current_context().exit(1)
         return
-    if follower.ending == "gone":
-        why = f"run {resolved} is no longer driven by any process (interrupted)"
+    if ending == "gone":
+        why = f"run {run_id} is no longer driven by any process (interrupted)"
     else:
-        why = f"run {resolved} was interrupted"
-    click.echo(f"{why}; resume it with `durable resume {resolved}`", err=True)
+        why = f"run {run_id} was interrupted"
+    click.echo(f"{why}; resume it with `durable resume {run_id}`", err=True)
     click.get_current_context().exit(130)
 
 

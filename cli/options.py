@@ -26,6 +26,17 @@ durability_option = click.option(
     help="normal: a commit survives the process dying; full: also power loss (fsync every "
     "commit); off: no syncs, for tests and benchmarks only.",
 )
+quiet_option = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing while the run goes on, only the final summary.",
+)
+no_live_option = click.option(
+    "--no-live",
+    is_flag=True,
+    help="On a terminal too, one plain line per transition instead of the live view.",
+)
 fail_fast_option = click.option(
     "--fail-fast", is_flag=True, help="Cancel everything at the first failed task."
 )

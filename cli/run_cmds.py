@@ -14,6 +14,8 @@ from durable_cli.options import (
     jobs_option,
     json_option,
     max_deaths_option,
+    no_live_option,
+    quiet_option,
     run_id_argument,
 )
 
@@ -28,19 +30,6 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
             raise ParamError(f"bad -p '{pair}': expected KEY=VALUE")
         params[name] = value
     return params
-
-
-quiet_option = click.option(
-    "-q",
-    "--quiet",
-    is_flag=True,
-    help="Print nothing while the run goes on, only the final summary.",
-)
-no_live_option = click.option(
-    "--no-live",
-    is_flag=True,
-    help="On a terminal too, one plain line per transition instead of the live view.",
-)
 
 
 def session_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -5,17 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from durable_cli.options import db_option, run_id_argument
+from durable_cli.options import db_option, no_live_option, run_id_argument
 
 
 @click.command()
 @run_id_argument(required=False)
 @db_option
-@click.option(
-    "--no-live",
-    is_flag=True,
-    help="On a terminal too, one plain line per transition instead of the live view.",
-)
+@no_live_option
 def watch(run_id: str | None, db: str | None, no_live: bool) -> None:
     """Show a run that another process drives, as `durable run` shows it; the latest run
     without RUN_ID.
@@ -25,7 +21,7 @@ def watch(run_id: str | None, db: str | None, no_live: bool) -> None:
     run ends, as `durable run` would: 0 succeeded, 1 failed, 130 interrupted or no
     longer driven by any process (its driver died). RUN_ID may be a unique prefix.
     """
-    from durable_cli.journal_cmds import _with_journal
+    from durable_cli.journal_cmds import _with_journal, exit_as_followed
 
     from durable import report
     from durable.inspection import resolve_run_id
@@ -49,17 +45,7 @@ def watch(run_id: str | None, db: str | None, no_live: bool) -> None:
         click.get_current_context().exit(130)
     finally:
         reporter.close()
-    if watched.ending == "finished":
-        if watched.status != "succeeded":
-            click.get_current_context().exit(1)
-        return
-    resolved = watched.run_id
-    if watched.ending == "gone":
-        why = f"run {resolved} is no longer driven by any process (interrupted)"
-    else:
-        why = f"run {resolved} was interrupted"
-    click.echo(f"{why}; resume it with `durable resume {resolved}`", err=True)
-    click.get_current_context().exit(130)
+    exit_as_followed(watched.run_id, watched.ending, watched.status)
 
 
 COMMANDS = [watch]

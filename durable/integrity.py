@@ -39,11 +39,17 @@ def run_crc(
     params: bytes,
     base_dir: str,
     created_at: float,
-    cwd: str,
+    cwd: str | None,
 ) -> int:
-    """The checksum of a run's row (its columns as stored)."""
+    """The checksum of a run's row (its columns as stored; no `cwd` counts as "")."""
     head = _SEP.join(
-        (run_id.encode(), workflow.encode(), spec_hash.encode(), base_dir.encode(), cwd.encode())
+        (
+            run_id.encode(),
+            workflow.encode(),
+            spec_hash.encode(),
+            base_dir.encode(),
+            (cwd or "").encode(),
+        )
     )
     crc = zlib.crc32(head + _SEP + repr(created_at).encode())
     crc = zlib.crc32(spec, crc)

@@ -80,7 +80,7 @@ class JournalReader:
         spec, params = (v.encode() if isinstance(v, str) else v for v in (spec, params))
         try:
             if crc is not None and crc != run_crc(
-                run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd or ""
+                run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd
             ):
                 raise ValueError("its row does not match its checksum")
             return RunRecord(

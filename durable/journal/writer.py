@@ -150,17 +150,17 @@ class Journal(JournalReader):
         no resume could open and whose id would be taken for good.
         """
         conn = self._writable
-        params = msgspec.json.encode(record.params)
-        crc = run_crc(
+        columns = (
             record.run_id,
             record.workflow,
             record.spec,
             record.spec_hash,
-            params,
+            msgspec.json.encode(record.params),
             record.base_dir,
             record.created_at,
-            record.cwd or "",
+            record.cwd,
         )
+        crc = run_crc(*columns)
         kind, data = kind_of(opening), encode_data(opening)
         first = event_crc(crc, record.run_id, None, None, kind, opening.at, data)
         try:
@@ -168,17 +168,7 @@ class Journal(JournalReader):
             try:
                 conn.execute(
                     f"INSERT INTO runs ({RUN_COLUMNS}, cwd, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        record.run_id,
-                        record.workflow,
-                        record.spec,
-                        record.spec_hash,
-                        params,
-                        record.base_dir,
-                        record.created_at,
-                        record.cwd,
-                        crc,
-                    ),
+                    (*columns, crc),
                 )
                 conn.execute(
                     INSERT_CHUNK[1], (record.run_id, None, None, kind, opening.at, data, first)
