@@ -3,7 +3,8 @@
 Three layers, each catching what the others cannot: SQLite's own integrity check
 (the file's pages and indexes), every row's checksum and every run's chain
 (`integrity.py`: a changed, lost or moved event), and the fold (a history the
-state machine forbids). Events that belong to no run are reported too.
+state machine forbids). Events that belong to no run are reported too, and a
+run's summary that is damaged or disagrees with the fold (`summary.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import msgspec
 from durable.errors import DurableError, JournalDamaged, JournalError
 from durable.inspection import fold_run
 from durable.journal import Journal, RunRecord
+from durable.state import RunState
+from durable.summary import summarize
 
 
 class CheckReport(msgspec.Struct):
@@ -55,10 +58,29 @@ async def check_journal(journal: Journal, run_id: str | None = None) -> CheckRep
         if problems:
             continue
         try:
-            await fold_run(journal, record)
+            _, state, last_seq = await fold_run(journal, record)
         except JournalDamaged as exc:
             report.problems.append(exc.message.removeprefix(f"{journal.path}: "))
+            continue
+        if problem := await _summary_problem(journal, record, state, last_seq):
+            report.problems.append(f"run '{record.run_id}': {problem}")
     return report
+
+
+async def _summary_problem(
+    journal: Journal, record: RunRecord, state: RunState, last_seq: int
+) -> str | None:
+    """What is wrong with the run's summary: damaged, or not the fold of its events."""
+    row = await journal.read_summary(record.run_id, last_seq)
+    if row.damaged:
+        return "its summary does not match its checksum (`durable runs` folds its events instead)"
+    if (
+        row.summary is not None
+        and not row.behind
+        and row.summary != summarize(record.workflow, record.created_at, state)
+    ):
+        return "its summary does not agree with the fold of its events"
+    return None
 
 
 def raise_for(report: CheckReport, journal: Journal) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable
 from typing import Any, NamedTuple
 
@@ -25,7 +24,7 @@ import msgspec
 from durable import spec as spec_module
 from durable.errors import DurableError, JournalDamaged, RunNotFound
 from durable.events import Event, RunFinished, RunInterrupted, kind_of
-from durable.journal import Journal, RunRecord
+from durable.journal import Journal, RunRecord, SummaryRow
 from durable.runlock import RunLock
 from durable.spec import Workflow
 from durable.state import (
@@ -39,6 +38,7 @@ from durable.state import (
     RunState,
     TaskState,
 )
+from durable.summary import RunSummary, session_time, shown_counts, shown_state, summarize
 
 #: The statuses `runs` can show: the fold's, "running" (a live driver) and "damaged".
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "damaged")
@@ -47,7 +47,6 @@ ATTENTION = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED})
 # `status` lists what went wrong first (the cause before its consequences), then
 # what is running, then everything else; within a group, by first start.
 _RANK = {FAILED: 0, INTERRUPTED: 1, CANCELLED: 2, UPSTREAM_FAILED: 3, RUNNING: 4, RETRYING: 4}
-_IN_FLIGHT = frozenset({RUNNING, RETRYING})
 #: How often `log --follow` looks for new events.
 FOLLOW_POLL = 0.2
 
@@ -114,9 +113,7 @@ class RunView(msgspec.Struct):
 
     def task_state(self, task: TaskState) -> str:
         """The state to show: in an interrupted run, in-flight tasks are `interrupted`."""
-        if self.status == INTERRUPTED and task.state in _IN_FLIGHT:
-            return INTERRUPTED
-        return task.state
+        return shown_state(task.state, self.status)
 
     def task_duration(self, task: TaskState) -> float | None:
         """Seconds in the task's attempts; None if it never started."""
@@ -130,16 +127,13 @@ class RunView(msgspec.Struct):
 
     def duration(self) -> float | None:
         """Seconds in the run's sessions, never the time it had no process."""
-        if not self.state.sessions:
-            return None
-        elapsed = self.state.elapsed
-        end = self.clock_end()
-        if self.state.session_started_at is not None and end is not None:
-            elapsed += max(0.0, end - self.state.session_started_at)
-        return elapsed
+        state = self.state
+        return session_time(
+            state.sessions, state.elapsed, state.session_started_at, self.clock_end()
+        )
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(self.task_state(task) for task in self.state.tasks.values()))
+        return shown_counts(self.state.counts(), self.status)
 
     def ordered(self) -> list[tuple[str, TaskState]]:
         """Tasks as `status` lists them: failures, then running, then by first start."""
@@ -161,13 +155,17 @@ class DamagedRun(NamedTuple):
 
 
 async def fold_run(journal: Journal, record: RunRecord) -> tuple[Workflow, RunState, int]:
-    """A run's workflow and the fold of its events; `JournalDamaged` if they do not fold."""
+    """A run's workflow and the fold of its events; `JournalDamaged` if they do not
+    fold, or if the run's summary covers events that are no longer there."""
     workflow, events = await _workflow_and_events(journal, record)
     try:
         state = RunState.fold((task.id for task in workflow.tasks), (event for _, event in events))
     except IllegalTransition as exc:
         raise _not_a_history(journal, record, exc) from None
-    return workflow, state, events[-1][0] if events else 0
+    last_seq = events[-1][0] if events else 0
+    if problem := (await journal.read_summary(record.run_id, last_seq)).problem:
+        raise JournalDamaged(str(journal.path), record.run_id, problem)
+    return workflow, state, last_seq
 
 
 async def _workflow_and_events(
@@ -188,15 +186,33 @@ def _not_a_history(journal: Journal, record: RunRecord, exc: Exception) -> Journ
 
 async def view_run(journal: Journal, record: RunRecord) -> RunView:
     _, state, last_seq = await fold_run(journal, record)
-    return RunView(record, state, _status(journal, record, state), last_seq, time.time())
+    return RunView(
+        record, state, _status(journal, record.run_id, state.status), last_seq, time.time()
+    )
 
 
-def _status(journal: Journal, record: RunRecord, state: RunState) -> str:
-    if state.status is not None:
-        return state.status
-    if RunLock(journal.path, record.run_id).is_held_elsewhere():
+def _status(journal: Journal, run_id: str, status: str | None) -> str:
+    """The fold's status, or, for a run that has none yet, whether a process drives it."""
+    if status is not None:
+        return status
+    if RunLock(journal.path, run_id).is_held_elsewhere():
         return RUNNING
     return INTERRUPTED
+
+
+class RunLine(NamedTuple):
+    """A run as `durable runs` shows it: its summary, and its status now."""
+
+    run_id: str
+    summary: RunSummary
+    status: str
+    #: The clock when the run was read: where a live run's open session stops.
+    observed_at: float
+
+    def duration(self) -> float | None:
+        summary = self.summary
+        end = self.observed_at if self.status == RUNNING else summary.last_event_at
+        return summary.duration(end)
 
 
 async def select_runs(
@@ -206,47 +222,94 @@ async def select_runs(
     workflow: str | None = None,
     since: float | None = None,
     limit: int | None = None,
-) -> list[RunView | DamagedRun]:
+) -> list[RunLine | DamagedRun]:
     """The runs `durable runs` lists, oldest first: with `limit`, the newest `limit`.
 
     `workflow` is a glob (`fnmatch`, case-sensitive) on the workflow's name; `since`
-    a time the run was created at or after. Only the runs that pass the filters a
-    run's row can answer are folded, newest first, until `limit` is reached, so a
-    `--limit` keeps `runs` quick on a journal of many runs. A damaged run is listed
+    a time the run was created at or after. A run is read from its summary
+    (`summary.py`); one without a summary that covers its last event (a run whose
+    process died just after a commit, a journal from an older durable, a damaged
+    summary) is folded, newest first, only until `limit` is reached. A live run's
+    summary is used even when it is a moment behind. A damaged run is listed
     whatever `statuses` asks (its status cannot be known), so damage is never hidden.
     """
-    chosen: list[RunView | DamagedRun] = []
-    for record in reversed(await journal.list_runs()):
+    candidates: list[tuple[float, int, RunRecord | SummaryRow | DamagedRun]] = []
+    for position, row in enumerate(await journal.list_summaries()):
+        if row.summary is not None and (
+            not row.behind or RunLock(journal.path, row.run_id).is_held_elsewhere()
+        ):
+            # A live run's summary may be a moment behind its last event: it is
+            # shown as of then (at most `SUMMARY_EVERY` ago), not folded.
+            candidates.append((row.summary.created_at, position, row))
+            continue
+        item: RunRecord | SummaryRow | DamagedRun
+        try:
+            item = await journal.get_run(row.run_id)
+        except DurableError as exc:
+            item = DamagedRun(exc, exc)
+        if row.problem is not None and isinstance(item, RunRecord):
+            item = DamagedRun(item, JournalDamaged(str(journal.path), row.run_id, row.problem))
+        created_at = _created_at(item)
+        candidates.append((float("-inf") if created_at is None else created_at, position, item))
+    candidates.sort(key=lambda candidate: candidate[:2])
+    chosen: list[RunLine | DamagedRun] = []
+    for _, _, item in reversed(candidates):
         if limit is not None and len(chosen) >= limit:
             break
-        if isinstance(record, RunRecord):
-            if workflow is not None and not fnmatch.fnmatchcase(record.workflow, workflow):
-                continue
-            if since is not None and record.created_at < since:
-                continue
-        try:
-            if isinstance(record, DurableError):
-                raise record
-            view = await view_run(journal, record)
-        except DurableError as exc:  # one damaged run must not hide the others
-            chosen.append(DamagedRun(record, exc))
+        name, created_at = _workflow(item), _created_at(item)
+        if workflow is not None and name is not None and not fnmatch.fnmatchcase(name, workflow):
             continue
-        if not statuses or view.status in statuses:
-            chosen.append(view)
+        if since is not None and created_at is not None and created_at < since:
+            continue
+        if isinstance(item, DamagedRun):
+            chosen.append(item)  # one damaged run must not hide the others
+            continue
+        try:
+            line = await _line(journal, item)
+        except DurableError as exc:
+            chosen.append(DamagedRun(item if isinstance(item, RunRecord) else exc, exc))
+            continue
+        if not statuses or line.status in statuses:
+            chosen.append(line)
     chosen.reverse()
     return chosen
 
 
-def runs_document(view: RunView) -> dict[str, Any]:
+def _created_at(item: RunRecord | SummaryRow | DamagedRun) -> float | None:
+    if isinstance(item, SummaryRow):
+        return item.summary.created_at if item.summary is not None else None
+    record = item.record if isinstance(item, DamagedRun) else item
+    return record.created_at if isinstance(record, RunRecord) else None
+
+
+def _workflow(item: RunRecord | SummaryRow | DamagedRun) -> str | None:
+    if isinstance(item, SummaryRow):
+        return item.summary.workflow if item.summary is not None else None
+    record = item.record if isinstance(item, DamagedRun) else item
+    return record.workflow if isinstance(record, RunRecord) else None
+
+
+async def _line(journal: Journal, item: RunRecord | SummaryRow) -> RunLine:
+    if isinstance(item, SummaryRow):
+        summary = item.summary
+        assert summary is not None
+    else:
+        _, state, _ = await fold_run(journal, item)
+        summary = summarize(item.workflow, item.created_at, state)
+    status = _status(journal, item.run_id, summary.status)
+    return RunLine(item.run_id, summary, status, time.time())
+
+
+def runs_document(line: RunLine) -> dict[str, Any]:
     """One entry of `durable runs --json`."""
     return {
-        "run_id": view.record.run_id,
-        "workflow": view.record.workflow,
-        "status": view.status,
-        "created_at": view.record.created_at,
-        "finished_at": view.state.finished_at,
-        "duration": _seconds(view.duration()),
-        "counts": view.counts(),
+        "run_id": line.run_id,
+        "workflow": line.summary.workflow,
+        "status": line.status,
+        "created_at": line.summary.created_at,
+        "finished_at": line.summary.finished_at,
+        "duration": _seconds(line.duration()),
+        "counts": shown_counts(line.summary.counts, line.status),
     }
 
 

@@ -13,8 +13,8 @@ row carries a CRC-32 of its own content:
 
 What a chain cannot see is the loss of a run's very last events. The reader
 covers the likely cause, a damaged index entry or page, by checking the index
-entry that follows a run's (`journal/reader.py`); `durable check` also scans for
-rows that belong to no run.
+entry that follows a run's (`journal/reader.py`), and a run's summary names its
+last event (`summary.py`); `durable check` also scans for rows that belong to no run.
 
 CRC-32 (zlib, in C) costs well under a microsecond per event. It guards against
 accidents (disk, copies, bit rot), not against someone forging a journal.
@@ -73,6 +73,11 @@ def event_crc(
     head = _frame((run_id, task_id, attempt, kind, at, None if data is None else len(data)))
     crc = zlib.crc32(head, previous)
     return crc if data is None else zlib.crc32(data, crc)
+
+
+def summary_crc(run_id: str, last_seq: int, data: bytes) -> int:
+    """The checksum of a run's summary row (`summary.py`)."""
+    return zlib.crc32(data, zlib.crc32(_frame((run_id, last_seq))))
 
 
 class ChainVerifier:

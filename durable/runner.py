@@ -35,6 +35,7 @@ from durable.loader import plan_file, plan_workflow
 from durable.runlock import RunLock, check_run_id
 from durable.spec import Workflow
 from durable.state import INTERRUPTED, SUCCEEDED, RunState, TaskState
+from durable.summary import summarize
 
 
 class RunStats(msgspec.Struct):
@@ -169,7 +170,7 @@ async def arun(
             )
             state = RunState.new(plan.tasks)
             return await _drive(
-                journal, plan, run_id, effective, state, opening, session, opening_committed=True
+                journal, plan, record, state, opening, session, opening_committed=True
             )
     finally:
         await journal.close()
@@ -214,7 +215,7 @@ async def aresume(
             # right after its row was written): this session is then its first.
             opening = RunResumed(at=time.time()) if state.sessions else RunStarted(at=time.time())
             with working_directory(record):
-                return await _drive(journal, plan, run_id, record.params, state, opening, session)
+                return await _drive(journal, plan, record, state, opening, session)
     finally:
         await journal.close()
 
@@ -243,20 +244,21 @@ def working_directory(record: RunRecord) -> Iterator[None]:
 async def _drive(
     journal: Journal,
     plan: Plan,
-    run_id: str,
-    params: dict[str, Any],
+    record: RunRecord,
     state: RunState,
     opening: RunStarted | RunResumed,
     session: Session,
     opening_committed: bool = False,
 ) -> RunResult:
     """Drive one session; `opening_committed`: `create_run` already wrote the opening."""
+    run_id = record.run_id
+    journal.keep_summary(run_id, lambda: summarize(record.workflow, record.created_at, state))
     journal.start()
     engine = Engine(
         plan,
         journal,
         run_id,
-        params,
+        record.params,
         state,
         max_concurrency=session.max_concurrency,
         fail_fast=session.fail_fast,

@@ -115,6 +115,12 @@ class RunState(msgspec.Struct):
     session_started_at: float | None = None
     #: The time of the last event applied: where a session that died ends.
     last_event_at: float | None = None
+    #: How many tasks are in each state, kept up to date by `apply`, so that the
+    #: counts cost nothing to read: the journal's summary takes them at every commit.
+    tally: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tally = dict(Counter(task.state for task in self.tasks.values()))
 
     @classmethod
     def new(cls, task_ids: Iterable[str]) -> RunState:
@@ -128,7 +134,7 @@ class RunState(msgspec.Struct):
         return state
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(task.state for task in self.tasks.values()))
+        return dict(self.tally)
 
     def outcome(self) -> str:
         """What the run's status is if it ended now: succeeded only if nothing is left undone."""
@@ -140,7 +146,7 @@ class RunState(msgspec.Struct):
         match event:
             case TaskStarted(task_id=task_id, attempt=attempt, at=at):
                 task = self._task(task_id, event, (PENDING, RETRYING))
-                task.state = RUNNING
+                self._move(task, RUNNING)
                 task.attempts = attempt
                 if task.started_at is None:
                     task.started_at = at
@@ -148,27 +154,33 @@ class RunState(msgspec.Struct):
                 task.attempt_started_at = at
             case TaskSucceeded(task_id=task_id, output=output, at=at):
                 task = self._task(task_id, event, (RUNNING,))
-                task.state, task.output, task.finished_at = SUCCEEDED, output, at
+                self._move(task, SUCCEEDED)
+                task.output, task.finished_at = output, at
                 if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
                     task.elapsed += at - opened if at > opened else 0.0  # the hottest path
                     task.attempt_started_at = None
             case TaskRetrying(task_id=task_id, error=error, at=at):
                 task = self._task(task_id, event, (RUNNING,))
-                task.state, task.error = RETRYING, error
+                self._move(task, RETRYING)
+                task.error = error
                 _end_attempt(task, at)
             case TaskFailed(task_id=task_id, error=error, at=at):
                 task = self._task(task_id, event, (RUNNING, PENDING))
-                task.state, task.error, task.finished_at = FAILED, error, at
+                self._move(task, FAILED)
+                task.error, task.finished_at = error, at
                 _end_attempt(task, at)
             case TaskSkipped(task_id=task_id, reason=reason, at=at):
                 task = self._task(task_id, event, (PENDING,))
-                task.state, task.reason, task.finished_at = SKIPPED, reason, at
+                self._move(task, SKIPPED)
+                task.reason, task.finished_at = reason, at
             case TaskUpstreamFailed(task_id=task_id, at=at):
                 task = self._task(task_id, event, (PENDING,))
-                task.state, task.finished_at = UPSTREAM_FAILED, at
+                self._move(task, UPSTREAM_FAILED)
+                task.finished_at = at
             case TaskCancelled(task_id=task_id, at=at):
                 task = self._task(task_id, event, (RUNNING, RETRYING))
-                task.state, task.finished_at = CANCELLED, at
+                self._move(task, CANCELLED)
+                task.finished_at = at
                 _end_attempt(task, at)
             case RunStarted(at=at):
                 if self.sessions:
@@ -189,7 +201,8 @@ class RunState(msgspec.Struct):
                     if task.state not in KEPT:
                         if died and task.state == RUNNING:
                             task.deaths += 1
-                        task.state, task.finished_at, task.error = PENDING, None, None
+                        self._move(task, PENDING)
+                        task.finished_at, task.error = None, None
             case RunFinished(status=status, at=at):
                 self.status, self.finished_at = status, at
                 self._end_session(at)
@@ -205,6 +218,16 @@ class RunState(msgspec.Struct):
             case _:
                 raise IllegalTransition(f"unknown event {event!r}")
         self.last_event_at = at
+
+    def _move(self, task: TaskState, state: str) -> None:
+        tally = self.tally
+        before = task.state
+        if (left := tally[before] - 1) > 0:
+            tally[before] = left
+        else:  # no zero entries: a state with no task is absent, as in a fresh count
+            del tally[before]
+        tally[state] = tally.get(state, 0) + 1
+        task.state = state
 
     def _end_session(self, at: float) -> None:
         """Stop the clocks: the session's, and those of the attempts still open in it."""

@@ -7,7 +7,7 @@ lock is `durable/runlock.py`.
 """
 
 from durable.journal.file import SCHEMA_VERSION
-from durable.journal.reader import JournalReader, RunRecord
+from durable.journal.reader import JournalReader, RunRecord, SummaryRow
 from durable.journal.schema import DURABILITY
 from durable.journal.writer import DEFAULT_PATH, Journal, default_path
 
@@ -18,5 +18,6 @@ __all__ = [
     "Journal",
     "JournalReader",
     "RunRecord",
+    "SummaryRow",
     "default_path",
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from durable.errors import JournalError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_MAGIC = b"SQLite format 3\x00"
 #: What reading a damaged file can raise: SQLite's errors, and the UnicodeDecodeError
 #: Python's sqlite3 raises instead when SQLite's message holds bytes of the file.

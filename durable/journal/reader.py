@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import msgspec
 
 from durable.errors import JournalDamaged, JournalError, RunNotFound
 from durable.events import Event, from_row
-from durable.integrity import ChainVerifier, run_crc
+from durable.integrity import ChainVerifier, run_crc, summary_crc
 from durable.journal.file import READ_ERRORS, describe
+from durable.summary import RunSummary
 
 RUN_COLUMNS = "run_id, workflow, spec, spec_hash, params, base_dir, created_at"
 
@@ -36,6 +37,24 @@ class RunRecord(msgspec.Struct, frozen=True):
     crc: int | None = None
 
 
+class SummaryRow(NamedTuple):
+    """A run as `durable runs` lists it: its summary, if one can be trusted."""
+
+    run_id: str
+    #: The summary as stored, or None if there is none or it is damaged.
+    summary: RunSummary | None
+    #: What the summary says is wrong with the run's events, if anything.
+    problem: str | None = None
+    #: The summary row itself fails its checksum (the fold answers; `check` says so).
+    damaged: bool = False
+    #: The run has events after the summary's last: true of a live run between two
+    #: summaries (`SUMMARY_EVERY`), of one whose process died just after a commit,
+    #: and of one written by an older durable.
+    behind: bool = False
+    #: The run's last event that the summary covers.
+    last_seq: int | None = None
+
+
 class JournalReader:
     """The reading half of a `Journal`: what every command that inspects runs uses."""
 
@@ -44,6 +63,7 @@ class JournalReader:
         self._conn = reader
         self._columns = RUN_COLUMNS + (", cwd, crc" if version >= 2 else ", NULL, NULL")
         self._event_crc = "crc" if version >= 2 else "NULL"
+        self._has_summaries = version >= 3
         #: Whether the events_by_run index has as many entries as the table has rows.
         self._index_whole: bool | None = None
 
@@ -72,6 +92,36 @@ class JournalReader:
             except JournalDamaged as exc:
                 found.append(exc)
         return found
+
+    async def list_summaries(self) -> list[SummaryRow]:
+        """Every run with its summary, in the order their rows were written.
+
+        One index lookup per run finds its last event, to tell a summary that covers
+        it from one that is `behind`. No run row's spec and no event is read: this
+        is what keeps `durable runs` instant.
+        """
+        if not self._has_summaries:
+            rows = await self.query(
+                "SELECT run_id, NULL, NULL, NULL, NULL FROM runs ORDER BY rowid"
+            )
+        else:
+            rows = await self.query(
+                "SELECT r.run_id, s.last_seq, s.data, s.crc,"
+                " (SELECT max(seq) FROM events e WHERE e.run_id = r.run_id)"
+                " FROM runs r LEFT JOIN summaries s ON s.run_id = r.run_id ORDER BY r.rowid"
+            )
+        return [_summary_row(str(row[0]), *row[1:]) for row in rows]
+
+    async def read_summary(self, run_id: str, last_seq: int) -> SummaryRow:
+        """The run's summary, judged against its events as read up to `last_seq`."""
+        rows = []
+        if self._has_summaries:
+            rows = await self.query(
+                "SELECT last_seq, data, crc FROM summaries WHERE run_id = ?", (run_id,)
+            )
+        if not rows:
+            return SummaryRow(run_id, None)
+        return _summary_row(run_id, *rows[0], last_seq)
 
     def _record(self, row: tuple[Any, ...]) -> RunRecord:
         run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
@@ -215,3 +265,27 @@ class JournalReader:
         """Run one statement and return its rows, SQLite's errors untouched. For tests."""
         cursor = await self._conn.execute(sql, tuple(parameters))
         return list(await cursor.fetchall())
+
+
+def _summary_row(
+    run_id: str, last_seq: int | None, data: Any, crc: int | None, newest: int | None
+) -> SummaryRow:
+    """Judge a stored summary against the run's last event (`newest`)."""
+    if last_seq is None or crc is None or data is None:
+        return SummaryRow(run_id, None)
+    data = data.encode() if isinstance(data, str) else bytes(data)
+    if crc != summary_crc(run_id, last_seq, data):
+        return SummaryRow(run_id, None, damaged=True)  # the fold will answer
+    if newest is None or newest < last_seq:
+        # Written with the events it covers: those events existed, and are gone.
+        return SummaryRow(
+            run_id,
+            None,
+            f"its events end at {newest or 0}, but it had events up to {last_seq}: "
+            "its last events are missing",
+        )
+    try:
+        summary = msgspec.msgpack.decode(data, type=RunSummary)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return SummaryRow(run_id, None, damaged=True)
+    return SummaryRow(run_id, summary, behind=newest > last_seq, last_seq=last_seq)

@@ -3,7 +3,8 @@
 `runs` has a row per run (the spec snapshot, so a resume needs nothing else);
 `events` is the append-only log that `state.py` folds. Triggers make UPDATE and
 DELETE of either table fail, and INSERT over an existing key: history is never
-rewritten. Every row carries a checksum (`integrity.py`).
+rewritten. `summaries` caches the fold's answer per run, for `durable runs`
+(`summary.py`). Every row carries a checksum (`integrity.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ DURABILITY = {
     # No syncs at all: for tests and benchmarks only.
     "off": "OFF",
 }
+
+# A run's summary (`summary.py`): the one row that is rewritten, in the same
+# transaction as the events it covers. A cache of the fold, not history.
+_SUMMARIES = """CREATE TABLE IF NOT EXISTS summaries (
+    run_id   TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL,  -- the run's last event that the summary covers
+    data     BLOB NOT NULL,     -- msgpack of a summary.RunSummary
+    crc      INTEGER NOT NULL   -- integrity.summary_crc
+) WITHOUT ROWID"""
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -46,6 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
     crc     INTEGER  -- integrity.event_crc, chained per run
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
+{_SUMMARIES};
 CREATE TRIGGER IF NOT EXISTS runs_append_only_update BEFORE UPDATE ON runs
     BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS runs_append_only_delete BEFORE DELETE ON runs
@@ -74,6 +85,9 @@ _MIGRATE_FROM_1 = (
     "ALTER TABLE events ADD COLUMN crc INTEGER",
     "PRAGMA user_version = 2",
 )
+# Version 2 had no summaries: its runs are folded until a session writes one.
+_MIGRATE_FROM_2 = (_SUMMARIES, "PRAGMA user_version = 3")
+_MIGRATIONS = {1: _MIGRATE_FROM_1 + _MIGRATE_FROM_2, 2: _MIGRATE_FROM_2}
 
 _INSERT_EVENTS = "INSERT INTO events (run_id, task_id, attempt, kind, at, data, crc) VALUES "
 # Multi-row INSERTs bind a batch in one call: about a third cheaper per row than
@@ -84,6 +98,18 @@ INSERT_CHUNK = {
     size: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size) for size in CHUNKS
 }
 
+
+# An upsert changes the row in place (REPLACE would delete and insert it), and
+# WITHOUT ROWID keeps it in one b-tree: a commit dirties one more page, not three.
+SAVE_SUMMARY = (
+    "INSERT INTO summaries (run_id, last_seq, data, crc) VALUES (?, ?, ?, ?) ON CONFLICT"
+    " (run_id) DO UPDATE SET last_seq = excluded.last_seq, data = excluded.data, crc = excluded.crc"
+)
+
+#: The most often a run's summary is rewritten, in seconds; and the events with
+#: which it always is, so that a run that stopped has a summary of all it did.
+SUMMARY_EVERY = 0.05
+SESSION_ENDS = frozenset({"run_finished", "run_interrupted"})
 
 # Events between two checkpoints: about 1-2 MB of WAL for small outputs.
 CHECKPOINT_EVERY = 2000
@@ -114,12 +140,12 @@ def configure(connection: sqlite3.Connection, durability: str) -> None:
         # Idempotent (IF NOT EXISTS) and in one IMMEDIATE transaction, so two
         # processes creating the same journal at once both end up with one schema.
         connection.executescript(_SCHEMA)
-    elif version == 1:
+    elif version in _MIGRATIONS:
         connection.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have migrated it while we waited for the lock.
-            if connection.execute("PRAGMA user_version").fetchone()[0] == 1:
-                for statement in _MIGRATE_FROM_1:
+            if connection.execute("PRAGMA user_version").fetchone()[0] == version:
+                for statement in _MIGRATIONS[version]:
                     connection.execute(statement)
             connection.execute("COMMIT")
         except BaseException:

@@ -29,6 +29,7 @@ from durable.inspection import (
     AmbiguousRunId,
     DamagedRun,
     Follower,
+    RunLine,
     RunView,
     attempts_of,
     resolve_run_id,
@@ -249,7 +250,7 @@ def test_select_runs_filters_and_keeps_the_newest(tmp_path: Path):
 
             async def ids(**filters) -> list[str]:
                 found = await select_runs(journal, **filters)
-                return [item.record.run_id for item in found]  # type: ignore[union-attr]
+                return [item.run_id for item in found]  # type: ignore[union-attr]
 
             assert await ids() == ["r1", "r2", "r3", "r4", "r5", "r6"]
             assert await ids(limit=2) == ["r5", "r6"]  # the newest, oldest first
@@ -273,7 +274,7 @@ def test_select_runs_always_lists_a_damaged_run(tmp_path: Path):
             journal.append("good", RunFinished(at=1.5, status="succeeded"))
             await journal.flush()
             found = await select_runs(journal, statuses={"succeeded"})
-            assert [type(item) for item in found] == [RunView, DamagedRun]
+            assert [type(item) for item in found] == [RunLine, DamagedRun]
             damaged = found[1]
             assert isinstance(damaged, DamagedRun) and "not a possible history" in str(
                 damaged.error

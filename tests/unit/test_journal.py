@@ -88,7 +88,7 @@ def test_schema_and_user_version(tmp_path):
     asyncio.run(main())
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         objects = {
             (kind, name)
@@ -100,6 +100,7 @@ def test_schema_and_user_version(tmp_path):
             ("table", "runs"),
             ("table", "events"),
             ("index", "events_by_run"),
+            ("table", "summaries"),
             ("trigger", "runs_append_only_update"),
             ("trigger", "runs_append_only_delete"),
             ("trigger", "runs_append_only_replace"),
