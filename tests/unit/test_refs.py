@@ -54,10 +54,10 @@ class TestParseRef:
     @pytest.mark.parametrize(
         ("inner", "reason"),
         [
-            ("", "expected params.NAME, run.id or TASK.output[.key]"),
-            ("task_1", "expected params.NAME, run.id or TASK.output[.key]"),
-            ("params", "expected params.NAME, run.id or TASK.output[.key]"),
-            ("1abc.output", "expected params.NAME, run.id or TASK.output[.key]"),
+            ("", "expected params.NAME, run.id, TASK.output[.key], item or index"),
+            ("task_1", "expected params.NAME, run.id, TASK.output[.key], item or index"),
+            ("params", "expected params.NAME, run.id, TASK.output[.key], item or index"),
+            ("1abc.output", "expected params.NAME, run.id, TASK.output[.key], item or index"),
             ("task_1.outputs", "a task reference reads 'task_1.output', not 'task_1.outputs'"),
             ("task_1.result", "a task reference reads 'task_1.output', not 'task_1.result'"),
             ("run.idx", "the only run field is run.id"),
