@@ -47,6 +47,7 @@ from durable.events import (
     RunFinished,
     RunInterrupted,
     TaskCancelled,
+    TaskExpanded,
     TaskFailed,
     TaskRetrying,
     TaskSkipped,
@@ -57,11 +58,13 @@ from durable.events import (
     encode_output,
 )
 from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
+from durable.fanout import DEFAULT_MAX_ITEMS, digest, group_outcome, group_output, items_problem
 from durable.graph import Plan, TaskPlan
 from durable.journal import Journal
 from durable.refs import Scope
 from durable.state import (
     CANCELLED,
+    EXPANDED,
     FAILED,
     INTERRUPTED,
     PENDING,
@@ -129,6 +132,8 @@ class Engine:
         self._batch_items: list[tuple[Any, bool]] = []
         # After a process death, attempts wait for their `task_started` commit (`_start`).
         self._starts: dict[str, asyncio.Future[None]] | None = None
+        # foreach task -> its instances not yet finished in this session
+        self._group_left: dict[str, int] = {}
         journal.on_lost = self._crash
         self.peak_running = 0
 
@@ -189,13 +194,19 @@ class Engine:
             return
         remaining = self._remaining
         ready = []
+        expanded = []
         for task_id, plan in self.plan.tasks.items():
             if task_id in kept:
+                continue
+            if self.state.tasks[task_id].state == EXPANDED:
+                expanded.append(task_id)  # its instances go on, whatever its dependencies do
                 continue
             count = len(plan.deps) - len(kept.intersection(plan.deps)) if plan.deps else 0
             remaining[task_id] = count
             if count == 0:
                 ready.append(task_id)
+        for task_id in expanded:
+            self._reexpand(task_id)
         for task_id in ready:
             self._decide(task_id)
         self._pump()
@@ -230,9 +241,12 @@ class Engine:
             )
             self._finish(task_id, TaskFailed(task_id=task_id, at=now, error=error))
             return
+        if plan.foreach is not None:
+            self._expand(plan)  # `when` is each instance's
+            return
         if plan.when is not None:
             try:
-                go = bool(plan.when.evaluate(self.scope))
+                go = bool(plan.when.evaluate(self._scope(plan)))
             except DurableError as exc:
                 if self.fail_fast:
                     self._stop("fail_fast")
@@ -340,7 +354,7 @@ class Engine:
         list, a set is refused, a dataclass is a dict).
         """
         try:
-            value = plan.template.render(self.scope)
+            value = plan.template.render(self._scope(plan))
         except DurableError as exc:
             raise _AttemptFailed(f"input: {exc.message}", retryable=False) from None
         context = TaskContext(self.run_id, plan.id, attempt, idempotency_key(self.run_id, plan.id))
@@ -411,6 +425,96 @@ class Engine:
             self._cancelled(task_id, self.state.tasks[task_id].attempts)
         self._check_stopped()
 
+    # -- foreach (`fanout.py`) ---------------------------------------------------
+
+    def _scope(self, plan: TaskPlan) -> Scope:
+        return self.scope if plan.index is None else self.scope.bind(plan.item, plan.index)
+
+    def _items(self, plan: TaskPlan) -> tuple[list[Any] | None, str | None]:
+        """Render a `foreach` task's list from committed outputs: the items, or what is wrong."""
+        assert plan.foreach is not None
+        try:
+            items = plan.foreach.render(self.scope)
+        except DurableError as exc:
+            return None, f"foreach: {exc.message}"
+        max_items = plan.spec.max_items
+        problem = items_problem(items, DEFAULT_MAX_ITEMS if max_items is None else max_items)
+        return (None, f"foreach: {problem}") if problem else (items, None)
+
+    def _expand(self, plan: TaskPlan) -> None:
+        """Journal the expansion; the instances start once it is committed, so that a
+        resume finds exactly them, and never expands the task again."""
+        task_id = plan.id
+        items, problem = self._items(plan)
+        if items is None:
+            if self.fail_fast:
+                self._stop("fail_fast")
+            self._finish(task_id, TaskFailed(task_id=task_id, at=time.time(), error=problem or ""))
+            return
+        expansion = TaskExpanded(
+            task_id=task_id, at=time.time(), count=len(items), digest=digest(items)
+        )
+        self._unfinished += len(items)
+        self.emit(expansion).add_done_callback(partial(self._expanded, plan, items))
+
+    def _expanded(self, plan: TaskPlan, items: list[Any], batch: asyncio.Future[None]) -> None:
+        try:
+            if batch.exception() is not None:
+                self._crash(batch.exception())  # type: ignore[arg-type]
+                return
+            self._start_instances(plan, items)
+            self._pump()
+        except BaseException as exc:  # a bug in a callback must not hang the run
+            self._crash(exc)
+
+    def _reexpand(self, task_id: str) -> None:
+        """Resume a task expanded in an earlier session: the same items, from the same
+        committed outputs; its instances that did not finish run again."""
+        plan = self.plan.tasks[task_id]
+        items, problem = self._items(plan)
+        task = self.state.tasks[task_id]
+        if items is not None and (len(items), digest(items)) != (task.instances, task.digest):
+            problem = (
+                f"foreach: its list is not the one it was expanded from ({task.instances} "
+                f"items); the outputs it came from changed"
+            )
+        if items is None:
+            self._finish(task_id, TaskFailed(task_id=task_id, at=time.time(), error=problem or ""))
+            return
+        self._start_instances(plan, items)
+
+    def _start_instances(self, plan: TaskPlan, items: list[Any]) -> None:
+        tasks, states = self.plan.tasks, self.state.tasks
+        left = 0
+        for index, item in enumerate(items):
+            instance = plan.instance(index, item)
+            tasks[instance.id] = instance
+            if states[instance.id].state == PENDING:
+                left += 1
+                if not self._stopping:
+                    self._decide(instance.id)
+        self._group_left[plan.id] = left
+        if not left:
+            self._complete_group(plan.id)
+
+    def _instance_done(self, task_id: str) -> None:
+        self._group_left[task_id] -= 1
+        if not self._group_left[task_id] and not self._stopping:
+            self._complete_group(task_id)
+
+    def _complete_group(self, task_id: str) -> None:
+        """Every instance finished: the task succeeds with their outputs, or not."""
+        count = self.state.tasks[task_id].instances or 0
+        outcome, why = group_outcome(self.state.tasks, task_id, count)
+        now = time.time()
+        if outcome == SUCCEEDED:
+            output = group_output(self.state.tasks, task_id, count)
+            self._finish(task_id, TaskSucceeded(task_id=task_id, at=now, output=output))
+        elif outcome == SKIPPED:
+            self._finish(task_id, TaskSkipped(task_id=task_id, at=now, reason=why))
+        else:
+            self._finish(task_id, TaskFailed(task_id=task_id, at=now, error=why))
+
     # -- finishing -------------------------------------------------------------
 
     def _finish(
@@ -446,7 +550,12 @@ class Engine:
                     self.scope.outputs[task_id] = event.output  # type: ignore[index]
                 elif isinstance(event, TaskSkipped):
                     self.scope.outputs[task_id] = None  # type: ignore[index]
+                elif isinstance(event, TaskFailed) and (n := self.state.tasks[task_id].instances):
+                    # `all_done` dependents of a failed group see what did succeed.
+                    self.scope.outputs[task_id] = group_output(self.state.tasks, task_id, n)  # type: ignore[index]
                 self._settle(task_id)
+                if (group := tasks[task_id].group) is not None:
+                    self._instance_done(group)
                 for dependent in tasks[task_id].dependents:
                     if dependent not in remaining:
                         continue  # kept from an earlier session (e.g. an all_done cleanup)

@@ -71,6 +71,14 @@ class TaskCancelled(_TaskEvent, tag="task_cancelled"):
     pass
 
 
+class TaskExpanded(_TaskEvent, tag="task_expanded"):
+    """A `foreach` task's list was rendered: it has `count` instances (`fanout.py`),
+    `digest` fingerprints their items. Committed before any instance starts."""
+
+    count: int
+    digest: str
+
+
 class TaskProgress(_TaskEvent, tag="task_progress"):
     """A running attempt's own word on how far it is (`ctx.progress`): not a transition.
 
@@ -106,6 +114,7 @@ Event = (
     | TaskSkipped
     | TaskUpstreamFailed
     | TaskCancelled
+    | TaskExpanded
     | TaskProgress
     | TaskLog
 )

@@ -17,12 +17,13 @@ import graphlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from durable.errors import DurableError, ExpressionError, ReferenceSyntaxError, ValidationError
 from durable.expr import Expression
 from durable.expr import parse as parse_expression
-from durable.refs import Ref, Template, referenced_tasks
+from durable.fanout import foreach_problem
+from durable.refs import ITEM_NAMES, Ref, Template, group_of, instance_id, referenced_tasks
 from durable.spec import TRIGGERS, SourceLines, Task, Workflow
 from durable.tools import ToolDef
 
@@ -39,7 +40,20 @@ class TaskPlan:
     compiles only the inputs of the tasks it still has to run.
     """
 
-    __slots__ = ("_template", "_when", "dependents", "deps", "level", "spec", "tool")
+    __slots__ = (
+        "_foreach",
+        "_template",
+        "_when",
+        "dependents",
+        "deps",
+        "group",
+        "id",
+        "index",
+        "item",
+        "level",
+        "spec",
+        "tool",
+    )
 
     def __init__(
         self,
@@ -50,16 +64,37 @@ class TaskPlan:
         deps: tuple[str, ...],
     ) -> None:
         self.spec = spec
+        self.id = spec.id
         self.tool = tool
         self._template = template
         self._when = when
+        self._foreach: Template | None = None
         self.deps = deps
         self.dependents: list[str] = []
         self.level = 0
+        #: For an instance of a `foreach` task: that task, its item and position.
+        self.group: str | None = None
+        self.item: Any = None
+        self.index: int | None = None
+
+    def instance(self, index: int, item: Any) -> TaskPlan:
+        """The plan of one instance of this `foreach` task: the same tool, input and
+        `when` (compiled once, shared), its own id, item and position, no edges."""
+        plan = TaskPlan(self.spec, self.tool, self.template, self.when, ())
+        plan.id, plan.group, plan.item, plan.index = (
+            instance_id(self.id, index),
+            self.id,
+            item,
+            index,
+        )
+        return plan
 
     @property
-    def id(self) -> str:
-        return self.spec.id
+    def foreach(self) -> Template | None:
+        """A `foreach` task's list, compiled; None for any other task."""
+        if self._foreach is None and self.spec.foreach is not None and self.group is None:
+            self._foreach = Template(self.spec.foreach)
+        return self._foreach
 
     @property
     def template(self) -> Template:
@@ -239,6 +274,9 @@ def build_trusted(
         deps.update(dict.fromkeys(referenced_tasks(task.input)))
         if task.when is not None:
             deps.update(dict.fromkeys(referenced_tasks(task.when)))
+        if task.foreach is not None:
+            deps.update(dict.fromkeys(referenced_tasks(task.foreach)))
+        deps.pop(task.id, None)
         tasks[task.id] = TaskPlan(task, tool, None, None, tuple(deps))
     if problems:
         raise ValidationError(source, problems)
@@ -309,6 +347,39 @@ def _plan_task(
         except ExpressionError as exc:
             problems.append(f"{lines.task(position, 'when')}{where}: field 'when': {exc.message}")
 
+    if task.foreach is not None:
+        problem = foreach_problem(task.foreach)
+        if problem is None:
+            try:
+                foreach_refs = Template(task.foreach).refs
+            except ReferenceSyntaxError as exc:
+                problem = exc.message
+            else:
+                for ref in foreach_refs:
+                    if ref.kind in ITEM_NAMES:
+                        problem = f"{ref} is each item of the list, not part of it"
+                        break
+                    refs.append((ref, "foreach"))
+        if problem is not None:
+            problems.append(f"{lines.task(position, 'foreach')}{where}: field 'foreach': {problem}")
+    else:
+        if task.max_items is not None:
+            problems.append(
+                f"{lines.task(position, 'max_items')}{where}: field 'max_items': "
+                "only a task with foreach has items"
+            )
+        for ref, field in refs:
+            if ref.kind in ITEM_NAMES:
+                problems.append(
+                    f"{lines.task(position, field, str(ref))}{where}: field '{field}': "
+                    f"reference {ref}: only a task with foreach has an {ref.kind}"
+                )
+    if task.id in ITEM_NAMES:
+        problems.append(
+            f"{lines.task(position, 'id')}{where}: field 'id': '{task.id}' is reserved "
+            f"(${{{task.id}}} is a foreach task's {task.id})"
+        )
+
     if task.trigger not in TRIGGERS:
         problems.append(
             f"{lines.task(position, 'trigger')}{where}: field 'trigger': "
@@ -333,8 +404,9 @@ def _plan_task(
         problem = _check_ref(ref, task, workflow, known)
         if problem:
             problems.append(f"{lines.task(position, field, str(ref))}{problem}")
-        if ref.kind == "task" and ref.name in planned and ref.name != task.id:
-            deps[ref.name] = None
+        name = group_of(ref.name)
+        if ref.kind == "task" and name in planned and name != task.id:
+            deps[name] = None
     return TaskPlan(spec=task, tool=tool, template=template, when=when, deps=tuple(deps))
 
 
@@ -343,10 +415,15 @@ def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) ->
     if ref.kind == "param" and ref.name not in workflow.params:
         return f"{where}: reference {ref}: unknown param '{ref.name}' (declare it under params)"
     if ref.kind == "task":
-        if ref.name == task.id:
+        name = group_of(ref.name)
+        if name == task.id:
             return f"{where}: reference {ref}: a task cannot reference its own output"
-        if ref.name not in known:
-            return f"{where}: reference {ref}: unknown task '{ref.name}'"
+        if name not in known:
+            return f"{where}: reference {ref}: unknown task '{name}'"
+        if name != ref.name and not any(
+            other.id == name and other.foreach is not None for other in workflow.tasks
+        ):
+            return f"{where}: reference {ref}: task '{name}' has no foreach, so no instances"
     return None
 
 

@@ -59,6 +59,11 @@ class Task(_Spec, kw_only=True):
     # A plain string (not a Literal) so that `graph.validate` can report a bad
     # trigger together with every other problem instead of failing the decode.
     trigger: str = "all_success"
+    #: Run the task once per item of this list (a reference to one, or a literal
+    #: list): `fanout.py`. Its input and `when` may use `${item}` and `${index}`.
+    foreach: Any = None
+    #: The most items `foreach` may expand into (default `fanout.DEFAULT_MAX_ITEMS`).
+    max_items: Annotated[int, Meta(ge=0)] | None = None
 
 
 class Workflow(_Spec, kw_only=True):
@@ -154,7 +159,7 @@ def decode(data: bytes) -> Workflow:
 
 
 def _check_depth(decoded: Decoded, source: str) -> None:
-    """Refuse free-form data (`params`, task `input`) nested deeper than `MAX_DEPTH`.
+    """Refuse free-form data (`params`, task `input` and `foreach`) nested deeper than `MAX_DEPTH`.
 
     Only those fields hold data of any shape: every other field has a type, which a
     deeper value would already have failed. Checked a level at a time, without
@@ -165,7 +170,12 @@ def _check_depth(decoded: Decoded, source: str) -> None:
         return
     containers = (dict, list)
     params = [v for v in workflow.params.values() if isinstance(v, containers)]
-    inputs = [t.input for t in workflow.tasks if isinstance(t.input, containers)]
+    inputs = [
+        value
+        for t in workflow.tasks
+        for value in (t.input, t.foreach)
+        if isinstance(value, containers)
+    ]
     for start, level in ((3, params), (4, inputs)):  # the top-level mapping is level 1
         depth = start
         while level:
@@ -204,9 +214,10 @@ def _deep_field(decoded: Decoded) -> str:
             line = lines.line(["params", name]) if lines is not None else None
             return (f"line {line}: " if line else "") + f"field 'params.{name}': "
     for position, task in enumerate(decoded.workflow.tasks):
-        if 3 + depth(task.input) > MAX_DEPTH:
-            line = lines.task(position, "input") if lines is not None else None
-            return (f"line {line}: " if line else "") + f"task '{task.id}': field 'input': "
+        for field, value in (("input", task.input), ("foreach", task.foreach)):
+            if 3 + depth(value) > MAX_DEPTH:
+                line = lines.task(position, field) if lines is not None else None
+                return (f"line {line}: " if line else "") + f"task '{task.id}': field '{field}': "
     return ""
 
 

@@ -9,6 +9,11 @@ Task states::
     pending -> running -> succeeded | failed | retrying | cancelled
     retrying -> running | cancelled
     pending -> skipped | upstream_failed
+    pending -> expanded -> succeeded | failed | skipped      (a `foreach` task)
+
+`task_expanded` creates a `foreach` task's instances (`fetch[0]`...), each a task
+of its own, `pending`. An expanded task that did not succeed goes back to
+`expanded`, not `pending`, on resume: it keeps its instances.
 
 `run_resumed` starts a new session: every task that did not succeed or get skipped
 goes back to `pending` (a task that was `running` when the process died runs again:
@@ -45,6 +50,7 @@ from durable.events import (
     RunResumed,
     RunStarted,
     TaskCancelled,
+    TaskExpanded,
     TaskFailed,
     TaskLog,
     TaskProgress,
@@ -54,6 +60,7 @@ from durable.events import (
     TaskSucceeded,
     TaskUpstreamFailed,
 )
+from durable.refs import instance_id
 
 PENDING = "pending"
 RUNNING = "running"
@@ -63,6 +70,8 @@ FAILED = "failed"
 SKIPPED = "skipped"
 UPSTREAM_FAILED = "upstream_failed"
 CANCELLED = "cancelled"
+#: A `foreach` task whose instances exist (`fanout.py`): it finishes with them.
+EXPANDED = "expanded"
 
 #: A run's status when it stopped on SIGINT/SIGTERM (succeeded/failed are shared
 #: with tasks); `inspection` adds "running" for a run a live process drives, and
@@ -96,6 +105,10 @@ class TaskState(msgspec.Struct, gc=False):
     elapsed: float = 0.0
     #: When the attempt now going on started; None when no attempt is open.
     attempt_started_at: float | None = None
+    #: A `foreach` task's number of instances, once expanded, and the digest of
+    #: their items (`fanout.digest`).
+    instances: int | None = None
+    digest: str | None = None
 
 
 class RunState(msgspec.Struct):
@@ -153,7 +166,7 @@ class RunState(msgspec.Struct):
                 task.error = None
                 task.attempt_started_at = at
             case TaskSucceeded(task_id=task_id, output=output, at=at):
-                task = self._task(task_id, event, (RUNNING,))
+                task = self._task(task_id, event, _ENDS_RUNNING)
                 self._move(task, SUCCEEDED)
                 task.output, task.finished_at = output, at
                 if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
@@ -165,12 +178,12 @@ class RunState(msgspec.Struct):
                 task.error = error
                 _end_attempt(task, at)
             case TaskFailed(task_id=task_id, error=error, at=at):
-                task = self._task(task_id, event, (RUNNING, PENDING))
+                task = self._task(task_id, event, (RUNNING, PENDING, EXPANDED))
                 self._move(task, FAILED)
                 task.error, task.finished_at = error, at
                 _end_attempt(task, at)
             case TaskSkipped(task_id=task_id, reason=reason, at=at):
-                task = self._task(task_id, event, (PENDING,))
+                task = self._task(task_id, event, (PENDING, EXPANDED))
                 self._move(task, SKIPPED)
                 task.reason, task.finished_at = reason, at
             case TaskUpstreamFailed(task_id=task_id, at=at):
@@ -182,6 +195,20 @@ class RunState(msgspec.Struct):
                 self._move(task, CANCELLED)
                 task.finished_at = at
                 _end_attempt(task, at)
+            case TaskExpanded(task_id=task_id, count=count, digest=digest, at=at):
+                task = self._task(task_id, event, (PENDING,))
+                if task.instances is not None:
+                    raise IllegalTransition(f"task '{task_id}' expanded twice")
+                self._move(task, EXPANDED)
+                task.instances, task.digest = count, digest
+                tasks = self.tasks
+                for index in range(count):
+                    instance = instance_id(task_id, index)
+                    if instance in tasks:
+                        raise IllegalTransition(f"task '{task_id}': instance '{instance}' exists")
+                    tasks[instance] = TaskState()
+                if count:
+                    self.tally[PENDING] = self.tally.get(PENDING, 0) + count
             case RunStarted(at=at):
                 if self.sessions:
                     raise IllegalTransition("run_started twice")
@@ -201,7 +228,8 @@ class RunState(msgspec.Struct):
                     if task.state not in KEPT:
                         if died and task.state == RUNNING:
                             task.deaths += 1
-                        self._move(task, PENDING)
+                        # An expanded task keeps its instances: it is never expanded twice.
+                        self._move(task, PENDING if task.instances is None else EXPANDED)
                         task.finished_at, task.error = None, None
             case RunFinished(status=status, at=at):
                 self.status, self.finished_at = status, at
@@ -247,6 +275,10 @@ class RunState(msgspec.Struct):
                 f"task '{task_id}': {type(event).__name__} is illegal in state '{task.state}'"
             )
         return task
+
+
+#: What a task's success ends: an attempt, or (`foreach`) its instances.
+_ENDS_RUNNING = (RUNNING, EXPANDED)
 
 
 def _end_attempt(task: TaskState, at: float) -> None:

@@ -31,6 +31,7 @@ from durable.events import (
     RunResumed,
     RunStarted,
     TaskCancelled,
+    TaskExpanded,
     TaskFailed,
     TaskLog,
     TaskProgress,
@@ -168,6 +169,7 @@ class LiveModel:
             RunInterrupted: self._run_interrupted,
             TaskProgress: self._progressed,
             TaskLog: _ignore,  # kept for `durable log`, not shown live
+            TaskExpanded: self._expanded,
         }
 
     # -- per event: O(1) ------------------------------------------------------------
@@ -272,6 +274,9 @@ class LiveModel:
         self.notices.append(notice)
         if len(self.failures) < FAILURES:
             self.failures.append(notice)
+
+    def _expanded(self, event: TaskExpanded) -> None:
+        self.total += event.count  # its instances are tasks of the run from now on
 
     def _slow_enough(self) -> float:
         """How long an attempt must have taken to join `slowest`."""

@@ -17,6 +17,7 @@ from durable.events import (
     RunResumed,
     RunStarted,
     TaskCancelled,
+    TaskExpanded,
     TaskFailed,
     TaskLog,
     TaskProgress,
@@ -46,6 +47,7 @@ SAMPLES = [
     TaskCancelled(task_id="fetch", attempt=4, at=11.0),
     TaskProgress(task_id="fetch", attempt=1, at=12.0, fraction=0.5, message="half way"),
     TaskLog(task_id="fetch", attempt=1, at=13.0, level="WARNING", message="rate limited"),
+    TaskExpanded(task_id="fetch", at=14.0, count=3, digest="0badc0de"),
 ]
 
 # The journal's `kind` column and `durable log --json`'s "kind": changing this set
@@ -64,6 +66,7 @@ KNOWN_KINDS = {
     "task_cancelled",
     "task_progress",
     "task_log",
+    "task_expanded",
 }
 
 
