@@ -311,7 +311,7 @@ def _show_run(view: Any, document: dict[str, Any], failed_only: bool) -> None:
         [
             task_id,
             tasks[task_id]["state"],
-            str(tasks[task_id]["attempts"]),
+            _attempts(tasks[task_id]),
             _clock(tasks[task_id]["started_at"]),
             _duration(tasks[task_id]["duration"]),
             _first_line(tasks[task_id]["error"]),
@@ -321,13 +321,26 @@ def _show_run(view: Any, document: dict[str, Any], failed_only: bool) -> None:
     _table(headers, rows, right={2, 4}, styled=1)
 
 
+def _attempts(task: dict[str, Any]) -> str:
+    """The ATTEMPTS column: a `foreach` task has none of its own, but instances."""
+    if "instances" in task:
+        return f"{task['instances']} items"
+    return str(task["attempts"])
+
+
 def _show_task(document: dict[str, Any]) -> None:
     task = document["task"]
     attempts = task["attempts"]
+    if "instances" in task:
+        count = task["instances"]
+        what = f"{count} instance{'s' if count != 1 else ''}" + (
+            f" ({document['task_id']}[0] to [{count - 1}])" if count else ""
+        )
+    else:
+        what = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     click.echo(
         f"task {document['task_id']} of run {document['run_id']} ({document['workflow']}): "
-        f"{task['state']}, {attempts} attempt{'s' if attempts != 1 else ''}, "
-        f"{_duration(task['duration'])}"
+        f"{task['state']}, {what}, {_duration(task['duration'])}"
     )
     for attempt in task["attempt_times"]:
         click.echo(

@@ -14,6 +14,7 @@ dispatch loop works on the plain tuples of `TaskPlan`.
 from __future__ import annotations
 
 import graphlib
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -147,9 +148,11 @@ class Plan:
 
     def summary(self) -> str:
         count = len(self.tasks)
+        mapped = sum(task.spec.foreach is not None for task in self.tasks.values())
         return (
-            f"{self.workflow.name}: {count} task{'s' if count != 1 else ''}, "
-            f"{len(self.levels)} level{'s' if len(self.levels) != 1 else ''}, "
+            f"{self.workflow.name}: {count} task{'s' if count != 1 else ''}"
+            + (f" ({mapped} with foreach)" if mapped else "")
+            + f", {len(self.levels)} level{'s' if len(self.levels) != 1 else ''}, "
             f"max concurrency {self.workflow.max_concurrency}"
         )
 
@@ -209,7 +212,9 @@ def build(
     try:
         levels = _levels(tasks)
     except graphlib.CycleError:
-        problems.extend(at.cycle(workflow, cycle) for cycle in _cycles(tasks))
+        problems.extend(
+            at.cycle(workflow, cycle) + _foreach_in_cycle(cycle, tasks) for cycle in _cycles(tasks)
+        )
         levels = []
 
     if problems:
@@ -374,10 +379,10 @@ def _plan_task(
                     f"{lines.task(position, field, str(ref))}{where}: field '{field}': "
                     f"reference {ref}: only a task with foreach has an {ref.kind}"
                 )
-    if task.id in ITEM_NAMES:
+    if task.id == "item":
         problems.append(
-            f"{lines.task(position, 'id')}{where}: field 'id': '{task.id}' is reserved "
-            f"(${{{task.id}}} is a foreach task's {task.id})"
+            f"{lines.task(position, 'id')}{where}: field 'id': 'item' is reserved "
+            "(${item...} is a foreach task's item)"
         )
 
     if task.trigger not in TRIGGERS:
@@ -454,9 +459,31 @@ def _cycles(tasks: dict[str, TaskPlan]) -> list[str]:
     return sorted(problems)
 
 
+def _shown(task_id: str, task: TaskPlan) -> str:
+    """A task as the graph names it: a `foreach` task is one node, marked `[*]`."""
+    return f"{task_id}[*]" if task.spec.foreach is not None else task_id
+
+
+def _foreach_in_cycle(cycle: str, tasks: dict[str, TaskPlan]) -> str:
+    """Say so when a cycle goes through a `foreach` list: its source is downstream of it."""
+    path = cycle.removeprefix("cycle: ").split(" -> ")
+    for dep, task_id in itertools.pairwise(path):
+        foreach = tasks[task_id].spec.foreach
+        if foreach is not None and dep in referenced_tasks(foreach):
+            return (
+                f" (task '{task_id}': field 'foreach' takes its list from '{dep}', "
+                "which is downstream of it)"
+            )
+    return ""
+
+
 def to_dot(plan: Plan) -> str:
     lines = [f'digraph "{plan.workflow.name}" {{', "  rankdir=LR;"]
     for task_id, task in plan.tasks.items():
+        if task.spec.foreach is not None:  # one node for all its instances: a stack
+            label = f"{task_id}[*]\\n{task.spec.tool} (foreach)"
+            lines.append(f'  "{task_id}" [label="{label}", shape=box3d];')
+            continue
         lines.append(f'  "{task_id}" [label="{task_id}\\n{task.spec.tool}"];')
     for src, dst in plan.edges():
         lines.append(f'  "{src}" -> "{dst}";')
@@ -467,6 +494,9 @@ def to_dot(plan: Plan) -> str:
 def to_mermaid(plan: Plan) -> str:
     lines = ["flowchart LR"]
     for task_id, task in plan.tasks.items():
+        if task.spec.foreach is not None:  # one node for all its instances
+            lines.append(f'  {task_id}[["{task_id}[*]: {task.spec.tool} (foreach)"]]')
+            continue
         lines.append(f'  {task_id}["{task_id}: {task.spec.tool}"]')
     for src, dst in plan.edges():
         lines.append(f"  {src} --> {dst}")
@@ -476,5 +506,7 @@ def to_mermaid(plan: Plan) -> str:
 def to_text(plan: Plan) -> str:
     lines = [plan.summary()]
     for number, level in enumerate(plan.levels):
-        lines.append(f"level {number}: {', '.join(level)}")
+        lines.append(f"level {number}: {', '.join(_shown(t, plan.tasks[t]) for t in level)}")
+    if any(task.spec.foreach is not None for task in plan.tasks.values()):
+        lines.append("[*]: a task with foreach, run once per item of its list")
     return "\n".join(lines)

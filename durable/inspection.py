@@ -336,7 +336,8 @@ def _seconds(value: float | None) -> float | None:
 
 
 def task_document(view: RunView, task: TaskState) -> dict[str, Any]:
-    return {
+    """A task in `status --json`; a `foreach` task also says how many instances it has."""
+    document = {
         "state": view.task_state(task),
         "attempts": task.attempts,
         "started_at": task.started_at,
@@ -345,6 +346,9 @@ def task_document(view: RunView, task: TaskState) -> dict[str, Any]:
         "output": task.output,
         "error": task.error,
     }
+    if task.instances is not None:
+        document["instances"] = task.instances
+    return document
 
 
 def status_document(view: RunView, *, failed_only: bool = False) -> dict[str, Any]:

@@ -62,7 +62,8 @@ def parse_ref(inner: str) -> Ref:
     """Parse the text between `${` and `}`."""
     text = inner.strip()
     root = _ROOT.match(text)
-    if root and root.group(1) in ITEM_NAMES:
+    # `${index.output}` is a task named `index`; `${item...}` is always the item.
+    if root and (root.group(1) == "item" or (root.group(1) == "index" and not root.group(3))):
         head, member = root.group(1), None
         rest = text[root.end(1) :]
     elif not root or root.group(3) is None:

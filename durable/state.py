@@ -196,9 +196,9 @@ class RunState(msgspec.Struct):
                 task.finished_at = at
                 _end_attempt(task, at)
             case TaskExpanded(task_id=task_id, count=count, digest=digest, at=at):
+                # Only from pending, and an expanded task never goes back to pending:
+                # so never twice.
                 task = self._task(task_id, event, (PENDING,))
-                if task.instances is not None:
-                    raise IllegalTransition(f"task '{task_id}' expanded twice")
                 self._move(task, EXPANDED)
                 task.instances, task.digest = count, digest
                 tasks = self.tasks

@@ -11,7 +11,16 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from durable.events import NOTES, Event, RunFinished, TaskLog, TaskProgress, TaskRetrying, kind_of
+from durable.events import (
+    NOTES,
+    Event,
+    RunFinished,
+    TaskExpanded,
+    TaskLog,
+    TaskProgress,
+    TaskRetrying,
+    kind_of,
+)
 from durable.report.model import progress_text
 from durable.spec import Workflow
 from durable.state import FAILED, KEPT, RunState
@@ -109,6 +118,8 @@ def describe_event(event: Event) -> str:
             line += f": {value}"
     if isinstance(event, TaskRetrying):
         line += f"; retrying in {event.delay:g}s"
+    elif isinstance(event, TaskExpanded):
+        line += f" into {event.count} instance{'s' if event.count != 1 else ''}"
     return line
 
 
