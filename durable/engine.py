@@ -59,6 +59,7 @@ from durable.events import (
 )
 from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
 from durable.fanout import DEFAULT_MAX_ITEMS, digest, group_outcome, group_output, items_problem
+from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import Plan, TaskPlan
 from durable.journal import Journal
 from durable.refs import Scope
@@ -297,10 +298,29 @@ class Engine:
     def _launch(self, task_id: str) -> None:
         attempt = self.state.tasks[task_id].attempts + 1
         self._tries[task_id] = self._tries.get(task_id, 0) + 1
+        plan = self.plan.tasks[task_id]
+        # The input is rendered now, from committed outputs, so that `task_started`
+        # can carry the fingerprint of the work (`fingerprint.py`).
+        value: Any
+        mark: str | None = None
+        try:
+            value = plan.template.render(self._scope(plan))
+        except DurableError as exc:
+            value = _AttemptFailed(f"input: {exc.message}", retryable=False)
+        else:
+            assert plan.tool is not None
+            try:
+                mark = fingerprint(tool_identity(plan.tool), value)
+            except (TypeError, ValueError, msgspec.EncodeError):
+                pass  # an input a `prepare` made unencodable: no fingerprint, same run
         # The task is scheduled before `task_started` wakes the writer, so a tool
         # that finishes in its first step gets both events into one commit.
-        task = asyncio.get_running_loop().create_task(self._attempt(task_id, attempt), name=task_id)
-        started = self.emit(TaskStarted(task_id=task_id, attempt=attempt, at=time.time()))
+        task = asyncio.get_running_loop().create_task(
+            self._attempt(plan, attempt, value), name=task_id
+        )
+        started = self.emit(
+            TaskStarted(task_id=task_id, attempt=attempt, at=time.time(), fingerprint=mark)
+        )
         if self._starts is not None:
             self._starts[task_id] = started
         self._active[task_id] = task
@@ -321,14 +341,19 @@ class Engine:
 
     # -- one attempt ----------------------------------------------------------
 
-    async def _attempt(self, task_id: str, attempt: int) -> None:
-        """One attempt, start to outcome. Cleans up after itself: no done-callback per task."""
-        plan = self.plan.tasks[task_id]
+    async def _attempt(self, plan: TaskPlan, attempt: int, value: Any) -> None:
+        """One attempt, start to outcome. Cleans up after itself: no done-callback per task.
+
+        `value` is the rendered input, or the `_AttemptFailed` that rendering it raised.
+        """
+        task_id = plan.id
         try:
             try:
                 if self._starts is not None:
                     await asyncio.shield(self._starts.pop(task_id))
-                output, data = await self._call(plan, attempt)
+                if isinstance(value, _AttemptFailed):
+                    raise value
+                output, data = await self._call(plan, attempt, value)
             except asyncio.CancelledError:
                 self._cancelled(task_id, attempt)
                 return
@@ -346,17 +371,13 @@ class Engine:
             if self._stopping:
                 self._check_stopped()
 
-    async def _call(self, plan: TaskPlan, attempt: int) -> tuple[Any, bytes | None]:
-        """Render the input from committed outputs, call the tool, encode its output.
+    async def _call(self, plan: TaskPlan, attempt: int, value: Any) -> tuple[Any, bytes | None]:
+        """Call the tool with the rendered input, encode its output.
 
         The output handed on is the one decoded back from what the journal stores,
         so that dependents see the same value live as after a resume (a tuple is a
         list, a set is refused, a dataclass is a dict).
         """
-        try:
-            value = plan.template.render(self._scope(plan))
-        except DurableError as exc:
-            raise _AttemptFailed(f"input: {exc.message}", retryable=False) from None
         context = TaskContext(self.run_id, plan.id, attempt, idempotency_key(self.run_id, plan.id))
         assert plan.tool is not None
         timeout = plan.spec.timeout

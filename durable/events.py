@@ -43,7 +43,10 @@ class _TaskEvent(_Event, frozen=True, kw_only=True):
 
 
 class TaskStarted(_TaskEvent, tag="task_started"):
-    pass
+    """An attempt starts. `fingerprint` (`fingerprint.py`) names the work it does:
+    None when its input could not be rendered, and in journals written before it."""
+
+    fingerprint: str | None = None
 
 
 class TaskSucceeded(_TaskEvent, tag="task_succeeded"):
@@ -149,6 +152,9 @@ def encode_data(event: Event) -> bytes | None:
         return None
     if names == ("output",):
         return encode_output(event.output)  # type: ignore[union-attr]
+    if names == ("fingerprint",):  # a bare string: 34 bytes a task, not a map of 47
+        value = event.fingerprint  # type: ignore[union-attr]
+        return None if value is None else _encoder.encode(value)
     return _encoder.encode({name: getattr(event, name) for name in names})
 
 
@@ -174,7 +180,12 @@ def from_row(
             output=None if data is None else _decoder.decode(data),
         )
     if kind == "task_started":
-        return TaskStarted(task_id=task_id, attempt=attempt or 0, at=at)  # type: ignore[arg-type]
+        return TaskStarted(
+            task_id=task_id,  # type: ignore[arg-type]
+            attempt=attempt or 0,
+            at=at,
+            fingerprint=None if data is None else _decoder.decode(data),
+        )
     cls = KINDS[kind]
     fields: dict[str, Any] = {"at": at}
     if task_id is not None:

@@ -32,6 +32,9 @@ class ToolDef(msgspec.Struct, frozen=True):
     # Turns the raw `input` into the template to substitute; `shell` uses it to split a
     # command into words before substitution, so values never become shell syntax.
     prepare: Callable[[Any], Any] | None = None
+    #: The tool's version as its author states it (`@tool(version=...)`): what a
+    #: fingerprint takes instead of the function's source (`fingerprint.py`).
+    version: str | None = None
 
     def template_source(self, raw_input: Any) -> Any:
         return self.prepare(raw_input) if self.prepare is not None else raw_input
@@ -49,6 +52,7 @@ class Registry:
         name: str | None = None,
         cpu_bound: bool = False,
         prepare: Callable[[Any], Any] | None = None,
+        version: str | None = None,
     ) -> ToolDef:
         if not callable(fn):
             raise TypeError(f"a tool must be callable, got {type(fn).__name__}")
@@ -58,6 +62,7 @@ class Registry:
             is_async=inspect.iscoroutinefunction(fn),
             cpu_bound=cpu_bound,
             prepare=prepare,
+            version=version,
         )
         if tool_def.is_async and cpu_bound:
             raise TypeError(f"tool '{tool_def.name}': an async function cannot be cpu_bound")
@@ -118,19 +123,29 @@ REGISTRY = Registry()
 @overload
 def tool(fn: F, /) -> F: ...
 @overload
-def tool(*, name: str | None = None, cpu_bound: bool = False) -> Callable[[F], F]: ...
+def tool(
+    *, name: str | None = None, cpu_bound: bool = False, version: str | None = None
+) -> Callable[[F], F]: ...
 
 
 def tool(
-    fn: F | None = None, /, *, name: str | None = None, cpu_bound: bool = False
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    cpu_bound: bool = False,
+    version: str | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a tool: `@tool`, or `@tool(name="web_search", cpu_bound=True)`.
 
-    The function itself is returned unchanged, so it stays callable and picklable.
+    `version` names the tool's behaviour for fingerprints (`fingerprint.py`): give
+    one when the result depends on more than the function's own source (a model, a
+    helper it calls), and change it when that changes. The function itself is
+    returned unchanged, so it stays callable and picklable.
     """
 
     def register(function: F) -> F:
-        REGISTRY.add(function, name=name, cpu_bound=cpu_bound)
+        REGISTRY.add(function, name=name, cpu_bound=cpu_bound, version=version)
         return function
 
     return register(fn) if fn is not None else register

@@ -38,7 +38,7 @@ SAMPLES = [
     RunResumed(at=2.5),
     RunFinished(at=3.0, status="failed"),
     RunInterrupted(at=4.0),
-    TaskStarted(task_id="fetch", attempt=1, at=5.0),
+    TaskStarted(task_id="fetch", attempt=1, at=5.0, fingerprint="9f" * 16),
     TaskSucceeded(task_id="fetch", attempt=2, at=6.0, output={"items": [1, 2], "n": None}),
     TaskRetrying(task_id="fetch", attempt=1, at=7.0, error="ValueError: boom", delay=0.5),
     TaskFailed(task_id="fetch", attempt=3, at=8.0, error="timed out after 1s"),
@@ -103,8 +103,15 @@ def test_data_is_null_exactly_for_kinds_without_fields(event):
         assert data is None
 
 
+def test_a_start_without_a_fingerprint_stores_no_data():
+    """As journals written before fingerprints have it, and read back the same."""
+    event = TaskStarted(task_id="t", attempt=2, at=1.0)
+    assert encode_data(event) is None
+    assert from_row("task_started", "t", 2, 1.0, None) == event
+
+
 def test_fields_exclude_the_common_columns():
-    assert FIELDS["task_started"] == ()
+    assert FIELDS["task_started"] == ("fingerprint",)
     assert FIELDS["run_finished"] == ("status",)
     assert FIELDS["task_succeeded"] == ("output",)
     assert set(FIELDS["task_retrying"]) == {"error", "delay"}
