@@ -294,7 +294,9 @@ def _headline(document: dict[str, Any]) -> str:
     status = document["status"]
     took = _duration(document["duration"])
     when = "for" if status == "running" else "after"
-    return f"run {document['run_id']} ({document['workflow']}): {status} {when} {took}"
+    amended = document.get("amended")
+    edits = f" (amended {amended} time{'s' if amended != 1 else ''})" if amended else ""
+    return f"run {document['run_id']} ({document['workflow']}){edits}: {status} {when} {took}"
 
 
 def _show_run(view: Any, document: dict[str, Any], failed_only: bool) -> None:

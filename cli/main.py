@@ -53,6 +53,7 @@ def _register() -> None:
         bench_cmds,
         inspect_cmds,
         journal_cmds,
+        operator_cmds,
         run_cmds,
         timeline_cmds,
         watch_cmds,
@@ -61,6 +62,8 @@ def _register() -> None:
     for module in (run_cmds, journal_cmds, watch_cmds, inspect_cmds, bench_cmds, timeline_cmds):
         for command in module.COMMANDS:
             cli.add_command(command)
+    cli.add_command(operator_cmds.export)
+    cli.add_command(operator_cmds.prune)
 
 
 _register()

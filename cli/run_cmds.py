@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 import click
@@ -80,7 +82,12 @@ def _drive(
         )
 
     reporter = report.for_output(as_json, quiet=quiet, live=not no_live)
-    hooks = runner.Hooks(on_start=reporter.on_start, on_event=reporter.on_event)
+    hooks = runner.Hooks(
+        on_start=reporter.on_start,
+        on_event=reporter.on_event,
+        on_plan=partial(_show_plan, as_json),
+        on_note=lambda line: click.echo(f"note: {line}", err=True),
+    )
     started = time.monotonic()
     try:
         result = eventloop.run(
@@ -96,10 +103,36 @@ def _drive(
         )
     finally:
         reporter.close()  # the terminal is given back whatever happened
+    if result.dry_run:
+        if not as_json:
+            click.echo("dry run: nothing changed")
+        return
     if result.already_finished:
         click.echo(f"run {result.run_id} already succeeded; nothing to resume")
         return
     _finish(result, reporter, time.monotonic() - started, db)
+
+
+def _show_plan(as_json: bool, run_id: str, amendment: Any) -> None:
+    """An edited resume's plan: what is kept, what runs and why, what is removed."""
+    if as_json:
+        document = {
+            "kind": "plan",
+            "run_id": run_id,
+            "kept": amendment.kept,
+            "runs": [{"task_id": task_id, "reason": why} for task_id, why in amendment.runs],
+            "removed": amendment.removed,
+        }
+        click.echo(json.dumps(document))
+        return
+    click.echo(
+        f"plan for run {run_id}: {len(amendment.kept)} kept, {len(amendment.runs)} to run, "
+        f"{len(amendment.removed)} removed"
+    )
+    for task_id, why in amendment.runs:
+        click.echo(f"  run {task_id}: {why}")
+    for task_id in amendment.removed:
+        click.echo(f"  remove {task_id}")
 
 
 def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: ignore[no-untyped-def]
@@ -140,17 +173,48 @@ def run(workflow: str, params: tuple[str, ...], run_id: str | None, **session: A
 
 @click.command()
 @run_id_argument()
+@click.option(
+    "--reload",
+    is_flag=True,
+    help="Read the run's workflow file again and go on with it: what changed runs again.",
+)
+@click.option(
+    "--workflow",
+    "workflow_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Like --reload, with this file instead of the run's own.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="With --reload or --workflow: print the plan and change nothing.",
+)
 @session_options
-def resume(run_id: str, **session: Any) -> None:
+def resume(
+    run_id: str, reload: bool, workflow_file: str | None, dry_run: bool, **session: Any
+) -> None:
     """Continue an interrupted or failed run.
 
     Tasks whose success was committed are kept with their outputs and never run
     again; everything else (running when the process died, failed, cancelled, not
     started) runs. A run that already succeeded is left alone.
+
+    With --reload (or --workflow FILE) the run goes on with its edited workflow: a
+    plan says first which tasks are kept, which run again and why, and which are
+    removed; a task is kept when its work (its tool and its input as rendered) and
+    everything upstream of it are unchanged.
     """
     from durable import runner
 
-    _drive(lambda **options: runner.aresume(run_id, **options), **session)
+    from durable.errors import DurableError
+
+    if reload and workflow_file is not None:
+        raise DurableError("--reload and --workflow cannot be combined (--workflow implies it)")
+    if dry_run and not (reload or workflow_file):
+        raise DurableError("--dry-run plans an edited resume: give --reload or --workflow")
+    edit = runner.Edit(workflow_file, dry_run) if reload or workflow_file else None
+    _drive(lambda **options: runner.aresume(run_id, edit=edit, **options), **session)
 
 
 COMMANDS = [run, resume]

@@ -22,11 +22,28 @@ class _Event(msgspec.Struct, frozen=True, tag_field="kind", kw_only=True, gc=Fal
 
 
 class RunStarted(_Event, tag="run_started"):
-    pass
+    """A run's first session starts. `source`: the workflow file it was read from
+    (None for one built in code), which `resume --reload` reads again."""
+
+    source: str | None = None
 
 
 class RunResumed(_Event, tag="run_resumed"):
     pass
+
+
+class RunAmended(_Event, tag="run_amended"):
+    """The run goes on with an edited workflow (`durable resume --reload`, `amend.py`).
+
+    `spec` is the new workflow's snapshot (JSON, as `runs.spec`), `tasks` its task ids
+    in file order, `reset` the tasks that had finished but must run again, `source`
+    the file it was read from. History is never rewritten: this event is the edit.
+    """
+
+    spec: bytes
+    tasks: list[str]
+    reset: list[str]
+    source: str | None = None
 
 
 class RunFinished(_Event, tag="run_finished"):
@@ -110,6 +127,7 @@ Event = (
     | RunResumed
     | RunFinished
     | RunInterrupted
+    | RunAmended
     | TaskStarted
     | TaskSucceeded
     | TaskRetrying
@@ -201,4 +219,6 @@ def to_dict(event: Event, run_id: str, seq: int | None = None) -> dict[str, Any]
     record: dict[str, Any] = {"seq": seq} if seq is not None else {}
     record.update(run_id=run_id, kind=kind_of(event))
     record.update(msgspec.structs.asdict(event))
+    if isinstance(event, RunAmended):  # the workflow itself, not its bytes in base64
+        record["spec"] = msgspec.json.decode(event.spec)
     return record

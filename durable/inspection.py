@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from durable import fanout
 from durable import spec as spec_module
 from durable.errors import DurableError, JournalDamaged, RunNotFound
 from durable.events import Event, RunFinished, RunInterrupted, kind_of
@@ -165,6 +166,13 @@ async def fold_run(journal: Journal, record: RunRecord) -> tuple[Workflow, RunSt
     last_seq = events[-1][0] if events else 0
     if problem := (await journal.read_summary(record.run_id, last_seq)).problem:
         raise JournalDamaged(str(journal.path), record.run_id, problem)
+    if state.spec is not None:  # an edited workflow (`amend.py`): the run goes on with it
+        try:
+            workflow = spec_module.decode(state.spec)
+        except msgspec.DecodeError as exc:
+            raise JournalDamaged(
+                str(journal.path), record.run_id, f"its amended workflow: {exc}"
+            ) from None
     return workflow, state, last_seq
 
 
@@ -310,7 +318,7 @@ def runs_document(line: RunLine) -> dict[str, Any]:
         "finished_at": line.summary.finished_at,
         "duration": _seconds(line.duration()),
         "counts": shown_counts(line.summary.counts, line.status),
-    }
+    } | ({"amended": line.summary.amendments} if line.summary.amendments else {})
 
 
 def damaged_document(record: RunRecord | DurableError, error: DurableError) -> dict[str, Any]:
@@ -358,12 +366,42 @@ def status_document(view: RunView, *, failed_only: bool = False) -> dict[str, An
         document = task_document(view, task)
         if not failed_only or document["state"] in ATTENTION:
             tasks[task_id] = document
-    return {
+    document = {
         "run_id": view.record.run_id,
         "workflow": view.record.workflow,
         "status": view.status,
         "duration": _seconds(view.duration()),
         "tasks": tasks,
+    }
+    if view.state.amendments:
+        document["amended"] = view.state.amendments
+    return document
+
+
+def export_document(view: RunView) -> dict[str, Any]:
+    """`durable export`: the run and every task's final state and output, for programs.
+
+    The tasks of `status --json`, in workflow order, each `foreach` task followed by
+    its instances (`fetch[0]`, `fetch[1]`...), which the fold lists last.
+    """
+    tasks = view.state.tasks
+    documents: dict[str, Any] = {}
+    for task_id, task in tasks.items():
+        if task_id in documents:
+            continue  # an instance, already placed after its task
+        documents[task_id] = task_document(view, task)
+        for instance in fanout.instances(task_id, task.instances or 0):
+            documents[instance] = task_document(view, tasks[instance])
+    record = view.record
+    return {
+        "run_id": record.run_id,
+        "workflow": record.workflow,
+        "status": view.status,
+        "created_at": record.created_at,
+        "finished_at": view.state.finished_at,
+        "duration": _seconds(view.duration()),
+        "params": record.params,
+        "tasks": documents,
     }
 
 

@@ -23,9 +23,10 @@ import msgspec
 from durable import eventloop
 from durable import spec as spec_module
 from durable.allocation import bulk_allocation
+from durable.amend import Amendment, RenamedTask, plan_amendment
 from durable.engine import MAX_DEATHS, Engine
 from durable.errors import DurableError, ParamError, SpecError
-from durable.events import Event, RunResumed, RunStarted
+from durable.events import Event, RunAmended, RunResumed, RunStarted
 from durable.executors import refuse_in_pool_worker
 from durable.formats import MAX_DEPTH
 from durable.graph import Plan
@@ -55,6 +56,8 @@ class RunResult(msgspec.Struct):
     status: str
     tasks: dict[str, TaskState]
     already_finished: bool = False
+    #: An edited resume that only planned (`Edit.dry_run`): nothing was written.
+    dry_run: bool = False
     stats: RunStats = msgspec.field(default_factory=RunStats)
 
     @property
@@ -73,6 +76,18 @@ class Hooks(msgspec.Struct):
 
     on_start: Callable[[str, Workflow, RunState, bool], None] | None = None
     on_event: Callable[[Event], None] | None = None
+    #: An edited resume's plan, before anything is written (`amend.py`).
+    on_plan: Callable[[str, Amendment], None] | None = None
+    #: A line worth telling the user (the run's file changed since it started).
+    on_note: Callable[[str], None] | None = None
+
+
+class Edit(msgspec.Struct):
+    """Resume with an edited workflow: the file to read (None: the run's own), and
+    whether only to show the plan."""
+
+    path: str | None = None
+    dry_run: bool = False
 
 
 class Session(msgspec.Struct):
@@ -153,7 +168,8 @@ async def arun(
     journal = await Journal.open(db, create=True, durability=durability)
     try:
         with RunLock(journal.path, run_id):
-            opening = RunStarted(at=time.time())
+            source = None if isinstance(workflow, Workflow) else str(Path(workflow).resolve())
+            opening = RunStarted(at=time.time(), source=source)
             record = RunRecord(
                 run_id=run_id,
                 workflow=plan.workflow.name,
@@ -186,14 +202,20 @@ async def aresume(
     handle_signals: bool = False,
     hooks: Hooks | None = None,
     max_deaths: int = MAX_DEATHS,
+    edit: Edit | None = None,
 ) -> RunResult:
     """Continue a run: keep what succeeded or was skipped, run everything else.
 
     A run that already succeeded is returned as it is, with `already_finished` set,
     and nothing runs. A damaged run (`JournalDamaged`) is refused. The session
     works in the run's recorded directory, wherever it is resumed from.
+
+    With `edit`, the run goes on with its workflow file read again (or another):
+    what changed runs again, and why, is planned by `amend.py` and given to
+    `hooks.on_plan` before anything is written; `edit.dry_run` stops there.
     """
     refuse_in_pool_worker()
+    hooks = hooks or Hooks()
     journal = await Journal.open(db, create=False, durability=durability)
     try:
         record = await journal.get_run(await resolve_run_id(journal, run_id))
@@ -201,23 +223,88 @@ async def aresume(
         with RunLock(journal.path, run_id):
             with bulk_allocation():
                 workflow, state, _ = await fold_run(journal, record)
-                if state.status == SUCCEEDED:
-                    return RunResult(
-                        run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True
+                amended = None
+                if edit is not None:
+                    plan, amended = _amend(record, workflow, state, edit, hooks)
+                    if edit.dry_run or amended is None:
+                        status = state.status or INTERRUPTED
+                        return RunResult(
+                            run_id,
+                            workflow.name,
+                            status,
+                            state.tasks,
+                            already_finished=status == SUCCEEDED,
+                            dry_run=edit.dry_run,
+                        )
+                else:
+                    if state.status == SUCCEEDED:
+                        return RunResult(
+                            run_id, workflow.name, SUCCEEDED, state.tasks, already_finished=True
+                        )
+                    _note_if_edited(state, workflow, hooks)
+                    plan = plan_workflow(
+                        workflow, record.base_dir, source=f"run '{run_id}'", trusted=True
                     )
-                plan = plan_workflow(
-                    workflow, record.base_dir, source=f"run '{run_id}'", trusted=True
-                )
-            session = Session(
-                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), max_deaths
-            )
+            session = Session(max_concurrency, fail_fast, handle_signals, hooks, max_deaths)
             # A run created by an older durable may have no first event (a crash
             # right after its row was written): this session is then its first.
             opening = RunResumed(at=time.time()) if state.sessions else RunStarted(at=time.time())
             with working_directory(record):
-                return await _drive(journal, plan, record, state, opening, session)
+                return await _drive(journal, plan, record, state, opening, session, amended=amended)
     finally:
         await journal.close()
+
+
+def _amend(
+    record: RunRecord, workflow: Workflow, state: RunState, edit: Edit, hooks: Hooks
+) -> tuple[Plan, RunAmended | None]:
+    """Plan the edited workflow against the run; None: nothing to change or run."""
+    path = edit.path or state.source
+    if path is None:
+        raise DurableError(
+            f"run '{record.run_id}' was built in code and has no workflow file to read "
+            "again: give one with --workflow FILE"
+        )
+    plan, _ = plan_file(path)
+    try:
+        amendment = plan_amendment(
+            state, workflow, plan, params_of(record, plan.workflow), record.run_id
+        )
+    except RenamedTask as exc:
+        raise SpecError(str(path), exc.message) from None
+    if hooks.on_plan is not None:
+        hooks.on_plan(record.run_id, amendment)
+    if not amendment.runs and not amendment.removed and state.status == SUCCEEDED:
+        return plan, None
+    event = RunAmended(
+        at=time.time(),
+        spec=spec_module.encode(plan.workflow),
+        tasks=list(plan.tasks),
+        reset=amendment.reset,
+        source=str(Path(path).resolve()),
+    )
+    return plan, event
+
+
+def params_of(record: RunRecord, workflow: Workflow) -> dict[str, Any]:
+    """The run's params: those it started with, and the defaults of any its
+    (amended) workflow declares since."""
+    return {**workflow.params, **record.params}
+
+
+def _note_if_edited(state: RunState, workflow: Workflow, hooks: Hooks) -> None:
+    """Say so when the run's workflow file no longer matches the run."""
+    if hooks.on_note is None or state.source is None:
+        return
+    try:
+        on_disk = spec_module.read(state.source).workflow
+    except (DurableError, OSError):
+        on_disk = None
+    if on_disk is None or spec_module.spec_hash(on_disk) != spec_module.spec_hash(workflow):
+        hooks.on_note(
+            f"{state.source} has changed since this run read it; this resume runs the "
+            f"run's own copy (`durable resume --reload` runs the edited file)"
+        )
 
 
 @contextlib.contextmanager
@@ -249,8 +336,10 @@ async def _drive(
     opening: RunStarted | RunResumed,
     session: Session,
     opening_committed: bool = False,
+    amended: RunAmended | None = None,
 ) -> RunResult:
-    """Drive one session; `opening_committed`: `create_run` already wrote the opening."""
+    """Drive one session; `opening_committed`: `create_run` already wrote the opening;
+    `amended`: the session goes on with an edited workflow (`plan` is its)."""
     run_id = record.run_id
     journal.keep_summary(run_id, lambda: summarize(record.workflow, record.created_at, state))
     journal.start()
@@ -258,16 +347,28 @@ async def _drive(
         plan,
         journal,
         run_id,
-        record.params,
+        params_of(record, plan.workflow),
         state,
         max_concurrency=session.max_concurrency,
         fail_fast=session.fail_fast,
         on_event=session.hooks.on_event,
         max_deaths=session.max_deaths,
     )
-    if session.hooks.on_start is not None:
-        session.hooks.on_start(run_id, plan.workflow, state, isinstance(opening, RunResumed))
-    if opening_committed:
+    hooks = session.hooks
+    opening_events: list[Event] = [opening] if amended is None else [opening, amended]
+    if amended is not None:
+        # An amendment changes the run's tasks: the reporters start from the state
+        # it leaves, and are shown its events after.
+        for event in opening_events:
+            state.apply(event)
+            journal.append(run_id, event)
+    if hooks.on_start is not None:
+        hooks.on_start(run_id, plan.workflow, state, isinstance(opening, RunResumed))
+    if amended is not None:
+        if hooks.on_event is not None:
+            for event in opening_events:
+                hooks.on_event(event)
+    elif opening_committed:
         engine.replay(opening)
     else:
         engine.emit(opening)

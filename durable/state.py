@@ -31,6 +31,10 @@ event. The time a run spent with no process (between a death or an interrupt and
 `run_resumed`), and a retry's delay, are never counted. The run's own `elapsed` sums
 its sessions the same way.
 
+`run_amended` (an edited workflow, `amend.py`) replaces the set of tasks with the
+new file's: removed tasks go, new ones come in `pending`, and the tasks it names to
+reset go back to `pending` (a `foreach` task without its instances).
+
 `task_progress` and `task_log` are not transitions: they are accepted in any state
 of a known task and change nothing but `last_event_at`.
 """
@@ -45,6 +49,7 @@ import msgspec
 
 from durable.events import (
     Event,
+    RunAmended,
     RunFinished,
     RunInterrupted,
     RunResumed,
@@ -109,6 +114,8 @@ class TaskState(msgspec.Struct, gc=False):
     #: their items (`fanout.digest`).
     instances: int | None = None
     digest: str | None = None
+    #: The fingerprint of its latest attempt's work (`fingerprint.py`).
+    fingerprint: str | None = None
 
 
 class RunState(msgspec.Struct):
@@ -128,6 +135,11 @@ class RunState(msgspec.Struct):
     session_started_at: float | None = None
     #: The time of the last event applied: where a session that died ends.
     last_event_at: float | None = None
+    #: The workflow file the run reads (`resume --reload`), and its amendments: how
+    #: many, and the latest spec (None: the run's own snapshot in `runs`).
+    source: str | None = None
+    amendments: int = 0
+    spec: bytes | None = None
     #: How many tasks are in each state, kept up to date by `apply`, so that the
     #: counts cost nothing to read: the journal's summary takes them at every commit.
     tally: dict[str, int] = msgspec.field(default_factory=dict)
@@ -161,6 +173,7 @@ class RunState(msgspec.Struct):
                 task = self._task(task_id, event, (PENDING, RETRYING))
                 self._move(task, RUNNING)
                 task.attempts = attempt
+                task.fingerprint = event.fingerprint
                 if task.started_at is None:
                     task.started_at = at
                 task.error = None
@@ -214,6 +227,7 @@ class RunState(msgspec.Struct):
                     raise IllegalTransition("run_started twice")
                 self.started_at, self.sessions = at, 1
                 self.session_started_at = at
+                self.source = event.source
             case RunResumed(at=at):
                 if not self.sessions:
                     raise IllegalTransition("run_resumed before run_started")
@@ -231,6 +245,8 @@ class RunState(msgspec.Struct):
                         # An expanded task keeps its instances: it is never expanded twice.
                         self._move(task, PENDING if task.instances is None else EXPANDED)
                         task.finished_at, task.error = None, None
+            case RunAmended(at=at):
+                self._amend(event)
             case RunFinished(status=status, at=at):
                 self.status, self.finished_at = status, at
                 self._end_session(at)
@@ -246,6 +262,29 @@ class RunState(msgspec.Struct):
             case _:
                 raise IllegalTransition(f"unknown event {event!r}")
         self.last_event_at = at
+
+    def _amend(self, event: RunAmended) -> None:
+        """The run goes on with an edited workflow: its tasks are the new file's, in
+        its order (instances after them); `reset` ones start over, instances and all."""
+        if self.session_started_at is None:
+            raise IllegalTransition("run_amended outside a session")
+        busy = [t for t, task in self.tasks.items() if task.state in (RUNNING, RETRYING)]
+        if busy:
+            raise IllegalTransition(f"run_amended while task '{busy[0]}' is in flight")
+        old, reset = self.tasks, set(event.reset)
+        tasks = {task_id: old.get(task_id) or TaskState() for task_id in event.tasks}
+        for task_id, task in old.items():
+            group = task_id.split("[", 1)[0]
+            if task_id != group and group in tasks and group not in reset:
+                tasks[task_id] = task  # an instance of a kept group
+        for task_id in reset:
+            task = tasks[task_id]
+            task.state, task.output, task.error, task.reason = PENDING, None, None, None
+            task.finished_at, task.instances, task.digest, task.deaths = None, None, None, 0
+        self.tasks = tasks
+        self.tally = dict(Counter(task.state for task in tasks.values()))
+        self.amendments += 1
+        self.spec, self.source = event.spec, event.source
 
     def _move(self, task: TaskState, state: str) -> None:
         tally = self.tally

@@ -46,6 +46,8 @@ class RunSummary(msgspec.Struct, array_like=True, frozen=True):
     session_started_at: float | None
     last_event_at: float | None
     counts: dict[str, int]
+    #: How many times the run went on with an edited workflow (`amend.py`).
+    amendments: int = 0
 
     def duration(self, end: float | None) -> float | None:
         """Seconds in the run's sessions, the open one counted up to `end`."""
@@ -65,6 +67,7 @@ def summarize(workflow: str, created_at: float, state: RunState) -> RunSummary:
         state.session_started_at,
         state.last_event_at,
         state.counts(),
+        state.amendments,
     )
 
 

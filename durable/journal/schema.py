@@ -32,6 +32,29 @@ _SUMMARIES = """CREATE TABLE IF NOT EXISTS summaries (
     crc      INTEGER NOT NULL   -- integrity.summary_crc
 ) WITHOUT ROWID"""
 
+#: The triggers that make `runs` and `events` append-only: name -> statement, in
+#: the order the schema creates them. `durable prune` (`durable/prune.py`), the one
+#: sanctioned deletion, drops them and re-creates them from here in one transaction.
+APPEND_ONLY_TRIGGERS = {
+    "runs_append_only_update": """CREATE TRIGGER IF NOT EXISTS runs_append_only_update BEFORE UPDATE ON runs
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END""",
+    "runs_append_only_delete": """CREATE TRIGGER IF NOT EXISTS runs_append_only_delete BEFORE DELETE ON runs
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END""",
+    "events_append_only_update": """CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END""",
+    "events_append_only_delete": """CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END""",
+    "runs_append_only_replace": """-- INSERT OR REPLACE deletes the old row without firing DELETE triggers (unless
+-- recursive_triggers is on), so an insert over an existing key is refused here.
+CREATE TRIGGER IF NOT EXISTS runs_append_only_replace BEFORE INSERT ON runs
+    WHEN EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id)
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END""",
+    "events_append_only_replace": """CREATE TRIGGER IF NOT EXISTS events_append_only_replace BEFORE INSERT ON events
+    WHEN NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq)
+    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END""",
+}
+_TRIGGERS = "".join(f"{statement};\n" for statement in APPEND_ONLY_TRIGGERS.values())
+
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS runs (
@@ -57,23 +80,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
 {_SUMMARIES};
-CREATE TRIGGER IF NOT EXISTS runs_append_only_update BEFORE UPDATE ON runs
-    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS runs_append_only_delete BEFORE DELETE ON runs
-    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
--- INSERT OR REPLACE deletes the old row without firing DELETE triggers (unless
--- recursive_triggers is on), so an insert over an existing key is refused here.
-CREATE TRIGGER IF NOT EXISTS runs_append_only_replace BEFORE INSERT ON runs
-    WHEN EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id)
-    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_replace BEFORE INSERT ON events
-    WHEN NEW.seq IS NOT NULL AND EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq)
-    BEGIN SELECT RAISE(ABORT, 'the durable journal is append-only'); END;
-PRAGMA user_version = {SCHEMA_VERSION};
+{_TRIGGERS}PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from durable.events import (
     Event,
+    RunAmended,
     RunFinished,
     RunInterrupted,
     RunResumed,
@@ -170,6 +171,8 @@ class LiveModel:
             TaskProgress: self._progressed,
             TaskLog: _ignore,  # kept for `durable log`, not shown live
             TaskExpanded: self._expanded,
+            # The model starts from the state an amendment leaves (`runner._drive`).
+            RunAmended: _ignore,
         }
 
     # -- per event: O(1) ------------------------------------------------------------

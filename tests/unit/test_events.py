@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from durable.events import (
     FIELDS,
     KINDS,
+    RunAmended,
     RunFinished,
     RunInterrupted,
     RunResumed,
@@ -48,6 +49,7 @@ SAMPLES = [
     TaskProgress(task_id="fetch", attempt=1, at=12.0, fraction=0.5, message="half way"),
     TaskLog(task_id="fetch", attempt=1, at=13.0, level="WARNING", message="rate limited"),
     TaskExpanded(task_id="fetch", at=14.0, count=3, digest="0badc0de"),
+    RunAmended(at=15.0, spec=b'{"name":"w"}', tasks=["a", "b"], reset=["b"], source="/w.yaml"),
 ]
 
 # The journal's `kind` column and `durable log --json`'s "kind": changing this set
@@ -67,6 +69,7 @@ KNOWN_KINDS = {
     "task_progress",
     "task_log",
     "task_expanded",
+    "run_amended",
 }
 
 
@@ -263,6 +266,10 @@ class TestToDict:
             assert "task_id" not in record
         decoded = msgspec.json.decode(msgspec.json.encode(record))
         assert decoded == record
+
+    def test_an_amendment_carries_its_workflow_as_json(self):
+        event = RunAmended(at=1.0, spec=b'{"name":"w","tasks":[]}', tasks=[], reset=[])
+        assert to_dict(event, "r")["spec"] == {"name": "w", "tasks": []}
 
     def test_output_is_carried_as_is(self):
         event = TaskSucceeded(task_id="t", attempt=1, at=1.0, output=[1, {"a": None}])

@@ -1,0 +1,171 @@
+"""Operator commands: `export` (a run as one JSON document) and `prune` (delete finished runs).
+
+`export` only reads, as `status` does: the journal is opened read-only. `prune` is
+the one command that removes history; the journal side of it, and why it may, is
+`durable/prune.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from durable_cli.options import Since, complete_run_id, db_option, run_id_argument
+
+if TYPE_CHECKING:
+    from durable.prune import Candidate
+
+
+@click.command()
+@run_id_argument()
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default=None,
+    metavar="FILE",
+    help="Write the document to FILE (a temporary file renamed over it) instead of stdout.",
+)
+@db_option
+def export(run_id: str, output_path: str | None, db: str | None) -> None:
+    """Export a run as one JSON document: its status, params, and every task's final
+    state, attempts, output, error and times (foreach instances included).
+
+    Tasks come in workflow order. RUN_ID may be a unique prefix of the id. Only
+    reads the journal; a damaged run is refused and nothing is written.
+    """
+    import msgspec
+    from durable_cli.journal_cmds import _with_journal
+
+    from durable.inspection import export_document, resolve_run_id, view_run
+
+    async def collect(journal: Any) -> dict[str, Any]:
+        record = await journal.get_run(await resolve_run_id(journal, run_id))
+        return export_document(await view_run(journal, record))
+
+    document = _with_journal(db, collect)
+    encoded = msgspec.json.encode(document) + b"\n"
+    if output_path is None or output_path == "-":
+        click.echo(encoded.decode(), nl=False)
+        return
+    path = Path(output_path)
+    _write_atomically(path, encoded)
+    tasks = len(document["tasks"])
+    click.echo(f"wrote {path} ({tasks} task{'s' if tasks != 1 else ''})")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one.
+
+    A temporary file in the same folder, synced, then renamed over `path`. It gets
+    the mode a plain write would have given it: the old file's, or 0666 less umask.
+    """
+    import tempfile
+
+    from durable.errors import DurableError
+
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    temporary = None
+    try:
+        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as exc:
+        raise DurableError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+
+
+@click.command()
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...", shell_complete=complete_run_id)
+@click.option(
+    "--older-than",
+    "before",
+    type=Since(),
+    default=None,
+    metavar="AGE",
+    help="Prune the runs created before now minus AGE (30m, 2h, 3d, 1w) or before an ISO "
+    "date (2026-11-28).",
+)
+@db_option
+@click.option("--dry-run", is_flag=True, help="List what would be pruned; change nothing.")
+def prune(run_ids: tuple[str, ...], before: float | None, db: str | None, dry_run: bool) -> None:
+    """Delete finished runs (their row, events and summary) and reclaim the space.
+
+    Give whole run ids, or --older-than AGE. A run that a live process drives is
+    refused, and so is an id that no run has: then nothing is pruned. A pruned
+    interrupted run can no longer be resumed. The other runs are never touched.
+    """
+    from durable import prune as pruning
+    from durable.journal import default_path
+
+    if bool(run_ids) == (before is not None):
+        raise click.UsageError("give either RUN_ID... or --older-than AGE")
+    path = Path(db or default_path())
+    connection = pruning.connect(path, readonly=dry_run)
+    try:
+        if before is not None:
+            candidates = pruning.created_before(connection, path, before)
+        else:
+            candidates = pruning.by_id(connection, path, run_ids)
+        size = pruning.journal_size(path)
+        if dry_run:
+            pruning.refuse_running(path, candidates)
+            for candidate in candidates:
+                click.echo(f"would prune {_describe(candidate)}")
+            click.echo(
+                f"would prune {_count(candidates)}; the journal is {_megabytes(size)}; "
+                "nothing was changed"
+            )
+            return
+        pruned = pruning.delete_runs(connection, path, candidates) if candidates else []
+        for candidate in pruned:
+            click.echo(f"pruned {_describe(candidate)}")
+        if pruned:
+            pruning.reclaim(connection, path)
+    finally:
+        connection.close()
+    after = pruning.journal_size(path)
+    click.echo(
+        f"pruned {_count(pruned)}; the journal went from {_megabytes(size)} to {_megabytes(after)}"
+    )
+
+
+def _describe(candidate: Candidate) -> str:
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(candidate.created_at))
+    events = candidate.events
+    return (
+        f"{candidate.run_id} ({candidate.workflow}, created {created}, "
+        f"{events} event{'s' if events != 1 else ''})"
+    )
+
+
+def _count(candidates: list[Candidate]) -> str:
+    runs, events = len(candidates), sum(candidate.events for candidate in candidates)
+    return f"{runs} run{'s' if runs != 1 else ''} ({events} event{'s' if events != 1 else ''})"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.2f} MB"
+
+
+COMMANDS = [export, prune]
