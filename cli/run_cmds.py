@@ -206,7 +206,6 @@ def resume(
     everything upstream of it are unchanged.
     """
     from durable import runner
-
     from durable.errors import DurableError
 
     if reload and workflow_file is not None:
