@@ -64,6 +64,7 @@ def _register() -> None:
             cli.add_command(command)
     cli.add_command(operator_cmds.export)
     cli.add_command(operator_cmds.prune)
+    cli.add_command(operator_cmds.cache)
 
 
 _register()

@@ -169,3 +169,40 @@ def _megabytes(size: int) -> str:
 
 
 COMMANDS = [export, prune]
+
+
+@click.group()
+def cache() -> None:
+    """The cache across runs (`durable run --cache`): what it holds, forgetting it."""
+
+
+@cache.command()
+@click.option(
+    "--older-than",
+    "before",
+    type=Since(),
+    default=None,
+    metavar="AGE",
+    help="Forget only the entries committed before now minus AGE (30m, 2h, 3d, 1w), or "
+    "before an ISO date.",
+)
+@click.option("--tool", default=None, help="Forget only the entries of this tool.")
+@db_option
+def clear(before: float | None, tool: str | None, db: str | None) -> None:
+    """Forget cache entries (all of them, unless --older-than or --tool).
+
+    Only the cache's index is cleared: the runs whose successes it pointed to keep
+    their events and outputs, as history. A task the cache no longer answers runs.
+    """
+    from durable import prune as pruning
+    from durable.journal import cache as cache_index
+    from durable.journal import default_path
+
+    path = Path(db or default_path())
+    connection = pruning.connect(path)
+    try:
+        forgotten = cache_index.clear(connection, older_than=before, tool=tool)
+        left = cache_index.count(connection)
+    finally:
+        connection.close()
+    click.echo(f"forgot {forgotten} cache entr{'y' if forgotten == 1 else 'ies'}; {left} left")

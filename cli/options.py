@@ -49,6 +49,13 @@ max_deaths_option = click.option(
     "times while it ran (a tool that exits or crashes the process).",
 )
 
+cache_option = click.option(
+    "--cache",
+    is_flag=True,
+    help="Reuse the committed output of an earlier success of the same work (the same "
+    "tool and rendered input) in this journal, instead of calling the tool.",
+)
+
 
 # -- reading commands: run ids, task ids, filters ---------------------------------
 

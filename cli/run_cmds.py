@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from durable_cli.options import (
+    cache_option,
     db_option,
     durability_option,
     fail_fast_option,
@@ -46,6 +47,7 @@ def session_options(command: Callable[..., None]) -> Callable[..., None]:
             fail_fast_option,
             durability_option,
             max_deaths_option,
+            cache_option,
         )
     ):
         command = option(command)
@@ -63,6 +65,7 @@ def _drive(
     fail_fast: bool,
     durability: str,
     max_deaths: int,
+    cache: bool,
 ) -> None:
     """Run or resume with the reporter the output calls for, then report and exit.
 
@@ -97,6 +100,7 @@ def _drive(
                 fail_fast=fail_fast,
                 durability=durability,
                 max_deaths=max_deaths,
+                cache=cache,
                 handle_signals=True,
                 hooks=hooks,
             )

@@ -50,6 +50,7 @@ from durable.events import (
     TaskExpanded,
     TaskFailed,
     TaskRetrying,
+    TaskReused,
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
@@ -100,8 +101,13 @@ class Engine:
         on_event: EventSink | None = None,
         executors: Executors | None = None,
         max_deaths: int = MAX_DEATHS,
+        cache: bool = False,
     ) -> None:
         self.plan = plan
+        #: `durable run --cache`: every task reuses earlier successes unless it says not.
+        self.cache = cache or plan.workflow.cache
+        #: Tasks answered from the cache in this session.
+        self.reused = 0
         self.journal = journal
         self.run_id = run_id
         self.state = state
@@ -313,6 +319,8 @@ class Engine:
                 mark = fingerprint(tool_identity(plan.tool), value)
             except (TypeError, ValueError, msgspec.EncodeError):
                 pass  # an input a `prepare` made unencodable: no fingerprint, same run
+        if mark is not None and self._caches(plan) and self._reuse(plan, mark):
+            return
         # The task is scheduled before `task_started` wakes the writer, so a tool
         # that finishes in its first step gets both events into one commit.
         task = asyncio.get_running_loop().create_task(
@@ -324,6 +332,33 @@ class Engine:
         if self._starts is not None:
             self._starts[task_id] = started
         self._active[task_id] = task
+
+    def _caches(self, plan: TaskPlan) -> bool:
+        """Whether the task reuses (and remembers) successes of the same work."""
+        own = plan.spec.cache
+        wanted = self.cache if own is None else own
+        return wanted and plan.tool is not None and plan.tool.cacheable
+
+    def _reuse(self, plan: TaskPlan, mark: str) -> bool:
+        """Answer the task from the cache if it holds this work: True if it did."""
+        ttl = (
+            plan.spec.cache_ttl if plan.spec.cache_ttl is not None else self.plan.workflow.cache_ttl
+        )
+        hit = self.journal.cached(mark, None if ttl is None else time.time() - ttl)
+        if hit is None:
+            return False
+        self.reused += 1
+        reused = TaskReused(
+            task_id=plan.id,
+            at=time.time(),
+            output=hit.output,
+            fingerprint=mark,
+            from_run=hit.run_id,
+            from_task=hit.task_id,
+            from_attempt=hit.attempt,
+        )
+        self._finish(plan.id, reused, holds_slot=True)
+        return True
 
     def _release(self, task_id: str) -> None:
         """Free a task's slot now, and fill it."""
@@ -363,7 +398,9 @@ class Engine:
             succeeded = TaskSucceeded(
                 task_id=task_id, attempt=attempt, at=time.time(), output=output
             )
-            self._finish(task_id, succeeded, data, holds_slot=True)
+            mark = self.state.tasks[task_id].fingerprint
+            remember = (mark, plan.spec.tool) if mark and self._caches(plan) else None
+            self._finish(task_id, succeeded, data, holds_slot=True, remember=remember)
         except Exception as exc:  # not a tool failure (those are handled above): a bug
             self._crash(exc)
         finally:
@@ -539,7 +576,12 @@ class Engine:
     # -- finishing -------------------------------------------------------------
 
     def _finish(
-        self, task_id: str, event: Event, data: Any = None, holds_slot: bool = False
+        self,
+        task_id: str,
+        event: Event,
+        data: Any = None,
+        holds_slot: bool = False,
+        remember: tuple[str, str] | None = None,
     ) -> None:
         """Record a terminal event; its dependents learn of it only once it is committed.
 
@@ -547,7 +589,7 @@ class Engine:
         that at any moment at most `max_concurrency` tasks have run without a
         committed outcome: that bounds what a crash can make run twice.
         """
-        batch = self.emit(event, data)
+        batch = self.emit(event, data, remember)
         if batch is not self._batch:
             # One callback per group commit, not per event.
             self._batch, self._batch_items = batch, []
@@ -567,7 +609,7 @@ class Engine:
                 if holds_slot:
                     self._running -= 1
                     self._free_tool_slot(task_id)
-                if isinstance(event, TaskSucceeded):
+                if isinstance(event, TaskSucceeded | TaskReused):
                     self.scope.outputs[task_id] = event.output  # type: ignore[index]
                 elif isinstance(event, TaskSkipped):
                     self.scope.outputs[task_id] = None  # type: ignore[index]
@@ -631,18 +673,21 @@ class Engine:
         if self._on_event is not None:
             self._on_event(event)
 
-    def emit(self, event: Event, data: bytes | None = None) -> asyncio.Future[None]:
+    def emit(
+        self, event: Event, data: bytes | None = None, remember: tuple[str, str] | None = None
+    ) -> asyncio.Future[None]:
         """Apply an event to the live state, show it, and queue it for the journal.
 
         `data` is the event's encoded payload when the caller already has it (an
-        output, encoded once to prove it serialisable). Returns the commit future.
+        output, encoded once to prove it serialisable); `remember`, the fingerprint
+        and tool under which the cache keeps a success. Returns the commit future.
         """
         self.state.apply(event)
         if self._on_event is not None:
             self._on_event(event)
         if data is None:
-            return self.journal.append(self.run_id, event)
-        return self.journal.append(self.run_id, event, data)
+            return self.journal.append(self.run_id, event, remember=remember)
+        return self.journal.append(self.run_id, event, data, remember)
 
 
 class _AttemptFailed(Exception):

@@ -91,6 +91,18 @@ class TaskCancelled(_TaskEvent, tag="task_cancelled"):
     pass
 
 
+class TaskReused(_TaskEvent, tag="task_reused", kw_only=True):
+    """The task succeeded without running: the cache held a committed success of
+    the same work (`fingerprint`), in run `from_run`, task `from_task`, attempt
+    `from_attempt` (`journal/cache.py`)."""
+
+    output: Any = None
+    fingerprint: str
+    from_run: str
+    from_task: str
+    from_attempt: int
+
+
 class TaskExpanded(_TaskEvent, tag="task_expanded"):
     """A `foreach` task's list was rendered: it has `count` instances (`fanout.py`),
     `digest` fingerprints their items. Committed before any instance starts."""
@@ -135,6 +147,7 @@ Event = (
     | TaskSkipped
     | TaskUpstreamFailed
     | TaskCancelled
+    | TaskReused
     | TaskExpanded
     | TaskProgress
     | TaskLog

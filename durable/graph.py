@@ -385,6 +385,12 @@ def _plan_task(
             "(${item...} is a foreach task's item)"
         )
 
+    if task.cache and tool is not None and not tool.cacheable:
+        problems.append(
+            f"{lines.task(position, 'cache')}{where}: field 'cache': tool '{task.tool}' "
+            "says its output must not be reused (cacheable=False)"
+        )
+
     if task.trigger not in TRIGGERS:
         problems.append(
             f"{lines.task(position, 'trigger')}{where}: field 'trigger': "

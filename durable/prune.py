@@ -170,6 +170,8 @@ def _delete(
                 key = (candidate.run_id,)
                 events = connection.execute("DELETE FROM events WHERE run_id = ?", key).rowcount
                 connection.execute("DELETE FROM summaries WHERE run_id = ?", key)
+                connection.execute("DELETE FROM cache WHERE run_id = ?", key)
+                connection.execute("DELETE FROM requests WHERE run_id = ?", key)
                 connection.execute("DELETE FROM runs WHERE run_id = ?", key)
                 deleted.append(candidate._replace(events=events))
             for name in DELETE_TRIGGERS:

@@ -98,6 +98,8 @@ class Session(msgspec.Struct):
     handle_signals: bool = False
     hooks: Hooks = msgspec.field(default_factory=Hooks)
     max_deaths: int = MAX_DEATHS
+    #: Reuse earlier successes of the same work (`journal/cache.py`).
+    cache: bool = False
 
 
 def new_run_id() -> str:
@@ -140,6 +142,7 @@ async def arun(
     handle_signals: bool = False,
     hooks: Hooks | None = None,
     max_deaths: int = MAX_DEATHS,
+    cache: bool = False,
 ) -> RunResult:
     """Run a workflow (a file path, or a `Workflow` built in code) to the end.
 
@@ -182,7 +185,7 @@ async def arun(
             )
             await journal.create_run(record, opening)
             session = Session(
-                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), max_deaths
+                max_concurrency, fail_fast, handle_signals, hooks or Hooks(), max_deaths, cache
             )
             state = RunState.new(plan.tasks)
             return await _drive(
@@ -203,6 +206,7 @@ async def aresume(
     hooks: Hooks | None = None,
     max_deaths: int = MAX_DEATHS,
     edit: Edit | None = None,
+    cache: bool = False,
 ) -> RunResult:
     """Continue a run: keep what succeeded or was skipped, run everything else.
 
@@ -245,7 +249,7 @@ async def aresume(
                     plan = plan_workflow(
                         workflow, record.base_dir, source=f"run '{run_id}'", trusted=True
                     )
-            session = Session(max_concurrency, fail_fast, handle_signals, hooks, max_deaths)
+            session = Session(max_concurrency, fail_fast, handle_signals, hooks, max_deaths, cache)
             # A run created by an older durable may have no first event (a crash
             # right after its row was written): this session is then its first.
             opening = RunResumed(at=time.time()) if state.sessions else RunStarted(at=time.time())
@@ -353,6 +357,7 @@ async def _drive(
         fail_fast=session.fail_fast,
         on_event=session.hooks.on_event,
         max_deaths=session.max_deaths,
+        cache=session.cache,
     )
     hooks = session.hooks
     opening_events: list[Event] = [opening] if amended is None else [opening, amended]

@@ -64,6 +64,11 @@ class Task(_Spec, kw_only=True):
     foreach: Any = None
     #: The most items `foreach` may expand into (default `fanout.DEFAULT_MAX_ITEMS`).
     max_items: Annotated[int, Meta(ge=0)] | None = None
+    #: Reuse an earlier committed success of the same work (`journal/cache.py`):
+    #: None follows the workflow's `cache` (and `durable run --cache`).
+    cache: bool | None = None
+    #: Seconds an entry of the cache answers for (None: the workflow's, or forever).
+    cache_ttl: Seconds | None = None
 
 
 class Workflow(_Spec, kw_only=True):
@@ -77,6 +82,9 @@ class Workflow(_Spec, kw_only=True):
     # Checked by `graph.build` rather than by a constraint, so that the error can
     # name the tool (msgspec reports a bad dict value as `limits[...]`).
     limits: dict[str, int] = {}
+    #: Every task reuses earlier successes of the same work unless it says `cache: false`.
+    cache: bool = False
+    cache_ttl: Seconds | None = None
 
 
 class Decoded(msgspec.Struct, kw_only=True):

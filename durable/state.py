@@ -10,6 +10,7 @@ Task states::
     retrying -> running | cancelled
     pending -> skipped | upstream_failed
     pending -> expanded -> succeeded | failed | skipped      (a `foreach` task)
+    pending -> succeeded                                     (`task_reused`: the cache)
 
 `task_expanded` creates a `foreach` task's instances (`fetch[0]`...), each a task
 of its own, `pending`. An expanded task that did not succeed goes back to
@@ -60,6 +61,7 @@ from durable.events import (
     TaskLog,
     TaskProgress,
     TaskRetrying,
+    TaskReused,
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
@@ -116,6 +118,8 @@ class TaskState(msgspec.Struct, gc=False):
     digest: str | None = None
     #: The fingerprint of its latest attempt's work (`fingerprint.py`).
     fingerprint: str | None = None
+    #: Its success came from the cache (`task_reused`), not from running it.
+    reused: bool = False
 
 
 class RunState(msgspec.Struct):
@@ -185,6 +189,11 @@ class RunState(msgspec.Struct):
                 if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
                     task.elapsed += at - opened if at > opened else 0.0  # the hottest path
                     task.attempt_started_at = None
+            case TaskReused(task_id=task_id, output=output, at=at):
+                task = self._task(task_id, event, (PENDING,))
+                self._move(task, SUCCEEDED)
+                task.output, task.finished_at = output, at
+                task.fingerprint, task.reused = event.fingerprint, True
             case TaskRetrying(task_id=task_id, error=error, at=at):
                 task = self._task(task_id, event, (RUNNING,))
                 self._move(task, RETRYING)
@@ -280,6 +289,7 @@ class RunState(msgspec.Struct):
         for task_id in reset:
             task = tasks[task_id]
             task.state, task.output, task.error, task.reason = PENDING, None, None, None
+            task.reused = False
             task.finished_at, task.instances, task.digest, task.deaths = None, None, None, 0
         self.tasks = tasks
         self.tally = dict(Counter(task.state for task in tasks.values()))

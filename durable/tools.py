@@ -35,6 +35,9 @@ class ToolDef(msgspec.Struct, frozen=True):
     #: The tool's version as its author states it (`@tool(version=...)`): what a
     #: fingerprint takes instead of the function's source (`fingerprint.py`).
     version: str | None = None
+    #: False for a tool whose output must never be reused from the cache (one whose
+    #: point is its side effect: a payment, an email).
+    cacheable: bool = True
 
     def template_source(self, raw_input: Any) -> Any:
         return self.prepare(raw_input) if self.prepare is not None else raw_input
@@ -53,6 +56,7 @@ class Registry:
         cpu_bound: bool = False,
         prepare: Callable[[Any], Any] | None = None,
         version: str | None = None,
+        cacheable: bool = True,
     ) -> ToolDef:
         if not callable(fn):
             raise TypeError(f"a tool must be callable, got {type(fn).__name__}")
@@ -63,6 +67,7 @@ class Registry:
             cpu_bound=cpu_bound,
             prepare=prepare,
             version=version,
+            cacheable=cacheable,
         )
         if tool_def.is_async and cpu_bound:
             raise TypeError(f"tool '{tool_def.name}': an async function cannot be cpu_bound")
@@ -124,7 +129,11 @@ REGISTRY = Registry()
 def tool(fn: F, /) -> F: ...
 @overload
 def tool(
-    *, name: str | None = None, cpu_bound: bool = False, version: str | None = None
+    *,
+    name: str | None = None,
+    cpu_bound: bool = False,
+    version: str | None = None,
+    cacheable: bool = True,
 ) -> Callable[[F], F]: ...
 
 
@@ -135,17 +144,20 @@ def tool(
     name: str | None = None,
     cpu_bound: bool = False,
     version: str | None = None,
+    cacheable: bool = True,
 ) -> F | Callable[[F], F]:
     """Register a function as a tool: `@tool`, or `@tool(name="web_search", cpu_bound=True)`.
 
     `version` names the tool's behaviour for fingerprints (`fingerprint.py`): give
     one when the result depends on more than the function's own source (a model, a
     helper it calls), and change it when that changes. The function itself is
-    returned unchanged, so it stays callable and picklable.
+    returned unchanged, so it stays callable and picklable. `cacheable=False` keeps
+    its outputs out of the cache (`durable run --cache`): for a tool whose point is
+    its side effect.
     """
 
     def register(function: F) -> F:
-        REGISTRY.add(function, name=name, cpu_bound=cpu_bound, version=version)
+        REGISTRY.add(function, name=name, cpu_bound=cpu_bound, version=version, cacheable=cacheable)
         return function
 
     return register(fn) if fn is not None else register

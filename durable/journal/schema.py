@@ -55,6 +55,28 @@ CREATE TRIGGER IF NOT EXISTS runs_append_only_replace BEFORE INSERT ON runs
 }
 _TRIGGERS = "".join(f"{statement};\n" for statement in APPEND_ONLY_TRIGGERS.values())
 
+# The cache across runs (`durable run --cache`): a task's fingerprint -> the
+# committed success that answers it. Written in the same transaction as that
+# success, so an entry never names an output a crash could take back; deleted by
+# `durable cache clear` (the events it points to stay).
+_CACHE = """CREATE TABLE IF NOT EXISTS cache (
+    fingerprint TEXT PRIMARY KEY,
+    tool        TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    task_id     TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,  -- the task_succeeded event
+    at          REAL NOT NULL
+) WITHOUT ROWID"""
+
+# Requests to the process driving a run, from another process (`durable cancel`).
+# Not history: the driver journals what it does about one, and deletes it.
+_REQUESTS = """CREATE TABLE IF NOT EXISTS requests (
+    run_id TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    at     REAL NOT NULL
+)"""
+
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,6 +102,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id, seq);
 {_SUMMARIES};
+{_CACHE};
+{_REQUESTS};
 {_TRIGGERS}PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
@@ -92,8 +116,9 @@ _MIGRATE_FROM_1 = (
     "ALTER TABLE events ADD COLUMN crc INTEGER",
     "PRAGMA user_version = 2",
 )
-# Version 2 had no summaries: its runs are folded until a session writes one.
-_MIGRATE_FROM_2 = (_SUMMARIES, "PRAGMA user_version = 3")
+# Version 2 had no summaries (its runs are folded until a session writes one),
+# no cache and no requests.
+_MIGRATE_FROM_2 = (_SUMMARIES, _CACHE, _REQUESTS, "PRAGMA user_version = 3")
 _MIGRATIONS = {1: _MIGRATE_FROM_1 + _MIGRATE_FROM_2, 2: _MIGRATE_FROM_2}
 
 _INSERT_EVENTS = "INSERT INTO events (run_id, task_id, attempt, kind, at, data, crc) VALUES "
@@ -112,6 +137,8 @@ SAVE_SUMMARY = (
     "INSERT INTO summaries (run_id, last_seq, data, crc) VALUES (?, ?, ?, ?) ON CONFLICT"
     " (run_id) DO UPDATE SET last_seq = excluded.last_seq, data = excluded.data, crc = excluded.crc"
 )
+
+REMEMBER = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?)"
 
 #: The most often a run's summary is rewritten, in seconds; and the events with
 #: which it always is, so that a run that stopped has a summary of all it did.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,15 @@ import msgspec
 from durable.errors import JournalError, RunExists
 from durable.events import Event, encode_data, kind_of
 from durable.integrity import event_crc, run_crc, summary_crc
+from durable.journal import cache
+from durable.journal.cache import CacheHit
 from durable.journal.file import READ_ERRORS, FileAccess, check_file, describe, readable
 from durable.journal.reader import RUN_COLUMNS, JournalReader, RunRecord
 from durable.journal.schema import (
     CHECKPOINT_EVERY,
     CHUNKS,
     INSERT_CHUNK,
+    REMEMBER,
     SAVE_SUMMARY,
     SESSION_ENDS,
     SUMMARY_EVERY,
@@ -77,6 +80,8 @@ class Journal(JournalReader):
         self._write_conn = writer
         self._access = access
         self._queue: list[tuple[Any, ...]] = []
+        # (position in `_queue`, fingerprint, tool): successes the cache remembers.
+        self._remember: list[tuple[int, str, str]] = []
         self._batch: asyncio.Future[None] | None = None
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -207,6 +212,10 @@ class Journal(JournalReader):
         self.commits += 1
         self.events_written += 1
 
+    def cached(self, fingerprint: str, newer_than: float | None = None) -> CacheHit | None:
+        """The committed success that answers `fingerprint`, if the cache has one."""
+        return cache.lookup(self._writable, fingerprint, newer_than)
+
     def keep_summary(self, run_id: str, source: Callable[[], RunSummary]) -> None:
         """Rewrite the run's summary with every commit of its events, from `source`.
 
@@ -215,15 +224,24 @@ class Journal(JournalReader):
         """
         self._summaries[run_id] = source
 
-    def append(self, run_id: str, event: Event, data: Any = _ENCODE) -> asyncio.Future[None]:
+    def append(
+        self,
+        run_id: str,
+        event: Event,
+        data: Any = _ENCODE,
+        remember: tuple[str, str] | None = None,
+    ) -> asyncio.Future[None]:
         """Queue an event; the returned future resolves once it is committed.
 
         `data` may be passed pre-encoded (the engine encodes an output once, to
         check that it is serialisable). Appending never waits: only a caller that
-        needs the durability barrier awaits the future.
+        needs the durability barrier awaits the future. `remember` (a fingerprint
+        and a tool) puts a `task_succeeded` in the cache, in the same commit.
         """
         if data is _ENCODE:
             data = encode_data(event)
+        if remember is not None:
+            self._remember.append((len(self._queue), *remember))
         self._queue.append(
             (
                 run_id,
@@ -263,10 +281,10 @@ class Journal(JournalReader):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            rows, batch = self._queue, self._batch
-            self._queue, self._batch = [], None
+            rows, batch, remember = self._queue, self._batch, self._remember
+            self._queue, self._batch, self._remember = [], None, []
             try:
-                self._write(rows)
+                self._write(rows, remember)
             except sqlite3.Error as exc:
                 # The engine's state now holds events that never committed: no
                 # summary may be taken from it again (the runs are folded instead).
@@ -298,7 +316,9 @@ class Journal(JournalReader):
         self._checkpoint = None
         future.exception()  # a failed checkpoint loses nothing; the next one retries
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(
+        self, rows: list[tuple[Any, ...]], remember: Sequence[tuple[int, str, str]] = ()
+    ) -> None:
         """One transaction for the whole batch: the group commit.
 
         Each row's checksum chains from its run's previous row; the chains advance
@@ -329,10 +349,16 @@ class Journal(JournalReader):
                 while total - start >= size:
                     cursor = conn.execute(statement, values[start * 7 : (start + size) * 7])
                     start += size
+            # Under the write lock rows get consecutive seqs, the last one this.
+            first_seq = cursor.lastrowid - total + 1  # type: ignore[operator]
             if self._summaries:
-                # Under the write lock rows get consecutive seqs, the last one this.
-                first_seq = cursor.lastrowid - total + 1  # type: ignore[operator]
                 saved = self._save_summaries(conn, rows, ends, first_seq)
+            for position, fingerprint, tool in remember:
+                run_id, task_id, attempt, _, at, _ = rows[position]
+                conn.execute(
+                    REMEMBER,
+                    (fingerprint, tool, run_id, task_id, attempt, first_seq + position, at),
+                )
             conn.execute("COMMIT")
         except BaseException:
             # SQLite has already rolled back after some errors (a full disk): a

@@ -150,6 +150,8 @@ def summary(item: Summary) -> Group:
         f" in {seconds(item.elapsed)} · {item.finished:,}/{item.total:,} finished: ",
     )  # fmt: skip
     first.append_text(_joined(count_parts(item.counts), ", "))
+    if item.reused:
+        first.append(f" ({item.reused:,} from cache)", style="dim")
     lines = [first]
     if item.slowest:
         slow = ", ".join(f"{task_id} {seconds(s)}" for task_id, s in item.slowest)

@@ -19,6 +19,7 @@ from durable.events import (
     TaskLog,
     TaskProgress,
     TaskRetrying,
+    TaskReused,
     kind_of,
 )
 from durable.report.model import progress_text
@@ -54,9 +55,9 @@ class Reporter:
 
     def finish(self, result: RunResult, elapsed: float, db: str | None = None) -> None:
         """Show how the run ended: the summary line, and each failed task on stderr."""
-        self.write(
-            summary_line(result.run_id, result.status, RunState(result.tasks).counts(), elapsed)
-        )
+        reused = sum(task.reused for task in result.tasks.values())
+        counts = RunState(result.tasks).counts()
+        self.write(summary_line(result.run_id, result.status, counts, elapsed, reused))
         self.stream.flush()
         for task_id, task in result.tasks.items():
             if task.state == FAILED:
@@ -120,6 +121,11 @@ def describe_event(event: Event) -> str:
         line += f"; retrying in {event.delay:g}s"
     elif isinstance(event, TaskExpanded):
         line += f" into {event.count} instance{'s' if event.count != 1 else ''}"
+    elif isinstance(event, TaskReused):
+        line += (
+            f" from the cache (run {event.from_run}, task {event.from_task}, "
+            f"attempt {event.from_attempt})"
+        )
     return line
 
 
@@ -145,8 +151,13 @@ class PlainReporter(Reporter):
 
 
 def summary_line(
-    run_id: str, status: str, counts: dict[str, Any], elapsed: float | None = None
+    run_id: str,
+    status: str,
+    counts: dict[str, Any],
+    elapsed: float | None = None,
+    reused: int = 0,
 ) -> str:
     parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     timing = f" in {elapsed:.2f}s" if elapsed is not None else ""
-    return f"run {run_id} {status}{timing}: {parts}"
+    cached = f" ({reused} from cache)" if reused else ""
+    return f"run {run_id} {status}{timing}: {parts}{cached}"

@@ -37,6 +37,7 @@ from durable.events import (
     TaskLog,
     TaskProgress,
     TaskRetrying,
+    TaskReused,
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
@@ -153,6 +154,8 @@ class LiveModel:
         self.failures: list[Notice] = []
         self.started: float | None = None
         self.status: str | None = None
+        #: Tasks answered from the cache in this session (`task_reused`).
+        self.reused = 0
         self._slots: deque[list[int]] = deque(maxlen=int(WINDOW / SLOT) + 2)
         self._count(state)
         #: The handler of each kind of event (`apply_all` does the two commonest inline).
@@ -171,6 +174,7 @@ class LiveModel:
             TaskProgress: self._progressed,
             TaskLog: _ignore,  # kept for `durable log`, not shown live
             TaskExpanded: self._expanded,
+            TaskReused: self._reused,
             # The model starts from the state an amendment leaves (`runner._drive`).
             RunAmended: _ignore,
         }
@@ -277,6 +281,11 @@ class LiveModel:
         self.notices.append(notice)
         if len(self.failures) < FAILURES:
             self.failures.append(notice)
+
+    def _reused(self, event: TaskReused) -> None:
+        """A success from the cache: it counts as one, and as reused."""
+        self.reused += 1
+        self._completed(SUCCEEDED, event.at)
 
     def _expanded(self, event: TaskExpanded) -> None:
         self.total += event.count  # its instances are tasks of the run from now on

@@ -25,6 +25,8 @@ class Summary:
     total: int
     finished: int
     counts: list[tuple[str, int]]
+    #: Of the succeeded, how many came from the cache.
+    reused: int = 0
     #: (task id, seconds) of this session's slowest successful attempts.
     slowest: list[tuple[str, float]] = field(default_factory=list)
     #: (task id, attempt, first line of the error) of the first failures.
@@ -54,6 +56,7 @@ def summarize(model: LiveModel, status: str, elapsed: float, db: str | None = No
         total=model.total,
         finished=finished,
         counts=counts,
+        reused=model.reused,
         slowest=[
             (task_id, seconds) for seconds, task_id in model.slowest if seconds >= SLOW_ENOUGH
         ],

@@ -580,8 +580,8 @@ def test_dependents_start_only_after_the_dependency_is_committed(db, monkeypatch
     batches: list[list[tuple[str | None, str]]] = []
     original = Journal._write
 
-    def recording_write(self, rows):
-        original(self, rows)
+    def recording_write(self, rows, remember=()):
+        original(self, rows, remember)
         # rows are (run_id, task_id, attempt, kind, at, data); recorded once committed
         batches.append([(row[1], row[3]) for row in rows])
 

@@ -23,6 +23,7 @@ from durable.events import (
     TaskLog,
     TaskProgress,
     TaskRetrying,
+    TaskReused,
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
@@ -49,6 +50,15 @@ SAMPLES = [
     TaskProgress(task_id="fetch", attempt=1, at=12.0, fraction=0.5, message="half way"),
     TaskLog(task_id="fetch", attempt=1, at=13.0, level="WARNING", message="rate limited"),
     TaskExpanded(task_id="fetch", at=14.0, count=3, digest="0badc0de"),
+    TaskReused(
+        task_id="fetch",
+        at=16.0,
+        output={"x": 1},
+        fingerprint="ab" * 16,
+        from_run="r0",
+        from_task="fetch",
+        from_attempt=2,
+    ),
     RunAmended(at=15.0, spec=b'{"name":"w"}', tasks=["a", "b"], reset=["b"], source="/w.yaml"),
 ]
 
@@ -70,6 +80,7 @@ KNOWN_KINDS = {
     "task_log",
     "task_expanded",
     "run_amended",
+    "task_reused",
 }
 
 

@@ -101,6 +101,8 @@ def test_schema_and_user_version(tmp_path):
             ("table", "events"),
             ("index", "events_by_run"),
             ("table", "summaries"),
+            ("table", "cache"),
+            ("table", "requests"),
             ("trigger", "runs_append_only_update"),
             ("trigger", "runs_append_only_delete"),
             ("trigger", "runs_append_only_replace"),

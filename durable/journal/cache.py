@@ -1,0 +1,88 @@
+"""The cache across runs: finding the committed success that answers a fingerprint.
+
+An entry (`schema._CACHE`) is written in the same transaction as the success it
+names (`writer.Journal.append(remember=...)`), so it never names an output that a
+crash could take back. Before an entry is used, the event it names is read and
+checked: it must be that task's `task_succeeded`, and its checksum must chain from
+the event before it (`integrity.py`); anything else is a miss, never a wrong output.
+`durable cache clear` deletes entries; the events stay, as history.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, NamedTuple
+
+import msgspec
+
+from durable.events import decode_output
+from durable.integrity import event_crc
+
+
+class CacheHit(NamedTuple):
+    """A committed success that answers a fingerprint."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    at: float
+    output: Any
+
+    def describe(self) -> str:
+        return f"run {self.run_id}, task {self.task_id}, attempt {self.attempt}"
+
+
+def lookup(
+    conn: sqlite3.Connection, fingerprint: str, newer_than: float | None = None
+) -> CacheHit | None:
+    """The entry for `fingerprint`, if there is one (committed at or after
+    `newer_than`) and the event it names checks out."""
+    row = conn.execute(
+        "SELECT run_id, task_id, attempt, seq, at FROM cache WHERE fingerprint = ?",
+        (fingerprint,),
+    ).fetchone()
+    if row is None:
+        return None
+    run_id, task_id, attempt, seq, at = row
+    if newer_than is not None and at < newer_than:
+        return None
+    event = conn.execute(
+        "SELECT run_id, task_id, attempt, kind, at, data, crc FROM events WHERE seq = ?", (seq,)
+    ).fetchone()
+    if event is None or event[:4] != (run_id, task_id, attempt, "task_succeeded"):
+        return None  # its run was pruned, or the entry is wrong: run the task
+    previous = (
+        conn.execute(
+            "SELECT crc FROM events WHERE run_id = ? AND seq < ? ORDER BY seq DESC LIMIT 1",
+            (run_id, seq),
+        ).fetchone()
+        or conn.execute("SELECT crc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    )
+    data = event[5]
+    if previous is None or event_crc(previous[0] or 0, *event[:5], data) != event[6]:
+        return None
+    try:
+        output = None if data is None else decode_output(bytes(data))
+    except msgspec.DecodeError:
+        return None
+    return CacheHit(run_id, task_id, attempt, at, output)
+
+
+def clear(
+    conn: sqlite3.Connection, *, older_than: float | None = None, tool: str | None = None
+) -> int:
+    """Forget entries (all; or committed before `older_than`; or of one tool)."""
+    clauses, parameters = [], []
+    if older_than is not None:
+        clauses.append("at < ?")
+        parameters.append(older_than)
+    if tool is not None:
+        clauses.append("tool = ?")
+        parameters.append(tool)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    with conn:
+        return conn.execute(f"DELETE FROM cache{where}", parameters).rowcount
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM cache").fetchone()[0]
