@@ -65,6 +65,7 @@ def _register() -> None:
     cli.add_command(operator_cmds.export)
     cli.add_command(operator_cmds.prune)
     cli.add_command(operator_cmds.cache)
+    cli.add_command(operator_cmds.cancel)
 
 
 _register()

@@ -206,3 +206,51 @@ def clear(before: float | None, tool: str | None, db: str | None) -> None:
     finally:
         connection.close()
     click.echo(f"forgot {forgotten} cache entr{'y' if forgotten == 1 else 'ies'}; {left} left")
+
+
+#: How long `durable cancel` waits for the driver to stop (it looks every 0.5 s).
+CANCEL_WAIT = 10.0
+
+
+@click.command()
+@run_id_argument()
+@db_option
+def cancel(run_id: str, db: str | None) -> None:
+    """Stop a run that another process is driving, cleanly and resumably.
+
+    The driver sees the request within a second, cancels its running tasks and
+    journals the run as `cancelled`; `durable resume` goes on with it later.
+    """
+    import sqlite3
+
+    from durable_cli.journal_cmds import _with_journal
+
+    from durable import prune as pruning
+    from durable.errors import DurableError
+    from durable.inspection import resolve_run_id
+    from durable.journal import default_path
+    from durable.runlock import RunLock
+
+    path = Path(db or default_path())
+    run_id = _with_journal(db, lambda journal: resolve_run_id(journal, run_id))
+    lock = RunLock(path, run_id)
+    if not lock.is_held_elsewhere():
+        raise DurableError(f"run '{run_id}' is not running: no process drives it to cancel")
+    connection = pruning.connect(path)
+    try:
+        connection.execute(
+            "INSERT INTO requests (run_id, kind, at) VALUES (?, 'cancel', ?)", (run_id, time.time())
+        )
+    except sqlite3.Error as exc:
+        raise DurableError(f"cannot ask run '{run_id}' to stop: {exc}") from None
+    finally:
+        connection.close()
+    deadline = time.monotonic() + CANCEL_WAIT
+    while lock.is_held_elsewhere():
+        if time.monotonic() > deadline:
+            raise DurableError(
+                f"asked run '{run_id}' to stop, but its process has not stopped within "
+                f"{CANCEL_WAIT:g}s (a task that ignores cancellation?); it will when it can"
+            )
+        time.sleep(0.1)
+    click.echo(f"run {run_id} cancelled; `durable resume {run_id}` goes on with it")

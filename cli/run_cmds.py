@@ -160,8 +160,16 @@ def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: 
     help="Override a param (repeatable).",
 )
 @click.option("--run-id", default=None, help="Use this run id instead of a generated one.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would run, in which order and how many at once (with --cache: which "
+    "tasks the cache would answer); run nothing, write nothing.",
+)
 @session_options
-def run(workflow: str, params: tuple[str, ...], run_id: str | None, **session: Any) -> None:
+def run(
+    workflow: str, params: tuple[str, ...], run_id: str | None, dry_run: bool, **session: Any
+) -> None:
     """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
 
     On a terminal a live view shows progress and the running tasks; elsewhere (a
@@ -172,7 +180,26 @@ def run(workflow: str, params: tuple[str, ...], run_id: str | None, **session: A
     from durable import runner
 
     overrides = _parse_params(params)
+    if dry_run:
+        _explain(workflow, overrides, session)
+        return
     _drive(lambda **options: runner.arun(workflow, overrides, run_id=run_id, **options), **session)
+
+
+def _explain(workflow: str, overrides: dict[str, Any], session: dict[str, Any]) -> None:
+    """`run --dry-run`: the plan of the run, and what the cache would answer."""
+    from durable import runner
+    from durable.explain import explain, render, to_dict
+    from durable.loader import plan_file
+
+    plan, _ = plan_file(workflow)
+    params = runner.merge_params(plan.workflow, overrides)
+    cached = runner.cache_preview(plan, params, session["db"], session["cache"])
+    explanation = explain(plan, max_concurrency=session["jobs"], cached=cached)
+    if session["as_json"]:
+        click.echo(json.dumps(to_dict(explanation)))
+    else:
+        click.echo(render(explanation))
 
 
 @click.command()
@@ -220,4 +247,22 @@ def resume(
     _drive(lambda **options: runner.aresume(run_id, edit=edit, **options), **session)
 
 
-COMMANDS = [run, resume]
+@click.command()
+@run_id_argument()
+@click.argument("tasks", nargs=-1, required=True, metavar="TASK...")
+@click.option("--downstream", is_flag=True, help="Run what depends on them again too.")
+@session_options
+def rerun(run_id: str, tasks: tuple[str, ...], downstream: bool, **session: Any) -> None:
+    """Run finished tasks of a run again, in the same run, keeping everything else.
+
+    The tasks (an instance too: 'fetch[2]') start over; with --downstream, so does
+    everything that depends on them. The request is journaled (`run_amended`), and
+    refused while another process drives the run.
+    """
+    from durable import runner
+
+    edit = runner.Edit(rerun=list(tasks), downstream=downstream)
+    _drive(lambda **options: runner.aresume(run_id, edit=edit, **options), **session)
+
+
+COMMANDS = [run, resume, rerun]

@@ -26,7 +26,7 @@ import msgspec
 from durable.errors import DurableError
 from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import Plan, TaskPlan
-from durable.refs import Scope, instance_id
+from durable.refs import Scope, group_of, instance_id
 from durable.spec import Task, Workflow
 from durable.state import KEPT, SKIPPED, SUCCEEDED, RunState, TaskState
 
@@ -169,3 +169,31 @@ def _refuse_renames(before: dict[str, Task], after: list[Task]) -> None:
 
 def _work(task: Task) -> bytes:
     return msgspec.msgpack.encode((task.tool, task.input, task.when, task.foreach), order="sorted")
+
+
+RERUN = "asked to run again"
+
+
+def plan_rerun(state: RunState, plan: Plan, task_ids: list[str], downstream: bool) -> Amendment:
+    """`durable rerun`: the named tasks run again (an instance `fetch[2]` alone,
+    its task waiting for it), and with `downstream` everything that depends on them."""
+    unknown = [task_id for task_id in task_ids if task_id not in state.tasks]
+    if unknown:
+        raise DurableError(f"the run has no task {', '.join(repr(t) for t in unknown)}")
+    reasons = dict.fromkeys(task_ids, RERUN)
+    if downstream:
+        queue = [group_of(task_id) for task_id in task_ids]
+        while queue:
+            current = queue.pop()
+            for dependent in plan.tasks[current].dependents:
+                if dependent not in reasons:
+                    reasons[dependent] = f"upstream '{current}' runs again"
+                    queue.append(dependent)
+    order = [*plan.tasks, *(t for t in state.tasks if t not in plan.tasks)]
+    runs = [(task_id, reasons[task_id]) for task_id in order if task_id in reasons]
+    return Amendment(
+        kept=[task_id for task_id in order if task_id not in reasons],
+        runs=runs,
+        removed=[],
+        reset=[task_id for task_id, _ in runs],
+    )

@@ -79,6 +79,9 @@ from durable.state import (
 
 _BLOCKING = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED})
 
+#: The status of a run stopped by `durable cancel`: finished, and resumable.
+RUN_CANCELLED = "cancelled"
+
 #: Process deaths while a task ran after which it is failed rather than started again.
 MAX_DEATHS = 3
 
@@ -142,6 +145,7 @@ class Engine:
         # foreach task -> its instances not yet finished in this session
         self._group_left: dict[str, int] = {}
         journal.on_lost = self._crash
+        journal.on_request = self._requested
         self.peak_running = 0
 
     # -- public --------------------------------------------------------------
@@ -167,7 +171,10 @@ class Engine:
             self.emit(RunInterrupted(at=time.time()))
             await self.journal.flush()
             return INTERRUPTED
-        status = FAILED if self._stopping else self.state.outcome()
+        if self._stopping == RUN_CANCELLED:
+            status = RUN_CANCELLED
+        else:
+            status = FAILED if self._stopping else self.state.outcome()
         self.emit(RunFinished(at=time.time(), status=status))
         await self.journal.flush()
         return status
@@ -175,6 +182,12 @@ class Engine:
     def interrupt(self) -> None:
         """Stop starting tasks, cancel the running ones; the run stays resumable."""
         self._stop(INTERRUPTED)
+
+    def _requested(self, run_id: str, kind: str) -> None:
+        """A request from another process (`durable cancel`): stop as an interrupt
+        does, and end the run `cancelled`, resumable."""
+        if run_id == self.run_id and kind == "cancel":
+            self._stop(RUN_CANCELLED)
 
     def stats(self) -> dict[str, int]:
         """A snapshot: attempts running, tasks ready but waiting for a slot, tasks left."""

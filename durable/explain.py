@@ -45,6 +45,8 @@ WIDTH = 100
 _IDS = 40
 #: Cached tasks listed one a line; past this many, the rest are counted.
 _CACHED_LINES = 10
+#: Past this many levels, the first `_LEVELS - 5` and the last 5 are shown.
+_LEVELS = 40
 
 _INSTANCE = re.compile(r"(?P<group>[^\[\]]+)\[(?P<index>0|[1-9][0-9]*)\]")
 
@@ -167,6 +169,9 @@ def explain(
             )
         )
 
+    answered: list[list[str]] = [[] for _ in plan.levels]
+    for task_id in answers:
+        answered[plan.tasks[group_of(task_id)].level].append(task_id)
     levels = []
     for number, level in enumerate(plan.levels):
         counts: dict[str, float] = {}
@@ -175,7 +180,6 @@ def explain(
             count = runs[task_id]
             counts[tool] = counts.get(tool, 0) + (float("inf") if count is None else count)
         at_once, bound_by = _at_once(counts, workflow.limits, concurrency)
-        in_level = set(level)
         levels.append(
             Level(
                 index=number,
@@ -183,7 +187,7 @@ def explain(
                 width=len(level),
                 runs=sum(runs[t] or 0 for t in level),
                 per_item=[t for t in level if runs[t] is None],
-                cached=[t for t in answers if group_of(t) in in_level],
+                cached=answered[number],
                 at_once=at_once,
                 bound_by=bound_by,
             )
@@ -313,7 +317,8 @@ def to_dict(explanation: Explanation) -> dict[str, Any]:
 def render(explanation: Explanation) -> str:
     """The explanation for a person: a line of totals, a line per level, then the
     critical path, what varies at run time (`foreach`, `when`), retries, timeouts and
-    the cache's answers. Long lists are cut to fit the line ("and N more")."""
+    the cache's answers. Long lists are cut to fit the line ("and N more"), and past
+    `_LEVELS` levels the middle ones are left out: `to_dict` has them all."""
     e = explanation
     mapped = {f.id for f in e.foreach}
 
@@ -332,10 +337,16 @@ def render(explanation: Explanation) -> str:
         "to run: " + _work(e.runs, [shown(t) for t in e.per_item], len(e.cached)),
     ]
 
+    shown_levels: list[Level | None] = list(e.levels)
+    if len(e.levels) > _LEVELS:  # `None`: where the levels left out would be
+        shown_levels = [*e.levels[: _LEVELS - 5], None, *e.levels[-5:]]
     label = len(f"level {len(e.levels) - 1}:")
-    ids = [_fit([shown(t) for t in level.tasks], _IDS) for level in e.levels]
+    ids = [_fit([shown(t) for t in level.tasks], _IDS) if level else "" for level in shown_levels]
     column = max(map(len, ids), default=0)
-    for level, names in zip(e.levels, ids, strict=True):
+    for level, names in zip(shown_levels, ids, strict=True):
+        if level is None:
+            lines.append(f"... and {len(e.levels) - _LEVELS} more levels")
+            continue
         if level.per_item and not level.runs and len(level.per_item) == level.width:
             work = "one task per item" + (
                 f"; {len(level.cached)} from cache" if level.cached else ""

@@ -42,7 +42,7 @@ from durable.state import (
 from durable.summary import RunSummary, session_time, shown_counts, shown_state, summarize
 
 #: The statuses `runs` can show: the fold's, "running" (a live driver) and "damaged".
-RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "damaged")
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "cancelled", "damaged")
 #: Task states that need someone's attention: `status --failed` shows only these.
 ATTENTION = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED})
 # `status` lists what went wrong first (the cause before its consequences), then

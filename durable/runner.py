@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,16 +24,19 @@ import msgspec
 from durable import eventloop
 from durable import spec as spec_module
 from durable.allocation import bulk_allocation
-from durable.amend import Amendment, RenamedTask, plan_amendment
+from durable.amend import Amendment, RenamedTask, plan_amendment, plan_rerun
 from durable.engine import MAX_DEATHS, Engine
 from durable.errors import DurableError, ParamError, SpecError
 from durable.events import Event, RunAmended, RunResumed, RunStarted
 from durable.executors import refuse_in_pool_worker
+from durable.fingerprint import fingerprint, tool_identity
 from durable.formats import MAX_DEPTH
-from durable.graph import Plan
+from durable.graph import Plan, TaskPlan
 from durable.inspection import fold_run, resolve_run_id
-from durable.journal import Journal, RunRecord
+from durable.journal import Journal, RunRecord, default_path
+from durable.journal import cache as cache_index
 from durable.loader import plan_file, plan_workflow
+from durable.refs import Scope
 from durable.runlock import RunLock, check_run_id
 from durable.spec import Workflow
 from durable.state import INTERRUPTED, SUCCEEDED, RunState, TaskState
@@ -88,6 +92,10 @@ class Edit(msgspec.Struct):
 
     path: str | None = None
     dry_run: bool = False
+    #: `durable rerun`: run these tasks again (and, with `downstream`, their
+    #: dependents) in the run's own workflow, instead of reading a file.
+    rerun: list[str] | None = None
+    downstream: bool = False
 
 
 class Session(msgspec.Struct):
@@ -263,6 +271,8 @@ def _amend(
     record: RunRecord, workflow: Workflow, state: RunState, edit: Edit, hooks: Hooks
 ) -> tuple[Plan, RunAmended | None]:
     """Plan the edited workflow against the run; None: nothing to change or run."""
+    if edit.rerun is not None:
+        return _rerun(record, workflow, state, edit, hooks)
     path = edit.path or state.source
     if path is None:
         raise DurableError(
@@ -288,6 +298,75 @@ def _amend(
         source=str(Path(path).resolve()),
     )
     return plan, event
+
+
+def _rerun(
+    record: RunRecord, workflow: Workflow, state: RunState, edit: Edit, hooks: Hooks
+) -> tuple[Plan, RunAmended]:
+    """`durable rerun`: the run's own workflow, with the named tasks reset."""
+    plan = plan_workflow(workflow, record.base_dir, source=f"run '{record.run_id}'", trusted=True)
+    try:
+        amendment = plan_rerun(state, plan, edit.rerun or [], edit.downstream)
+    except DurableError as exc:
+        raise DurableError(f"run '{record.run_id}': {exc.message}") from None
+    if hooks.on_plan is not None:
+        hooks.on_plan(record.run_id, amendment)
+    event = RunAmended(
+        at=time.time(),
+        spec=spec_module.encode(workflow),
+        tasks=list(plan.tasks),
+        reset=amendment.reset,
+        source=state.source,
+    )
+    return plan, event
+
+
+def cache_preview(
+    plan: Plan, params: dict[str, Any], db: str | os.PathLike[str] | None, cache: bool
+) -> dict[str, str]:
+    """`durable run --dry-run`: the tasks the cache would answer, and from where.
+
+    Tasks are taken in dependency order, each rendered from its upstream outputs
+    where the cache answered those too; one whose input needs an output that would
+    only exist once something runs (or the run's id) cannot be known in advance.
+    The journal is only read.
+    """
+    path = Path(db or default_path())
+    if not path.exists():
+        return {}
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}
+    scope = Scope(params, "", {})
+    found: dict[str, str] = {}
+    try:
+        for level in plan.levels:
+            for task_id in level:
+                task = plan.tasks[task_id]
+                own = task.spec.cache
+                wanted = (cache or plan.workflow.cache) if own is None else own
+                if not wanted or task.tool is None or not task.tool.cacheable:
+                    continue
+                if task.spec.foreach is not None or task.spec.when is not None:
+                    continue  # decided at run time
+                try:
+                    value = task.template.render(scope)
+                    mark = fingerprint(tool_identity(task.tool), value)
+                    hit = cache_index.lookup(connection, mark, _newer_than(task, plan))
+                except (DurableError, TypeError, ValueError, sqlite3.Error):
+                    continue
+                if hit is not None:
+                    scope.outputs[task_id] = hit.output  # type: ignore[index]
+                    found[task_id] = hit.describe()
+    finally:
+        connection.close()
+    return found
+
+
+def _newer_than(task: TaskPlan, plan: Plan) -> float | None:
+    ttl = task.spec.cache_ttl if task.spec.cache_ttl is not None else plan.workflow.cache_ttl
+    return None if ttl is None else time.time() - ttl
 
 
 def params_of(record: RunRecord, workflow: Workflow) -> dict[str, Any]:

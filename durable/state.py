@@ -288,9 +288,20 @@ class RunState(msgspec.Struct):
                 tasks[task_id] = task  # an instance of a kept group
         for task_id in reset:
             task = tasks[task_id]
+            group = task_id.split("[", 1)[0]
+            if group != task_id:  # one instance again: its task waits for it, expanded
+                owner = tasks[group]
+                owner.state, owner.output, owner.error, owner.finished_at = (
+                    EXPANDED,
+                    None,
+                    None,
+                    None,
+                )
+                owner.reused = False
+            else:
+                task.instances, task.digest = None, None
             task.state, task.output, task.error, task.reason = PENDING, None, None, None
-            task.reused = False
-            task.finished_at, task.instances, task.digest, task.deaths = None, None, None, 0
+            task.finished_at, task.deaths, task.reused = None, 0, False
         self.tasks = tasks
         self.tally = dict(Counter(task.state for task in tasks.values()))
         self.amendments += 1

@@ -104,6 +104,9 @@ class Journal(JournalReader):
         self._watch: asyncio.TimerHandle | None = None
         #: Called once if the journal file is deleted or replaced under a run.
         self.on_lost: Callable[[JournalError], None] | None = None
+        #: Called with (run id, kind) for a request another process left for a run
+        #: this one drives (`durable cancel`), checked with the file every WATCH_EVERY.
+        self.on_request: Callable[[str, str], None] | None = None
         self.lost: JournalError | None = None
         self.commits = 0
         self.events_written = 0
@@ -464,6 +467,7 @@ class Journal(JournalReader):
         except OSError:
             same = False
         if same:
+            self._check_requests()
             self._watch = asyncio.get_running_loop().call_later(WATCH_EVERY, self._check_identity)
             return
         self.lost = JournalError(
@@ -473,6 +477,22 @@ class Journal(JournalReader):
         )
         if self.on_lost is not None:
             self.on_lost(self.lost)
+
+    def _check_requests(self) -> None:
+        """Hand the requests other processes left for the runs this one drives
+        (`durable cancel`) to `on_request`, once each: they are deleted as taken."""
+        if self.on_request is None or not self._summaries:
+            return
+        conn = self._writable
+        try:
+            rows = conn.execute("SELECT rowid, run_id, kind FROM requests").fetchall()
+            mine = [row for row in rows if row[1] in self._summaries]
+            if mine:
+                conn.executemany("DELETE FROM requests WHERE rowid = ?", [(r[0],) for r in mine])
+        except sqlite3.Error:
+            return  # busy, say: the next look, half a second on, takes them
+        for _, run_id, kind in mine:
+            self.on_request(run_id, kind)
 
     async def close(self) -> None:
         """Commit what is queued, stop the writer and close the connections."""

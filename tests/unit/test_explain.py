@@ -312,6 +312,17 @@ def test_levels_align_past_ten() -> None:
     assert "level 10: s10  1 task" in text
 
 
+def test_many_levels_are_cut() -> None:
+    chain = [task("s0")] + [after(f"s{n}", f"s{n - 1}") for n in range(1, 100)]
+    text = lines(explain(plan(*chain)))
+    levels = [line for line in text if line.startswith("level ")]
+    assert len(levels) == 40
+    assert levels[34] == "level 34: s34  1 task"
+    assert text[text.index(levels[34]) + 1] == "... and 60 more levels"
+    assert levels[35] == "level 95: s95  1 task"
+    assert levels[39] == "level 99: s99  1 task"
+
+
 def test_to_dict_for_json() -> None:
     p = plan(
         task("plan"),
