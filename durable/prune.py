@@ -4,8 +4,11 @@ The journal is append-only (`journal/schema.py`: triggers refuse UPDATE and DELE
 because a run's state is the fold of its events: remove or change one and the
 fold tells a different story, which is worse than no story. That argument is about
 the events of a run someone may still read or resume. A run removed *whole* (its
-`runs` row, every one of its events, its summary) leaves no history behind to be
-misread: the other runs' chains, summaries and folds never refer to it. So whole
+`runs` row, every one of its events, its summary, its cache entries and any
+request left for it) leaves no history behind to be misread: the other runs'
+chains, summaries and folds never refer to it. Its cache entries must go with it:
+the seqs of the newest events are reused once they are deleted, and an entry left
+behind would name another run's event. So whole
 runs may go, and only here, where it is done under these conditions:
 
 - the run is not driven by anyone: its `RunLock` is taken for the deletion, so a
@@ -17,7 +20,8 @@ runs may go, and only here, where it is done under these conditions:
 - SQLite's integrity check passes first: a damaged index could hide some of a
   run's events from the deletion and leave them behind, belonging to no run.
 
-Nothing else in durable deletes a row. Pruning an interrupted run gives up its
+Nothing else in durable deletes a row of history (`durable cache clear` deletes
+cache entries, which are an index, not history). Pruning an interrupted run gives up its
 resume for good. Lock files (`<journal>.locks/RUN_ID`) stay, as they always do.
 """
 

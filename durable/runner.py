@@ -230,9 +230,10 @@ async def aresume(
     hooks = hooks or Hooks()
     journal = await Journal.open(db, create=False, durability=durability)
     try:
-        record = await journal.get_run(await resolve_run_id(journal, run_id))
-        run_id = record.run_id
+        run_id = await resolve_run_id(journal, run_id)
         with RunLock(journal.path, run_id):
+            # Read under the lock: a `durable prune` may have taken the run meanwhile.
+            record = await journal.get_run(run_id)
             with bulk_allocation():
                 workflow, state, _ = await fold_run(journal, record)
                 amended = None
