@@ -95,17 +95,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
                 pass
 
 
+def _older_than(what: str) -> Any:
+    """`--older-than AGE`, as `prune` and `cache clear` take it."""
+    return click.option(
+        "--older-than",
+        "before",
+        type=Since(),
+        default=None,
+        metavar="AGE",
+        help=f"{what} before now minus AGE (30m, 2h, 3d, 1w), or before an ISO date (2026-11-28).",
+    )
+
+
 @click.command()
 @click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...", shell_complete=complete_run_id)
-@click.option(
-    "--older-than",
-    "before",
-    type=Since(),
-    default=None,
-    metavar="AGE",
-    help="Prune the runs created before now minus AGE (30m, 2h, 3d, 1w) or before an ISO "
-    "date (2026-11-28).",
-)
+@_older_than("Prune the runs created")
 @db_option
 @click.option("--dry-run", is_flag=True, help="List what would be pruned; change nothing.")
 def prune(run_ids: tuple[str, ...], before: float | None, db: str | None, dry_run: bool) -> None:
@@ -177,15 +181,7 @@ def cache() -> None:
 
 
 @cache.command()
-@click.option(
-    "--older-than",
-    "before",
-    type=Since(),
-    default=None,
-    metavar="AGE",
-    help="Forget only the entries committed before now minus AGE (30m, 2h, 3d, 1w), or "
-    "before an ISO date.",
-)
+@_older_than("Forget only the entries committed")
 @click.option("--tool", default=None, help="Forget only the entries of this tool.")
 @db_option
 def clear(before: float | None, tool: str | None, db: str | None) -> None:
@@ -253,4 +249,15 @@ def cancel(run_id: str, db: str | None) -> None:
                 f"{CANCEL_WAIT:g}s (a task that ignores cancellation?); it will when it can"
             )
         time.sleep(0.1)
+    view = _with_journal(db, lambda journal: _view(journal, run_id))
+    if view.status != "cancelled":  # its process ended before it took the request
+        raise DurableError(
+            f"run '{run_id}' stopped before it took the request: it is {view.status}"
+        )
     click.echo(f"run {run_id} cancelled; `durable resume {run_id}` goes on with it")
+
+
+async def _view(journal: Any, run_id: str) -> Any:
+    from durable.inspection import view_run
+
+    return await view_run(journal, await journal.get_run(run_id))

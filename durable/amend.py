@@ -189,11 +189,24 @@ def plan_rerun(state: RunState, plan: Plan, task_ids: list[str], downstream: boo
                 if dependent not in reasons:
                     reasons[dependent] = f"upstream '{current}' runs again"
                     queue.append(dependent)
-    order = [*plan.tasks, *(t for t in state.tasks if t not in plan.tasks)]
+    # Each task followed by its instances; a task that starts over expands anew.
+    instances: dict[str, list[str]] = {}
+    for task_id in state.tasks:
+        if (group := group_of(task_id)) != task_id:
+            instances.setdefault(group, []).append(task_id)
+    order = [t for task_id in plan.tasks for t in (task_id, *instances.get(task_id, ()))]
+    for task_id in order:
+        group = group_of(task_id)
+        if group != task_id and group in reasons and task_id not in reasons:
+            reasons[task_id] = f"its task '{group}' runs again"
     runs = [(task_id, reasons[task_id]) for task_id in order if task_id in reasons]
     return Amendment(
         kept=[task_id for task_id in order if task_id not in reasons],
         runs=runs,
         removed=[],
-        reset=[task_id for task_id, _ in runs],
+        reset=[
+            task_id
+            for task_id, _ in runs
+            if group_of(task_id) == task_id or group_of(task_id) not in reasons
+        ],
     )

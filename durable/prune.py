@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from durable.errors import DurableError, JournalError, RunNotFound
 from durable.journal.file import check_file, describe
-from durable.journal.schema import APPEND_ONLY_TRIGGERS, configure
+from durable.journal.schema import APPEND_ONLY_TRIGGERS, configure, immediate
 from durable.runlock import RunLock
 
 #: The triggers a deletion must get past; re-created from `APPEND_ONLY_TRIGGERS`.
@@ -166,8 +166,7 @@ def _delete(
         )
     deleted = []
     try:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(connection):
             for name in DELETE_TRIGGERS:
                 connection.execute(f"DROP TRIGGER IF EXISTS {name}")
             for candidate in candidates:
@@ -180,11 +179,6 @@ def _delete(
                 deleted.append(candidate._replace(events=events))
             for name in DELETE_TRIGGERS:
                 connection.execute(APPEND_ONLY_TRIGGERS[name])
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
     except sqlite3.Error as exc:
         raise JournalError(
             str(path), f"cannot prune: {describe(exc, path)}; nothing was pruned"

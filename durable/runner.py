@@ -425,6 +425,7 @@ async def _drive(
     """Drive one session; `opening_committed`: `create_run` already wrote the opening;
     `amended`: the session goes on with an edited workflow (`plan` is its)."""
     run_id = record.run_id
+    journal.drop_requests(run_id)
     journal.keep_summary(run_id, lambda: summarize(record.workflow, record.created_at, state))
     journal.start()
     engine = Engine(

@@ -10,7 +10,7 @@ Task states::
     retrying -> running | cancelled
     pending -> skipped | upstream_failed
     pending -> expanded -> succeeded | failed | skipped      (a `foreach` task)
-    pending -> succeeded                                     (`task_reused`: the cache)
+    pending | retrying -> succeeded                          (`task_reused`: the cache)
 
 `task_expanded` creates a `foreach` task's instances (`fetch[0]`...), each a task
 of its own, `pending`. An expanded task that did not succeed goes back to
@@ -144,6 +144,9 @@ class RunState(msgspec.Struct):
     source: str | None = None
     amendments: int = 0
     spec: bytes | None = None
+    #: Attempts of the instances of a `foreach` task that an amendment reset: its
+    #: new instances of the same ids number their attempts on from there.
+    retired: dict[str, int] = msgspec.field(default_factory=dict)
     #: How many tasks are in each state, kept up to date by `apply`, so that the
     #: counts cost nothing to read: the journal's summary takes them at every commit.
     tally: dict[str, int] = msgspec.field(default_factory=dict)
@@ -190,7 +193,8 @@ class RunState(msgspec.Struct):
                     task.elapsed += at - opened if at > opened else 0.0  # the hottest path
                     task.attempt_started_at = None
             case TaskReused(task_id=task_id, output=output, at=at):
-                task = self._task(task_id, event, (PENDING,))
+                # A retry, too, may find its work done meanwhile by another task.
+                task = self._task(task_id, event, (PENDING, RETRYING))
                 self._move(task, SUCCEEDED)
                 task.output, task.finished_at = output, at
                 task.fingerprint, task.reused = event.fingerprint, True
@@ -228,7 +232,7 @@ class RunState(msgspec.Struct):
                     instance = instance_id(task_id, index)
                     if instance in tasks:
                         raise IllegalTransition(f"task '{task_id}': instance '{instance}' exists")
-                    tasks[instance] = TaskState()
+                    tasks[instance] = TaskState(attempts=self.retired.pop(instance, 0))
                 if count:
                     self.tally[PENDING] = self.tally.get(PENDING, 0) + count
             case RunStarted(at=at):
@@ -284,7 +288,11 @@ class RunState(msgspec.Struct):
         tasks = {task_id: old.get(task_id) or TaskState() for task_id in event.tasks}
         for task_id, task in old.items():
             group = task_id.split("[", 1)[0]
-            if task_id != group and group in tasks and group not in reset:
+            if task_id == group or group not in tasks:
+                continue
+            if group in reset:
+                self.retired[task_id] = task.attempts
+            else:
                 tasks[task_id] = task  # an instance of a kept group
         for task_id in reset:
             task = tasks[task_id]

@@ -149,6 +149,37 @@ SESSION_ENDS = frozenset({"run_finished", "run_interrupted"})
 CHECKPOINT_EVERY = 2000
 
 
+class immediate:
+    """`with immediate(conn):` one write transaction: BEGIN IMMEDIATE, then COMMIT,
+    or ROLLBACK if anything in it raised. A class rather than a generator: the
+    group commit goes through it once per batch.
+
+    SQLite has already rolled back after some errors (a full disk): a second
+    ROLLBACK would hide the real cause behind its own error, so it is only issued
+    while a transaction is still open.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:  # a COMMIT that fails (busy, I/O) may leave it open
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
 def checkpoint(path: Path) -> None:
     connection = sqlite3.connect(path, isolation_level=None)
     try:
@@ -175,13 +206,8 @@ def configure(connection: sqlite3.Connection, durability: str) -> None:
         # processes creating the same journal at once both end up with one schema.
         connection.executescript(_SCHEMA)
     elif version in _MIGRATIONS:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(connection):
             # Another process may have migrated it while we waited for the lock.
             if connection.execute("PRAGMA user_version").fetchone()[0] == version:
                 for statement in _MIGRATIONS[version]:
                     connection.execute(statement)
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise

@@ -36,6 +36,7 @@ from durable.journal.schema import (
     SUMMARY_EVERY,
     checkpoint,
     configure,
+    immediate,
 )
 from durable.summary import RunSummary
 
@@ -191,8 +192,7 @@ class Journal(JournalReader):
         kind, data = kind_of(opening), encode_data(opening)
         first = event_crc(crc, record.run_id, None, None, kind, opening.at, data)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 conn.execute(
                     f"INSERT INTO runs ({RUN_COLUMNS}, cwd, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (*columns, crc),
@@ -200,11 +200,6 @@ class Journal(JournalReader):
                 conn.execute(
                     INSERT_CHUNK[1], (record.run_id, None, None, kind, opening.at, data, first)
                 )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.IntegrityError:
             raise RunExists(record.run_id) from None
         except sqlite3.Error as exc:
@@ -344,8 +339,7 @@ class Journal(JournalReader):
             heads[run_id] = crc
             ends[run_id] = position
             values += (run_id, task_id, attempt, kind, at, data, crc)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(conn):
             start, total = 0, len(rows)
             for size in CHUNKS:
                 statement = INSERT_CHUNK[size]
@@ -362,13 +356,6 @@ class Journal(JournalReader):
                     REMEMBER,
                     (fingerprint, tool, run_id, task_id, attempt, first_seq + position, at),
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLite has already rolled back after some errors (a full disk): a
-            # second ROLLBACK would hide the real cause behind its own error.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         chain.update(heads)
         self.commits += 1
         self.events_written += len(rows)
@@ -432,15 +419,9 @@ class Journal(JournalReader):
         conn = self._writable
         behind, self._behind = self._behind, set()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(conn):
                 for run_id in behind:
                     self._save_summary(conn, run_id, self._last_seq[run_id])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error:
             return
 
@@ -477,6 +458,16 @@ class Journal(JournalReader):
         )
         if self.on_lost is not None:
             self.on_lost(self.lost)
+
+    def drop_requests(self, run_id: str) -> None:
+        """Forget the requests left for a run before this process drove it: one its
+        last driver never took (it died first) is not meant for this session."""
+        try:
+            self._writable.execute("DELETE FROM requests WHERE run_id = ?", (run_id,))
+        except sqlite3.Error as exc:
+            raise JournalError(
+                str(self.path), f"cannot write: {describe(exc, self.path)}"
+            ) from None
 
     def _check_requests(self) -> None:
         """Hand the requests other processes left for the runs this one drives

@@ -236,3 +236,24 @@ def test_a_renamed_task_is_refused_naming_the_file(tmp_path):
     other.write_bytes(spec.encode(_workflow(renamed)))
     with pytest.raises(SpecError, match=r"renamed\.json.*task 'd' was renamed to 'd2'"):
         asyncio.run(aresume(run_id, db=db, durability="off", edit=Edit(path=str(other))))
+
+
+def test_rerun_of_a_foreach_task_expands_it_anew_numbering_attempts_on(tmp_path):
+    db, run_id = _first_run(
+        tmp_path, [{"id": "m", "tool": "amend_add", "foreach": [1, 2], "input": {"x": "${item}"}}]
+    )
+    plans: list[Any] = []
+    hooks = Hooks(on_plan=lambda run, plan: plans.append(plan))
+    CALLS.clear()
+    result = asyncio.run(
+        aresume(run_id, db=db, durability="off", hooks=hooks, edit=Edit(rerun=["m"]))
+    )
+    assert plans[0].runs == [
+        ("m", "asked to run again"),
+        ("m[0]", "its task 'm' runs again"),
+        ("m[1]", "its task 'm' runs again"),
+    ]
+    assert plans[0].reset == ["m"] and plans[0].kept == []
+    assert sorted(CALLS) == ["add:1:0", "add:2:0"]
+    assert [result.tasks[f"m[{i}]"].attempts for i in range(2)] == [2, 2]
+    assert result.outputs["m"] == [1, 2]

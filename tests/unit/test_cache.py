@@ -216,14 +216,14 @@ def test_a_second_run_with_cache_calls_no_tool_and_gives_equal_outputs(db):
     wf = workflow(DIAMOND, params={"x": 7})
     first = run(wf, db, cache=True)
     assert first.ok
-    assert CALLS == {key: 1 for key in "abcde"}
+    assert dict(CALLS) == {key: 1 for key in "abcde"}
     assert not any(task.reused for task in first.tasks.values())
     assert {row[3] for row in entries(db)} == set("abcde")
     assert_entries_name_successes(db)
 
     second = run(wf, db, cache=True)
     assert second.ok
-    assert CALLS == {key: 1 for key in "abcde"}, "the second run called a tool"
+    assert dict(CALLS) == {key: 1 for key in "abcde"}, "the second run called a tool"
     assert second.outputs == first.outputs
     assert all(task.reused and task.state == SUCCEEDED for task in second.tasks.values())
 
@@ -245,12 +245,12 @@ def test_a_run_without_cache_neither_reuses_nor_remembers(db):
     assert plain.ok and entries(db) == []
 
     cached = run(wf, db, cache=True)  # nothing was remembered: everything runs
-    assert CALLS == {key: 2 for key in "abcde"}
+    assert dict(CALLS) == {key: 2 for key in "abcde"}
     assert not any(task.reused for task in cached.tasks.values())
     assert len(entries(db)) == 5
 
     again = run(wf, db)  # entries exist now, but this run does not use them
-    assert CALLS == {key: 3 for key in "abcde"}
+    assert dict(CALLS) == {key: 3 for key in "abcde"}
     assert reused_events(db, again.run_id) == {}
     assert again.outputs == plain.outputs == cached.outputs
     assert {row[2] for row in entries(db)} == {cached.run_id}
@@ -269,7 +269,7 @@ def test_equal_work_of_another_task_of_the_same_run_answers(db):
         ]
     )
     result = run(wf, db, cache=True)
-    assert result.ok and CALLS == {"same": 1}
+    assert result.ok and dict(CALLS) == {"same": 1}
     reused = reused_events(db, result.run_id)
     assert list(reused) == ["later"]
     assert (reused["later"].from_run, reused["later"].from_task) == (result.run_id, "first")
@@ -300,7 +300,7 @@ def test_task_cache_false_overrides_the_workflow_and_the_run(db):
     assert [row[3] for row in entries(db)] == ["kept"], "a cache: false task was remembered"
     second = run(wf, db)  # the workflow's cache: true, no --cache
     third = run(wf, db, cache=True)  # --cache does not override the task either
-    assert CALLS == {"kept": 1, "fresh": 3}
+    assert dict(CALLS) == {"kept": 1, "fresh": 3}
     for result in (second, third):
         assert result.tasks["kept"].reused and not result.tasks["fresh"].reused
     assert [row[3] for row in entries(db)] == ["kept"]
@@ -313,7 +313,7 @@ def test_task_cache_true_caches_that_task_alone(db):
     ]
     run(workflow(tasks), db)
     result = run(workflow(tasks), db)
-    assert CALLS == {"on": 1, "off": 2}
+    assert dict(CALLS) == {"on": 1, "off": 2}
     assert result.tasks["on"].reused and not result.tasks["off"].reused
 
 
@@ -326,7 +326,7 @@ def test_an_uncacheable_tool_is_never_reused_nor_remembered(db):
     first = run(wf, db, cache=True)
     second = run(wf, db, cache=True)
     assert first.ok and second.ok
-    assert CALLS == {"pay": 2, "note": 1}
+    assert dict(CALLS) == {"pay": 2, "note": 1}
     assert not second.tasks["pay"].reused and second.tasks["note"].reused
     assert [row[1] for row in entries(db)] == ["cache_echo"]
 
@@ -344,7 +344,7 @@ def test_cache_true_on_an_uncacheable_tool_fails_validation_naming_task_and_fiel
     assert "field 'cache'" in problems[0] and "cache_side_effect" in problems[0]
     assert "task 'fine'" not in message
     assert not db.exists(), "a workflow that failed validation touched the journal"
-    assert CALLS == {}
+    assert dict(CALLS) == {}
 
 
 # -- time to live ------------------------------------------------------------------------
@@ -367,16 +367,16 @@ def test_an_entry_older_than_its_tasks_ttl_is_a_miss(db, clock):
     ]
     wf = workflow(tasks, cache=True)
     first = run(wf, db)
-    assert CALLS == {"short": 1, "long": 1, "forever": 1}
+    assert dict(CALLS) == {"short": 1, "long": 1, "forever": 1}
 
     clock.offset = 50  # younger than both ttls
     young = run(wf, db)
-    assert CALLS == {"short": 1, "long": 1, "forever": 1}
+    assert dict(CALLS) == {"short": 1, "long": 1, "forever": 1}
     assert all(task.reused for task in young.tasks.values())
 
     clock.offset = 500  # older than short's ttl only
     old = run(wf, db)
-    assert CALLS == {"short": 2, "long": 1, "forever": 1}
+    assert dict(CALLS) == {"short": 2, "long": 1, "forever": 1}
     assert not old.tasks["short"].reused
     assert old.tasks["long"].reused and old.tasks["forever"].reused
     assert old.outputs == first.outputs
@@ -397,7 +397,7 @@ def test_the_workflows_ttl_applies_unless_the_task_has_its_own(db, clock):
     run(wf, db)
     clock.offset = 200
     later = run(wf, db)
-    assert CALLS == {"inherits": 2, "own": 1}
+    assert dict(CALLS) == {"inherits": 2, "own": 1}
     assert later.tasks["own"].reused and not later.tasks["inherits"].reused
 
 
@@ -493,7 +493,7 @@ def test_an_entry_whose_event_was_tampered_with_is_a_miss_not_a_wrong_output(db,
     CALLS.clear()
     second = run(wf, copy, cache=True)
     assert second.ok
-    assert CALLS == {"a": 1}, "only the tampered entry missed"
+    assert dict(CALLS) == {"a": 1}, "only the tampered entry missed"
     assert second.outputs == first.outputs
     assert not second.tasks["a"].reused
     assert "forged" not in repr(second.outputs)
@@ -517,7 +517,7 @@ def test_an_entry_whose_run_was_pruned_is_a_miss(db):
 
     CALLS.clear()
     second = run(wf, db, cache=True)
-    assert second.ok and CALLS == {key: 1 for key in "abcde"}
+    assert second.ok and dict(CALLS) == {key: 1 for key in "abcde"}
     assert not any(task.reused for task in second.tasks.values())
     assert second.outputs == first.outputs
     assert {row[2] for row in entries(db)} == {second.run_id}
@@ -636,22 +636,24 @@ def test_a_resume_keeps_the_tasks_that_were_reused(db):
     failed = run(workflow([*base, tail]), db, cache=True)
     assert failed.status == FAILED
     assert failed.tasks["a"].reused and failed.tasks["b"].reused
-    assert CALLS == {"a": 1, "b": 1, "z": 1}
+    assert dict(CALLS) == {"a": 1, "b": 1, "z": 1}
 
     failed_too = run(workflow([*base, tail]), db, cache=True)
-    assert failed_too.status == FAILED and CALLS == {"a": 1, "b": 1, "z": 2}
+    assert failed_too.status == FAILED and dict(CALLS) == {"a": 1, "b": 1, "z": 2}
 
     FAILING.clear()
-    for failed, options in ((failed, {}), (failed_too, {"cache": True})):
+    for stopped, options in ((failed, {}), (failed_too, {"cache": True})):
         CALLS.clear()
-        resumed = resume(failed.run_id, db, **options)
+        resumed = resume(stopped.run_id, db, **options)
         assert resumed.ok
-        assert CALLS == {"z": 1}, "a resume ran a task that was reused"
+        assert dict(CALLS) == {"z": 1}, "a resume ran a task that was reused"
         assert resumed.tasks["a"].reused and resumed.tasks["b"].reused
-        assert resumed.outputs["a"] == failed.outputs["a"]
-        assert resumed.outputs["z"]["value"] == failed.outputs["b"]
+        assert resumed.outputs["a"] == stopped.outputs["a"]
+        assert resumed.outputs["z"]["value"] == stopped.outputs["b"]
         events = assert_fold_matches(resumed, db)
-        session = kinds(events)[max(i for i, e in enumerate(events) if kind_of(e) == "run_resumed") :]
+        session = kinds(events)[
+            max(i for i, e in enumerate(events) if kind_of(e) == "run_resumed") :
+        ]
         assert all(task_id == "z" for task_id, _ in session if task_id is not None), session
 
 
@@ -673,7 +675,7 @@ def test_a_retry_whose_work_was_cached_meanwhile_finishes(db):
         max_concurrency=1,
         cache=True,
     )
-    result = run(wf, db, timeout=10)
+    result = run(wf, db, timeout=5)
     assert result.ok, result.tasks
     assert result.outputs == {"a": "ok k", "b": "ok k"}
     assert_fold_matches(result, db)
