@@ -26,7 +26,6 @@ from durable import spec as spec_module
 from durable.errors import DurableError, JournalDamaged, RunNotFound
 from durable.events import Event, RunFinished, RunInterrupted, kind_of
 from durable.journal import Journal, RunRecord, SummaryRow
-from durable.runlock import RunLock
 from durable.spec import Workflow
 from durable.state import (
     CANCELLED,
@@ -85,18 +84,14 @@ async def resolve_run_id(journal: Journal, text: str) -> str:
     An exact id wins over a prefix (a run `ab` is `ab` even beside `abc`). A prefix
     that several runs share is `AmbiguousRunId`, one that none has `RunNotFound`.
     """
-    if await journal.query("SELECT 1 FROM runs WHERE run_id = ?", (text,)):
+    if await journal.has_run(text):
         return text
     if text:
-        rows = await journal.query(
-            "SELECT run_id, workflow, created_at FROM runs WHERE substr(run_id, 1, ?) = ? "
-            "ORDER BY created_at, rowid",
-            (len(text), text),
-        )
+        rows = await journal.find_runs(text)
         if len(rows) == 1:
-            return str(rows[0][0])
+            return rows[0][0]
         if rows:
-            raise AmbiguousRunId(text, [(str(r), str(w), c) for r, w, c in rows])
+            raise AmbiguousRunId(text, rows)
     raise RunNotFound(text, str(journal.path))
 
 
@@ -194,16 +189,15 @@ def _not_a_history(journal: Journal, record: RunRecord, exc: Exception) -> Journ
 
 async def view_run(journal: Journal, record: RunRecord) -> RunView:
     _, state, last_seq = await fold_run(journal, record)
-    return RunView(
-        record, state, _status(journal, record.run_id, state.status), last_seq, time.time()
-    )
+    status = await _status(journal, record.run_id, state.status)
+    return RunView(record, state, status, last_seq, time.time())
 
 
-def _status(journal: Journal, run_id: str, status: str | None) -> str:
+async def _status(journal: Journal, run_id: str, status: str | None) -> str:
     """The fold's status, or, for a run that has none yet, whether a process drives it."""
     if status is not None:
         return status
-    if RunLock(journal.path, run_id).is_held_elsewhere():
+    if await journal.is_driven(run_id):
         return RUNNING
     return INTERRUPTED
 
@@ -243,9 +237,7 @@ async def select_runs(
     """
     candidates: list[tuple[float, int, RunRecord | SummaryRow | DamagedRun]] = []
     for position, row in enumerate(await journal.list_summaries()):
-        if row.summary is not None and (
-            not row.behind or RunLock(journal.path, row.run_id).is_held_elsewhere()
-        ):
+        if row.summary is not None and (not row.behind or await journal.is_driven(row.run_id)):
             # A live run's summary may be a moment behind its last event: it is
             # shown as of then (at most `SUMMARY_EVERY` ago), not folded.
             candidates.append((row.summary.created_at, position, row))
@@ -304,7 +296,7 @@ async def _line(journal: Journal, item: RunRecord | SummaryRow) -> RunLine:
     else:
         _, state, _ = await fold_run(journal, item)
         summary = summarize(item.workflow, item.created_at, state)
-    status = _status(journal, item.run_id, summary.status)
+    status = await _status(journal, item.run_id, summary.status)
     return RunLine(item.run_id, summary, status, time.time())
 
 
@@ -478,11 +470,10 @@ class Follower:
         self.status: str | None = None
 
     async def events(self, after: int = 0) -> AsyncIterator[tuple[int, Event]]:
-        lock = RunLock(self.journal.path, self.run_id)
         while True:
             batch = await self.journal.events(self.run_id, after)
             if not batch:
-                if lock.is_held_elsewhere():
+                if await self.journal.is_driven(self.run_id):
                     await asyncio.sleep(self.poll)
                     continue
                 batch = await self.journal.events(self.run_id, after)

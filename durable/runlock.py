@@ -68,5 +68,13 @@ class RunLock:
         self.acquire()
         return self
 
+    async def __aenter__(self) -> RunLock:
+        """`async with journal.lock(run_id)`: the form every journal's lock takes."""
+        self.acquire()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
+
     def __exit__(self, *exc: object) -> None:
         self.release()

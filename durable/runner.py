@@ -37,7 +37,7 @@ from durable.journal import Journal, RunRecord, default_path
 from durable.journal import cache as cache_index
 from durable.loader import plan_file, plan_workflow
 from durable.refs import Scope
-from durable.runlock import RunLock, check_run_id
+from durable.runlock import check_run_id
 from durable.spec import Workflow
 from durable.state import INTERRUPTED, SUCCEEDED, RunState, TaskState
 from durable.summary import summarize
@@ -178,7 +178,7 @@ async def arun(
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
     journal = await Journal.open(db, create=True, durability=durability)
     try:
-        with RunLock(journal.path, run_id):
+        async with journal.lock(run_id):
             source = None if isinstance(workflow, Workflow) else str(Path(workflow).resolve())
             opening = RunStarted(at=time.time(), source=source)
             record = RunRecord(
@@ -231,7 +231,7 @@ async def aresume(
     journal = await Journal.open(db, create=False, durability=durability)
     try:
         run_id = await resolve_run_id(journal, run_id)
-        with RunLock(journal.path, run_id):
+        async with journal.lock(run_id):
             # Read under the lock: a `durable prune` may have taken the run meanwhile.
             record = await journal.get_run(run_id)
             with bulk_allocation():

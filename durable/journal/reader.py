@@ -18,6 +18,7 @@ from durable.errors import JournalDamaged, JournalError, RunNotFound
 from durable.events import Event, from_row
 from durable.integrity import ChainVerifier, run_crc, summary_crc
 from durable.journal.file import READ_ERRORS, describe
+from durable.runlock import RunLock
 from durable.summary import RunSummary
 
 RUN_COLUMNS = "run_id, workflow, spec, spec_hash, params, base_dir, created_at"
@@ -74,6 +75,26 @@ class JournalReader:
             return list(await cursor.fetchall())
         except READ_ERRORS as exc:
             raise JournalError(str(self.path), f"cannot read: {describe(exc, self.path)}") from None
+
+    def lock(self, run_id: str) -> RunLock:
+        """The run's lock: `async with journal.lock(run_id)` while driving it."""
+        return RunLock(self.path, run_id)
+
+    async def is_driven(self, run_id: str) -> bool:
+        """Whether a live process drives the run now (holds its lock)."""
+        return RunLock(self.path, run_id).is_held_elsewhere()
+
+    async def has_run(self, run_id: str) -> bool:
+        return bool(await self.query("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)))
+
+    async def find_runs(self, prefix: str) -> list[tuple[str, str, float]]:
+        """(run id, workflow, created at) of the runs whose id starts with `prefix`."""
+        rows = await self.query(
+            "SELECT run_id, workflow, created_at FROM runs WHERE substr(run_id, 1, ?) = ? "
+            "ORDER BY created_at, rowid",
+            (len(prefix), prefix),
+        )
+        return [(str(run_id), str(workflow), created_at) for run_id, workflow, created_at in rows]
 
     async def get_run(self, run_id: str) -> RunRecord:
         """The run's record; raises `JournalDamaged` if its row fails its checksum."""
