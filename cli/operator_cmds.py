@@ -122,6 +122,7 @@ def prune(run_ids: tuple[str, ...], before: float | None, db: str | None, dry_ru
     from durable import prune as pruning
     from durable.journal import default_path
 
+    _sqlite_only(db, "prune")
     if bool(run_ids) == (before is not None):
         raise click.UsageError("give either RUN_ID... or --older-than AGE")
     path = Path(db or default_path())
@@ -194,6 +195,7 @@ def clear(before: float | None, tool: str | None, db: str | None) -> None:
     from durable.journal import cache as cache_index
     from durable.journal import default_path
 
+    _sqlite_only(db, "cache clear")
     path = Path(db or default_path())
     connection = pruning.connect(path)
     try:
@@ -227,6 +229,7 @@ def cancel(run_id: str, db: str | None) -> None:
     from durable.journal import default_path
     from durable.runlock import RunLock
 
+    _sqlite_only(db, "cancel")
     path = Path(db or default_path())
     run_id = _with_journal(db, lambda journal: resolve_run_id(journal, run_id))
     lock = RunLock(path, run_id)
@@ -261,3 +264,13 @@ async def _view(journal: Any, run_id: str) -> Any:
     from durable.inspection import view_run
 
     return await view_run(journal, await journal.get_run(run_id))
+
+
+def _sqlite_only(db: str | None, command: str) -> None:
+    """The commands that work on the SQLite file itself refuse a PostgreSQL journal."""
+    from durable.errors import DurableError
+    from durable.journal import default_path
+    from durable.journal.postgres import is_postgres
+
+    if is_postgres(db or default_path()):
+        raise DurableError(f"`durable {command}` works on a SQLite journal only, for now")

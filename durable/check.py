@@ -29,8 +29,7 @@ class CheckReport(msgspec.Struct):
 async def check_journal(journal: Journal, run_id: str | None = None) -> CheckReport:
     """Check the whole journal, or one run of it; never raises for damage, reports it."""
     report = CheckReport()
-    rows = await journal.query("PRAGMA integrity_check")
-    report.problems += [f"SQLite: {row[0]}" for row in rows if row[0] != "ok"]
+    report.problems += await journal.page_problems()
     if run_id is not None:
         try:
             records: list[RunRecord | JournalDamaged] = [await journal.get_run(run_id)]
@@ -38,10 +37,7 @@ async def check_journal(journal: Journal, run_id: str | None = None) -> CheckRep
             records = [exc]
     else:
         records = await journal.list_runs()
-        orphans = await journal.query(
-            "SELECT run_id, count(*) FROM events"
-            " WHERE run_id NOT IN (SELECT run_id FROM runs) GROUP BY run_id"
-        )
+        orphans = await journal.orphan_events()
         report.problems += [
             f"{count} event(s) belong to no run (run id {orphan!r})" for orphan, count in orphans
         ]

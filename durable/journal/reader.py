@@ -96,6 +96,19 @@ class JournalReader:
         )
         return [(str(run_id), str(workflow), created_at) for run_id, workflow, created_at in rows]
 
+    async def page_problems(self) -> list[str]:
+        """SQLite's own integrity check of the file's pages and indexes: its problems."""
+        rows = await self.query("PRAGMA integrity_check")
+        return [f"SQLite: {row[0]}" for row in rows if row[0] != "ok"]
+
+    async def orphan_events(self) -> list[tuple[str, int]]:
+        """(run id, count) of events whose run has no row."""
+        rows = await self.query(
+            "SELECT run_id, count(*) FROM events"
+            " WHERE run_id NOT IN (SELECT run_id FROM runs) GROUP BY run_id"
+        )
+        return [(str(run_id), count) for run_id, count in rows]
+
     async def get_run(self, run_id: str) -> RunRecord:
         """The run's record; raises `JournalDamaged` if its row fails its checksum."""
         rows = await self.query(f"SELECT {self._columns} FROM runs WHERE run_id = ?", (run_id,))

@@ -25,6 +25,7 @@ from durable.integrity import event_crc, run_crc, summary_crc
 from durable.journal import cache
 from durable.journal.cache import CacheHit
 from durable.journal.file import READ_ERRORS, FileAccess, check_file, describe, readable
+from durable.journal.postgres import PgJournal, is_postgres
 from durable.journal.reader import RUN_COLUMNS, JournalReader, RunRecord
 from durable.journal.schema import (
     CHECKPOINT_EVERY,
@@ -121,7 +122,12 @@ class Journal(JournalReader):
         durability: str = "normal",
         readonly: bool = False,
     ) -> Journal:
-        resolved = Path(path or default_path())
+        target = path or default_path()
+        if is_postgres(target):  # the same contract on PostgreSQL (`postgres.py`)
+            return await PgJournal.open(  # type: ignore[return-value]
+                str(target), create=create, durability=durability, readonly=readonly
+            )
+        resolved = Path(target)
         check_file(resolved, create and not readonly)
         writer = None
         reader: aiosqlite.Connection | None = None

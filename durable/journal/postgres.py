@@ -1,0 +1,614 @@
+"""The journal on PostgreSQL: the SQLite journal's contract, for runs shared by machines.
+
+Selected by a `postgresql://` (or `postgres://`) DSN for `--db`/`DURABLE_DB`. The
+same tables (runs, an append-only event log, summaries, the cache, requests), in a
+schema of their own, `durable`, so the journal can live in a database other programs
+use too; the same checksums and chains (`integrity.py`), the same fold. What differs:
+
+- **Append-only** is enforced by triggers that raise on UPDATE, DELETE and TRUNCATE of
+  `runs` and `events`, as SQLite's triggers do.
+- **Schema version** lives in `durable.schema_version`; a newer one is refused, and
+  so is a `durable` schema without it (another program's).
+- **Group commit**: one writer coroutine per journal; each batch is one transaction
+  inserting every queued event with one statement (`unnest` of column arrays).
+  `durability normal` sets `synchronous_commit = off` for the writer: a commit
+  survives the client dying at once, and the server dying within a fraction of a
+  second may lose the last commits (they run again: at-least-once), as SQLite's
+  NORMAL does on power loss; `full` keeps PostgreSQL's default, a flush per commit.
+- **Who drives a run** is a session-level advisory lock held on a connection of its
+  own, released by the server when that connection ends, however the process died.
+
+The driver is asyncpg, chosen by measurement (`bench/README.md`, "PostgreSQL
+driver"). Commands that work on the SQLite file itself (`check`'s page check,
+`prune`, `cache clear`, `cancel`) are SQLite-only for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from durable.errors import (
+    DurableError,
+    JournalDamaged,
+    JournalError,
+    RunExists,
+    RunLocked,
+    RunNotFound,
+)
+from durable.events import Event, encode_data, from_row, kind_of
+from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
+from durable.journal.cache import CacheHit
+from durable.journal.reader import RunRecord, SummaryRow, _summary_row
+from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
+from durable.summary import RunSummary
+
+SCHEMA_VERSION = 1
+SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(target: object) -> bool:
+    return isinstance(target, str) and target.startswith(SCHEMES)
+
+
+_SCHEMA = [
+    "CREATE SCHEMA IF NOT EXISTS durable",
+    "CREATE TABLE IF NOT EXISTS durable.schema_version (version integer NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS durable.runs (
+        run_id text PRIMARY KEY, workflow text NOT NULL, spec bytea NOT NULL,
+        spec_hash text NOT NULL, params bytea NOT NULL, base_dir text NOT NULL,
+        created_at double precision NOT NULL, cwd text, crc bigint)""",
+    """CREATE TABLE IF NOT EXISTS durable.events (
+        seq bigserial PRIMARY KEY, run_id text NOT NULL, task_id text, attempt integer,
+        kind text NOT NULL, at double precision NOT NULL, data bytea, crc bigint)""",
+    "CREATE INDEX IF NOT EXISTS events_by_run ON durable.events (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS durable.summaries (
+        run_id text PRIMARY KEY, last_seq bigint NOT NULL, data bytea NOT NULL,
+        crc bigint NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS durable.cache (
+        fingerprint text PRIMARY KEY, tool text NOT NULL, run_id text NOT NULL,
+        task_id text NOT NULL, attempt integer NOT NULL, seq bigint NOT NULL,
+        at double precision NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS durable.requests (
+        run_id text NOT NULL, kind text NOT NULL, at double precision NOT NULL)""",
+    """CREATE OR REPLACE FUNCTION durable.append_only() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'the durable journal is append-only'; END $$ LANGUAGE plpgsql""",
+    *(
+        f"""CREATE OR REPLACE TRIGGER {table}_append_only
+        BEFORE UPDATE OR DELETE ON durable.{table}
+        FOR EACH ROW EXECUTE FUNCTION durable.append_only()"""
+        for table in ("runs", "events")
+    ),
+    *(
+        f"""CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON durable.{table}
+        FOR EACH STATEMENT EXECUTE FUNCTION durable.append_only()"""
+        for table in ("runs", "events")
+    ),
+]
+
+_INSERT_EVENTS = """INSERT INTO durable.events (run_id, task_id, attempt, kind, at, data, crc)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[],
+                         $5::double precision[], $6::bytea[], $7::bigint[])
+    RETURNING seq"""
+_SAVE_SUMMARY = """INSERT INTO durable.summaries (run_id, last_seq, data, crc)
+    VALUES ($1, $2, $3, $4) ON CONFLICT (run_id) DO UPDATE
+    SET last_seq = excluded.last_seq, data = excluded.data, crc = excluded.crc"""
+_REMEMBER = """INSERT INTO durable.cache VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (fingerprint) DO UPDATE SET tool = excluded.tool, run_id = excluded.run_id,
+    task_id = excluded.task_id, attempt = excluded.attempt, seq = excluded.seq, at = excluded.at"""
+_RUN_COLUMNS = "run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc"
+#: The namespace of durable's advisory locks (the other key is the run id's hash).
+_LOCK_SPACE = 0x6475
+_ENCODE: Any = object()
+
+
+def _lock_key(run_id: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(run_id.encode(), digest_size=4).digest(), "big", signed=True
+    )
+
+
+def _driver() -> Any:
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - a dependency, but name it if it is missing
+        raise DurableError(
+            "a postgresql:// journal needs asyncpg: pip install 'durable[postgres]'"
+        ) from None
+    return asyncpg
+
+
+class PgRunLock:
+    """Who drives a run: an advisory lock held on a connection of its own, which the
+    server releases when that connection ends (the process died, the network broke)."""
+
+    def __init__(self, journal: PgJournal, run_id: str) -> None:
+        self.journal, self.run_id = journal, run_id
+        self._conn: Any = None
+
+    async def __aenter__(self) -> PgRunLock:
+        conn = await self.journal._connect()
+        got = await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, $2)", _LOCK_SPACE, _lock_key(self.run_id)
+        )
+        if not got:
+            await conn.close()
+            raise RunLocked(self.run_id)
+        self._conn = conn
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+class PgJournal:
+    """An open PostgreSQL journal. `await PgJournal.open(dsn)`, `await journal.close()`."""
+
+    def __init__(self, dsn: str, conn: Any, writer: Any | None) -> None:
+        self.path = _shown(dsn)  # what messages name the journal by: no password
+        self.dsn = dsn
+        self._conn = conn  # reads
+        self._write_conn = writer
+        self._queue: list[tuple[Any, ...]] = []
+        self._remember: list[tuple[int, str, str]] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._chain: dict[str, int] = {}
+        self._summaries: dict[str, Callable[[], RunSummary]] = {}
+        self._summary_due: dict[str, float] = {}
+        self._encode_summary = msgspec.msgpack.Encoder().encode
+        self._watch: asyncio.Task[None] | None = None
+        # A run whose leftover requests the watch deletes first (`drop_requests`).
+        self._dropped: str | None = None
+        self.on_lost: Callable[[JournalError], None] | None = None
+        self.on_request: Callable[[str, str], None] | None = None
+        self.lost: JournalError | None = None
+        self.commits = 0
+        self.events_written = 0
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, create: bool = True, durability: str = "normal", readonly: bool = False
+    ) -> PgJournal:
+        journal = cls(dsn, None, None)
+        journal._conn = await journal._connect()
+        try:
+            await journal._check_schema(create and not readonly)
+            if not readonly:
+                journal._write_conn = await journal._connect()
+                if durability != "full":
+                    await journal._write_conn.execute("SET synchronous_commit = off")
+        except BaseException:
+            await journal.close()
+            raise
+        return journal
+
+    async def _connect(self) -> Any:
+        asyncpg = _driver()
+        try:
+            return await asyncpg.connect(self.dsn, timeout=10)
+        except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
+            raise JournalError(_shown(self.dsn), f"cannot connect: {_reason(exc)}") from None
+
+    async def _check_schema(self, create: bool) -> None:
+        conn = self._conn
+        exists = await conn.fetchval("SELECT to_regclass('durable.schema_version') IS NOT NULL")
+        if exists:
+            version = await conn.fetchval("SELECT max(version) FROM durable.schema_version")
+            if version is not None and version > SCHEMA_VERSION:
+                raise JournalError(
+                    _shown(self.dsn),
+                    f"journal schema version {version} is newer than this durable "
+                    f"understands ({SCHEMA_VERSION}); upgrade durable",
+                )
+            if version is not None:
+                return
+        elif await conn.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'durable'"
+        ) and await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'durable'"):
+            raise JournalError(
+                _shown(self.dsn),
+                "its schema 'durable' belongs to another program (it has no schema_version)",
+            )
+        if not create:
+            raise JournalError(_shown(self.dsn), "no durable journal in this database yet")
+        async with conn.transaction():
+            # Two processes creating the journal at once: one waits for the other.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _LOCK_SPACE)
+            for statement in _SCHEMA:
+                await conn.execute(statement)
+            if not await conn.fetchval("SELECT count(*) FROM durable.schema_version"):
+                await conn.execute("INSERT INTO durable.schema_version VALUES ($1)", SCHEMA_VERSION)
+
+    # -- runs and their locks --------------------------------------------------
+
+    def lock(self, run_id: str) -> PgRunLock:
+        return PgRunLock(self, run_id)
+
+    async def is_driven(self, run_id: str) -> bool:
+        """A live session holds the run's advisory lock (`pg_locks` of other backends)."""
+        return bool(
+            await self._conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2"
+                " AND pid <> pg_backend_pid()",
+                _LOCK_SPACE,
+                _lock_key(run_id) & 0xFFFFFFFF,
+            )
+        )
+
+    async def has_run(self, run_id: str) -> bool:
+        return bool(
+            await self._conn.fetchval("SELECT 1 FROM durable.runs WHERE run_id = $1", run_id)
+        )
+
+    async def find_runs(self, prefix: str) -> list[tuple[str, str, float]]:
+        rows = await self._conn.fetch(
+            "SELECT run_id, workflow, created_at FROM durable.runs"
+            " WHERE left(run_id, $1) = $2 ORDER BY created_at, run_id",
+            len(prefix),
+            prefix,
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def create_run(self, record: RunRecord, opening: Event) -> None:
+        """The run's row and its first event, in one transaction (as in SQLite)."""
+        params = msgspec.json.encode(record.params)
+        columns = (
+            record.run_id,
+            record.workflow,
+            record.spec,
+            record.spec_hash,
+            params,
+            record.base_dir,
+            record.created_at,
+            record.cwd,
+        )
+        crc = run_crc(*columns)
+        kind, data = kind_of(opening), encode_data(opening)
+        first = event_crc(crc, record.run_id, None, None, kind, opening.at, data)
+        asyncpg = _driver()
+        conn = self._writable
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    f"INSERT INTO durable.runs ({_RUN_COLUMNS})"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    *columns,
+                    crc,
+                )
+                await conn.execute(
+                    "INSERT INTO durable.events (run_id, task_id, attempt, kind, at, data, crc)"
+                    " VALUES ($1, NULL, NULL, $2, $3, $4, $5)",
+                    record.run_id,
+                    kind,
+                    opening.at,
+                    data,
+                    first,
+                )
+        except asyncpg.UniqueViolationError:
+            raise RunExists(record.run_id) from None
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise JournalError(_shown(self.dsn), f"cannot write: {_reason(exc)}") from None
+        self._chain[record.run_id] = first
+        self.commits += 1
+        self.events_written += 1
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        row = await self._conn.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM durable.runs WHERE run_id = $1", run_id
+        )
+        if row is None:
+            raise RunNotFound(run_id, _shown(self.dsn))
+        return self._record(tuple(row))
+
+    async def list_runs(self) -> list[RunRecord | JournalDamaged]:
+        rows = await self._conn.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM durable.runs ORDER BY created_at, run_id"
+        )
+        found: list[RunRecord | JournalDamaged] = []
+        for row in rows:
+            try:
+                found.append(self._record(tuple(row)))
+            except JournalDamaged as exc:
+                found.append(exc)
+        return found
+
+    def _record(self, row: tuple[Any, ...]) -> RunRecord:
+        run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
+        try:
+            if crc != run_crc(run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd):
+                raise ValueError("its row does not match its checksum")
+            return RunRecord(
+                run_id, workflow, spec, spec_hash, msgspec.json.decode(params), base_dir,
+                created_at, cwd, crc,
+            )  # fmt: skip
+        except (ValueError, TypeError, msgspec.DecodeError) as exc:
+            raise JournalDamaged(_shown(self.dsn), run_id, str(exc)) from None
+
+    # -- summaries -----------------------------------------------------------
+
+    async def list_summaries(self) -> list[SummaryRow]:
+        rows = await self._conn.fetch(
+            "SELECT r.run_id, s.last_seq, s.data, s.crc,"
+            " (SELECT max(seq) FROM durable.events e WHERE e.run_id = r.run_id)"
+            " FROM durable.runs r LEFT JOIN durable.summaries s ON s.run_id = r.run_id"
+            " ORDER BY r.created_at, r.run_id"
+        )
+        return [_summary_row(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+
+    async def read_summary(self, run_id: str, last_seq: int) -> SummaryRow:
+        row = await self._conn.fetchrow(
+            "SELECT last_seq, data, crc FROM durable.summaries WHERE run_id = $1", run_id
+        )
+        if row is None:
+            return SummaryRow(run_id, None)
+        return _summary_row(run_id, row[0], row[1], row[2], last_seq)
+
+    def keep_summary(self, run_id: str, source: Callable[[], RunSummary]) -> None:
+        self._summaries[run_id] = source
+
+    # -- events ----------------------------------------------------------------
+
+    async def read_events(
+        self, run_id: str, after: int = 0
+    ) -> AsyncIterator[list[tuple[int, Event]]]:
+        async for chunk in self._checked(run_id, after):
+            events = []
+            for seq, event, problem in chunk:
+                if problem is not None:
+                    raise JournalDamaged(_shown(self.dsn), run_id, problem)
+                events.append((seq, event))
+            yield events
+
+    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
+        found: list[tuple[int, Event]] = []
+        async for chunk in self.read_events(run_id, after):
+            found.extend(chunk)
+        return found
+
+    async def damage(self, run_id: str) -> tuple[int, list[str]]:
+        count, problems = 0, []
+        async for chunk in self._checked(run_id, 0):
+            count += len(chunk)
+            problems += [problem for _, _, problem in chunk if problem is not None]
+        return count, problems
+
+    async def _checked(
+        self, run_id: str, after: int
+    ) -> AsyncIterator[list[tuple[int, Event | None, str | None]]]:
+        if after == 0:
+            head = await self._conn.fetchval(
+                "SELECT crc FROM durable.runs WHERE run_id = $1", run_id
+            )
+        else:
+            head = await self._conn.fetchval("SELECT crc FROM durable.events WHERE seq = $1", after)
+        check = ChainVerifier(run_id, head).check
+        empty = after == 0
+        while True:
+            rows = await self._conn.fetch(
+                "SELECT seq, run_id, kind, task_id, attempt, at, data, crc FROM durable.events"
+                " WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT 20000",
+                run_id,
+                after,
+            )
+            if not rows:
+                break
+            chunk: list[tuple[int, Event | None, str | None]] = []
+            for seq, row_run, kind, task_id, attempt, at, data, crc in rows:
+                problem = check(seq, row_run, task_id, attempt, kind, at, data, crc)
+                if problem is not None:
+                    chunk.append((seq, None, problem))
+                    continue
+                try:
+                    chunk.append((seq, from_row(kind, task_id, attempt, at, data), None))
+                except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
+                    chunk.append((seq, None, f"event {seq} ({kind}) cannot be read: {exc}"))
+            empty = False
+            after = rows[-1][0]
+            yield chunk
+        if empty and head is not None:
+            yield [(0, None, "it has no events: its history is missing")]
+
+    # -- writing ---------------------------------------------------------------
+
+    @property
+    def _writable(self) -> Any:
+        if self._write_conn is None:
+            raise JournalError(_shown(self.dsn), "opened read-only")
+        return self._write_conn
+
+    def start(self) -> None:
+        if self._writer is None:
+            loop = asyncio.get_running_loop()
+            self._writer = loop.create_task(self._write_loop(), name="journal-writer")
+            if self._summaries or self.on_request is not None:
+                self._watch = loop.create_task(self._watch_requests(), name="journal-watch")
+
+    def append(
+        self,
+        run_id: str,
+        event: Event,
+        data: Any = _ENCODE,
+        remember: tuple[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        if data is _ENCODE:
+            data = encode_data(event)
+        if remember is not None:
+            self._remember.append((len(self._queue), *remember))
+        self._queue.append(
+            (
+                run_id,
+                getattr(event, "task_id", None),
+                getattr(event, "attempt", None),
+                kind_of(event),
+                event.at,
+                data,
+            )
+        )
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            loop.call_soon(self._wakeup.set)
+        return self._batch
+
+    async def flush(self) -> None:
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    async def _write_loop(self) -> None:
+        asyncpg = _driver()
+        while True:
+            if self._batch is None:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            rows, batch, remember = self._queue, self._batch, self._remember
+            self._queue, self._batch, self._remember = [], None, []
+            try:
+                await self._write(rows, remember)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+                self._summaries.clear()  # the state holds what did not commit
+                error = JournalError(_shown(self.dsn), f"cannot write: {_reason(exc)}")
+                batch.set_exception(error)
+                batch.exception()
+            else:
+                batch.set_result(None)
+
+    async def _write(
+        self, rows: list[tuple[Any, ...]], remember: Sequence[tuple[int, str, str]]
+    ) -> None:
+        """One transaction for the batch: every event in one INSERT, then the
+        summaries that are due and the cache entries, as the SQLite writer does."""
+        conn = self._writable
+        heads: dict[str, int] = {}
+        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        ends: dict[str, int] = {}
+        for position, (run_id, task_id, attempt, kind, at, data) in enumerate(rows):
+            previous = heads.get(run_id)
+            if previous is None:
+                previous = self._chain.get(run_id)
+                if previous is None:
+                    previous = await self._chain_head(run_id)
+            crc = event_crc(previous, run_id, task_id, attempt, kind, at, data)
+            heads[run_id] = crc
+            ends[run_id] = position
+            for column, value in zip(
+                columns, (run_id, task_id, attempt, kind, at, data, crc), strict=True
+            ):
+                column.append(value)
+        now = asyncio.get_running_loop().time()
+        async with conn.transaction():
+            seqs = [row[0] for row in await conn.fetch(_INSERT_EVENTS, *columns)]
+            for run_id, position in ends.items():
+                source = self._summaries.get(run_id)
+                if source is None:
+                    continue
+                if rows[position][3] in SESSION_ENDS or now >= self._summary_due.get(run_id, 0.0):
+                    data = self._encode_summary(source())
+                    last = seqs[position]
+                    await conn.execute(
+                        _SAVE_SUMMARY, run_id, last, data, summary_crc(run_id, last, data)
+                    )
+                    self._summary_due[run_id] = now + SUMMARY_EVERY
+            for position, fingerprint, tool in remember:
+                run_id, task_id, attempt, _, at, _ = rows[position]
+                await conn.execute(
+                    _REMEMBER, fingerprint, tool, run_id, task_id, attempt, seqs[position], at
+                )
+        self._chain.update(heads)
+        self.commits += 1
+        self.events_written += len(rows)
+
+    async def _chain_head(self, run_id: str) -> int:
+        conn = self._writable
+        crc = await conn.fetchval(
+            "SELECT crc FROM durable.events WHERE run_id = $1 ORDER BY seq DESC LIMIT 1", run_id
+        )
+        if crc is None:
+            crc = await conn.fetchval("SELECT crc FROM durable.runs WHERE run_id = $1", run_id)
+        return crc or 0
+
+    # -- checks ---------------------------------------------------------------
+
+    async def page_problems(self) -> list[str]:
+        """What the database's own check finds: PostgreSQL checks its pages as it reads."""
+        return []
+
+    async def orphan_events(self) -> list[tuple[str, int]]:
+        rows = await self._conn.fetch(
+            "SELECT run_id, count(*) FROM durable.events"
+            " WHERE run_id NOT IN (SELECT run_id FROM durable.runs) GROUP BY run_id"
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    # -- the cache and requests ------------------------------------------------
+
+    def cached(self, fingerprint: str, newer_than: float | None = None) -> CacheHit | None:
+        """Not on PostgreSQL yet: the engine's lookup is synchronous (`journal/cache.py`)."""
+        return None
+
+    def drop_requests(self, run_id: str) -> None:
+        self._dropped = run_id  # taken by the watch's first look (`_watch_requests`)
+
+    async def _watch_requests(self) -> None:
+        """Requests left for the runs this process drives (`durable cancel`), every
+        half second, as the SQLite journal looks for them."""
+        conn = self._writable
+        if self._dropped is not None:
+            await conn.execute("DELETE FROM durable.requests WHERE run_id = $1", self._dropped)
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            if self.on_request is None or not self._summaries:
+                continue
+            try:
+                rows = await conn.fetch(
+                    "DELETE FROM durable.requests WHERE run_id = ANY($1::text[])"
+                    " RETURNING run_id, kind",
+                    list(self._summaries),
+                )
+            except Exception:
+                continue
+            for run_id, kind in rows:
+                self.on_request(run_id, kind)
+
+    async def close(self) -> None:
+        if self._queue:
+            self.start()
+        if self._writer is not None:
+            self._closing = True
+            self._wakeup.set()
+            await asyncio.shield(self._writer)
+        if self._watch is not None:
+            self._closing = True
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+        for conn in (self._write_conn, self._conn):
+            if conn is not None:
+                await conn.close()
+
+
+def _shown(dsn: str) -> str:
+    """The DSN without its password, for messages."""
+    head, at, tail = dsn.rpartition("@")
+    if not at or ":" not in head.split("//", 1)[-1]:
+        return dsn
+    scheme, _, user = head.partition("//")
+    return f"{scheme}//{user.split(':', 1)[0]}:***@{tail}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text

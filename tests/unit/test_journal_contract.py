@@ -1,0 +1,239 @@
+"""The journal's contract, on both backends: SQLite (a file) and PostgreSQL (a DSN).
+
+Every test here runs twice, once per backend, through the one interface the engine,
+the runner and the commands use (`Journal.open` picks the backend from the target).
+On PostgreSQL each test gets a database of its own; locally a missing server skips
+those tests with the reason, and in CI (`CI` set) fails them (`tests/pg.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pg
+import pytest
+
+from durable import spec as spec_module
+from durable.errors import JournalDamaged, JournalError, RunExists, RunLocked, RunNotFound
+from durable.events import RunFinished, RunStarted, TaskStarted, TaskSucceeded
+from durable.journal import Journal, RunRecord
+from durable.spec import Task, Workflow
+from durable.state import RunState
+from durable.summary import summarize
+
+WORKFLOW = Workflow(name="wf", tasks=[Task(id="a", tool="echo"), Task(id="b", tool="echo")])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "journal.db")
+        return
+    pg.require_pg()
+    with pg.fresh_database() as dsn:
+        yield dsn
+
+
+def _record(run_id: str, created_at: float = 1.0) -> RunRecord:
+    return RunRecord(
+        run_id, "wf", spec_module.encode(WORKFLOW), "h", {"n": 1}, "/b", created_at, "/c"
+    )
+
+
+def _run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+async def _open(target: str, **options: Any) -> Journal:
+    journal = await Journal.open(target, durability="off", **options)
+    return journal
+
+
+def test_a_run_and_its_events_come_back_as_written(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        try:
+            await journal.create_run(_record("r1"), RunStarted(at=1.0))
+            with pytest.raises(RunExists):
+                await journal.create_run(_record("r1"), RunStarted(at=1.0))
+            journal.append("r1", TaskStarted(task_id="a", attempt=1, at=2.0, fingerprint="f" * 32))
+            journal.append(
+                "r1", TaskSucceeded(task_id="a", attempt=1, at=3.0, output={"x": [1, 2.5]})
+            )
+            await journal.flush()
+            events = await journal.events("r1")
+            assert [event for _, event in events] == [
+                RunStarted(at=1.0),
+                TaskStarted(task_id="a", attempt=1, at=2.0, fingerprint="f" * 32),
+                TaskSucceeded(task_id="a", attempt=1, at=3.0, output={"x": [1, 2.5]}),
+            ]
+            seqs = [seq for seq, _ in events]
+            assert seqs == sorted(seqs)
+            assert [e for _, e in await journal.events("r1", after=seqs[1])] == [events[2][1]]
+            record = await journal.get_run("r1")
+            assert msgspec.structs.replace(record, crc=None) == _record("r1")
+            with pytest.raises(RunNotFound):
+                await journal.get_run("nope")
+        finally:
+            await journal.close()
+
+    _run(main())
+
+
+def test_many_appends_share_commits_and_keep_their_order(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        try:
+            await journal.create_run(_record("r1"), RunStarted(at=1.0))
+            futures = [
+                journal.append("r1", TaskStarted(task_id="a", attempt=i, at=float(i)))
+                for i in range(1, 501)
+            ]
+            await asyncio.gather(*futures)
+            assert journal.commits < 100  # 500 events, grouped
+            attempts = [event.attempt for _, event in (await journal.events("r1"))[1:]]
+            assert attempts == list(range(1, 501))
+        finally:
+            await journal.close()
+
+    _run(main())
+
+
+def test_runs_are_listed_found_by_prefix_and_summarized(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        try:
+            for run_id, at in (("abc1", 1.0), ("abd2", 2.0), ("x", 3.0)):
+                await journal.create_run(_record(run_id, at), RunStarted(at=at))
+            assert [r.run_id for r in await journal.list_runs()] == ["abc1", "abd2", "x"]
+            assert await journal.has_run("x") and not await journal.has_run("ab")
+            assert [row[0] for row in await journal.find_runs("ab")] == ["abc1", "abd2"]
+            state = RunState.new(["a", "b"])
+            state.apply(RunStarted(at=3.0))
+            journal.keep_summary("x", lambda: summarize("wf", 3.0, state))
+            for event in (
+                TaskStarted(task_id="a", attempt=1, at=4.0),
+                TaskSucceeded(task_id="a", attempt=1, at=5.0, output=1),
+                RunFinished(at=6.0, status="failed"),
+            ):
+                state.apply(event)
+                journal.append("x", event)
+            await journal.flush()
+            rows = {row.run_id: row for row in await journal.list_summaries()}
+            assert rows["x"].summary == summarize("wf", 3.0, state) and not rows["x"].behind
+            assert rows["abc1"].summary is None  # no session wrote one
+        finally:
+            await journal.close()
+
+    _run(main())
+
+
+def test_one_process_drives_a_run_and_others_can_tell(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        other = await _open(target, create=False)
+        try:
+            await journal.create_run(_record("r1"), RunStarted(at=1.0))
+            assert not await other.is_driven("r1")
+            async with journal.lock("r1"):
+                assert await other.is_driven("r1")
+                with pytest.raises(RunLocked):
+                    async with other.lock("r1"):
+                        pass
+            assert not await other.is_driven("r1")
+            async with other.lock("r1"):
+                pass
+        finally:
+            await other.close()
+            await journal.close()
+
+    _run(main())
+
+
+def _tamper(target: str, sql: str) -> None:
+    """Change a row behind durable's back, the append-only triggers set aside."""
+    if target.startswith("postgresql://"):
+        pg.execute(
+            target,
+            "ALTER TABLE durable.events DISABLE TRIGGER events_append_only",
+            sql.replace("events", "durable.events"),
+            "ALTER TABLE durable.events ENABLE TRIGGER events_append_only",
+        )
+        return
+    connection = sqlite3.connect(target)
+    connection.execute("DROP TRIGGER events_append_only_update")
+    connection.execute(sql)
+    connection.commit()
+    connection.close()
+
+
+def test_history_cannot_be_rewritten_and_damage_is_named(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        await journal.create_run(_record("r1"), RunStarted(at=1.0))
+        journal.append("r1", TaskSucceeded(task_id="a", attempt=1, at=2.0, output="fine"))
+        await journal.flush()
+        await journal.close()
+
+    _run(main())
+    with pytest.raises(Exception, match="append-only"):
+        if target.startswith("postgresql://"):
+            pg.execute(target, "UPDATE durable.events SET at = 9")
+        else:
+            connection = sqlite3.connect(target)
+            try:
+                connection.execute("UPDATE events SET at = 9")
+            finally:
+                connection.close()
+    _tamper(target, "UPDATE events SET at = at + 1 WHERE kind = 'task_succeeded'")
+
+    async def read() -> None:
+        journal = await _open(target, create=False, readonly=True)
+        try:
+            with pytest.raises(JournalDamaged, match="does not match its checksum"):
+                await journal.events("r1")
+        finally:
+            await journal.close()
+
+    _run(read())
+
+
+def test_a_read_only_journal_writes_nothing(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        await journal.create_run(_record("r1"), RunStarted(at=1.0))
+        await journal.close()
+        reader = await _open(target, create=False, readonly=True)
+        try:
+            with pytest.raises(JournalError, match="read-only"):
+                await reader.create_run(_record("r2"), RunStarted(at=1.0))
+            assert [r.run_id for r in await reader.list_runs()] == ["r1"]
+        finally:
+            await reader.close()
+
+    _run(main())
+
+
+def test_a_newer_schema_is_refused(target: str) -> None:
+    async def create() -> None:
+        await (await _open(target)).close()
+
+    _run(create())
+    if target.startswith("postgresql://"):
+        pg.execute(target, "INSERT INTO durable.schema_version VALUES (999)")
+    else:
+        connection = sqlite3.connect(target)
+        connection.execute("PRAGMA user_version = 999")
+        connection.commit()
+        connection.close()
+    with pytest.raises(JournalError, match="newer"):
+        _run(_open(target))
