@@ -40,9 +40,10 @@ from durable.errors import (
     RunLocked,
     RunNotFound,
 )
-from durable.events import Event, encode_data, from_row, kind_of
+from durable.events import Event, encode_data, kind_of
 from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
 from durable.journal.cache import CacheHit
+from durable.journal.common import EventQueue, EventReading, checked_row
 from durable.journal.reader import RunRecord, SummaryRow, _summary_row
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
@@ -103,7 +104,6 @@ _REMEMBER = """INSERT INTO durable.cache VALUES ($1, $2, $3, $4, $5, $6, $7)
 _RUN_COLUMNS = "run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc"
 #: The namespace of durable's advisory locks (the other key is the run id's hash).
 _LOCK_SPACE = 0x6475
-_ENCODE: Any = object()
 
 
 def _lock_key(run_id: str) -> int:
@@ -147,7 +147,7 @@ class PgRunLock:
             self._conn = None
 
 
-class PgJournal:
+class PgJournal(EventReading, EventQueue):
     """An open PostgreSQL journal. `await PgJournal.open(dsn)`, `await journal.close()`."""
 
     def __init__(self, dsn: str, conn: Any, writer: Any | None) -> None:
@@ -155,10 +155,7 @@ class PgJournal:
         self.dsn = dsn
         self._conn = conn  # reads
         self._write_conn = writer
-        self._queue: list[tuple[Any, ...]] = []
-        self._remember: list[tuple[int, str, str]] = []
-        self._batch: asyncio.Future[None] | None = None
-        self._wakeup = asyncio.Event()
+        self._init_queue()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._chain: dict[str, int] = {}
@@ -360,30 +357,6 @@ class PgJournal:
 
     # -- events ----------------------------------------------------------------
 
-    async def read_events(
-        self, run_id: str, after: int = 0
-    ) -> AsyncIterator[list[tuple[int, Event]]]:
-        async for chunk in self._checked(run_id, after):
-            events = []
-            for seq, event, problem in chunk:
-                if problem is not None:
-                    raise JournalDamaged(_shown(self.dsn), run_id, problem)
-                events.append((seq, event))
-            yield events
-
-    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
-        found: list[tuple[int, Event]] = []
-        async for chunk in self.read_events(run_id, after):
-            found.extend(chunk)
-        return found
-
-    async def damage(self, run_id: str) -> tuple[int, list[str]]:
-        count, problems = 0, []
-        async for chunk in self._checked(run_id, 0):
-            count += len(chunk)
-            problems += [problem for _, _, problem in chunk if problem is not None]
-        return count, problems
-
     async def _checked(
         self, run_id: str, after: int
     ) -> AsyncIterator[list[tuple[int, Event | None, str | None]]]:
@@ -404,16 +377,7 @@ class PgJournal:
             )
             if not rows:
                 break
-            chunk: list[tuple[int, Event | None, str | None]] = []
-            for seq, row_run, kind, task_id, attempt, at, data, crc in rows:
-                problem = check(seq, row_run, task_id, attempt, kind, at, data, crc)
-                if problem is not None:
-                    chunk.append((seq, None, problem))
-                    continue
-                try:
-                    chunk.append((seq, from_row(kind, task_id, attempt, at, data), None))
-                except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
-                    chunk.append((seq, None, f"event {seq} ({kind}) cannot be read: {exc}"))
+            chunk = [checked_row(check, *row) for row in rows]
             empty = False
             after = rows[-1][0]
             yield chunk
@@ -435,37 +399,6 @@ class PgJournal:
             if self._summaries or self.on_request is not None:
                 self._watch = loop.create_task(self._watch_requests(), name="journal-watch")
 
-    def append(
-        self,
-        run_id: str,
-        event: Event,
-        data: Any = _ENCODE,
-        remember: tuple[str, str] | None = None,
-    ) -> asyncio.Future[None]:
-        if data is _ENCODE:
-            data = encode_data(event)
-        if remember is not None:
-            self._remember.append((len(self._queue), *remember))
-        self._queue.append(
-            (
-                run_id,
-                getattr(event, "task_id", None),
-                getattr(event, "attempt", None),
-                kind_of(event),
-                event.at,
-                data,
-            )
-        )
-        if self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._batch = loop.create_future()
-            loop.call_soon(self._wakeup.set)
-        return self._batch
-
-    async def flush(self) -> None:
-        if self._batch is not None:
-            await asyncio.shield(self._batch)
-
     async def _write_loop(self) -> None:
         asyncpg = _driver()
         while True:
@@ -475,8 +408,7 @@ class PgJournal:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            rows, batch, remember = self._queue, self._batch, self._remember
-            self._queue, self._batch, self._remember = [], None, []
+            rows, batch, remember = self._take()
             try:
                 await self._write(rows, remember)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:

@@ -15,8 +15,9 @@ import aiosqlite
 import msgspec
 
 from durable.errors import JournalDamaged, JournalError, RunNotFound
-from durable.events import Event, from_row
+from durable.events import Event
 from durable.integrity import ChainVerifier, run_crc, summary_crc
+from durable.journal.common import EventReading, checked_row
 from durable.journal.file import READ_ERRORS, describe
 from durable.runlock import RunLock
 from durable.summary import RunSummary
@@ -56,7 +57,7 @@ class SummaryRow(NamedTuple):
     last_seq: int | None = None
 
 
-class JournalReader:
+class JournalReader(EventReading):
     """The reading half of a `Journal`: what every command that inspects runs uses."""
 
     def __init__(self, path: Path, reader: aiosqlite.Connection, version: int) -> None:
@@ -181,31 +182,6 @@ class JournalReader:
         except (ValueError, TypeError, AttributeError, msgspec.DecodeError) as exc:
             raise JournalDamaged(str(self.path), run_id, str(exc)) from None
 
-    async def read_events(
-        self, run_id: str, after: int = 0
-    ) -> AsyncIterator[list[tuple[int, Event]]]:
-        """Yield a run's events as chunks of `(seq, event)`, oldest first, each checked
-        against its checksum; a damaged one raises `JournalDamaged`.
-
-        Chunks, not single events: an async generator step per event cost more than
-        reading the row (1.7 s against 0.8 s for 200k events).
-        """
-        async for chunk in self._checked(run_id, after):
-            events = []
-            for seq, event, problem in chunk:
-                if problem is not None:
-                    raise JournalDamaged(str(self.path), run_id, problem)
-                events.append((seq, event))
-            yield events
-
-    async def damage(self, run_id: str) -> tuple[int, list[str]]:
-        """Every problem with a run's events (not just the first), and how many it has."""
-        count, problems = 0, []
-        async for chunk in self._checked(run_id, 0):
-            count += len(chunk)
-            problems += [problem for _, _, problem in chunk if problem is not None]
-        return count, problems
-
     async def _checked(
         self, run_id: str, after: int
     ) -> AsyncIterator[list[tuple[int, Event | None, str | None]]]:
@@ -221,16 +197,7 @@ class JournalReader:
                 (run_id, after),
             )
             while rows := await cursor.fetchmany(20_000):
-                chunk: list[tuple[int, Event | None, str | None]] = []
-                for seq, row_run, kind, task_id, attempt, at, data, crc in rows:
-                    problem = check(seq, row_run, task_id, attempt, kind, at, data, crc)
-                    if problem is not None:
-                        chunk.append((seq, None, problem))
-                        continue
-                    try:
-                        chunk.append((seq, from_row(kind, task_id, attempt, at, data), None))
-                    except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
-                        chunk.append((seq, None, f"event {seq} ({kind}) cannot be read: {exc}"))
+                chunk = [checked_row(check, *row[:8]) for row in rows]
                 empty = False
                 count += len(rows)
                 yield chunk
@@ -288,12 +255,6 @@ class JournalReader:
             sql, key = f"SELECT {self._event_crc} FROM events WHERE seq = ?", after
         rows = await self.query(sql, (key,))
         return rows[0][0] if rows else None
-
-    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
-        found: list[tuple[int, Event]] = []
-        async for chunk in self.read_events(run_id, after):
-            found.extend(chunk)
-        return found
 
     async def execute(self, sql: str, parameters: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows, SQLite's errors untouched. For tests."""

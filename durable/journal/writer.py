@@ -24,6 +24,7 @@ from durable.events import Event, encode_data, kind_of
 from durable.integrity import event_crc, run_crc, summary_crc
 from durable.journal import cache
 from durable.journal.cache import CacheHit
+from durable.journal.common import EventQueue
 from durable.journal.file import READ_ERRORS, FileAccess, check_file, describe, readable
 from durable.journal.postgres import PgJournal, is_postgres
 from durable.journal.reader import RUN_COLUMNS, JournalReader, RunRecord
@@ -48,12 +49,11 @@ def default_path() -> str:
     return os.environ.get("DURABLE_DB") or DEFAULT_PATH
 
 
-_ENCODE: Any = object()
 #: How often a running journal checks that its file is still the one it opened.
 WATCH_EVERY = 0.5
 
 
-class Journal(JournalReader):
+class Journal(JournalReader, EventQueue):
     """An open journal. Use `await Journal.open(path)`, and `await journal.close()`.
 
     Reads go through aiosqlite, so that a long replay never blocks the event loop.
@@ -81,11 +81,7 @@ class Journal(JournalReader):
         super().__init__(path, reader, version)
         self._write_conn = writer
         self._access = access
-        self._queue: list[tuple[Any, ...]] = []
-        # (position in `_queue`, fingerprint, tool): successes the cache remembers.
-        self._remember: list[tuple[int, str, str]] = []
-        self._batch: asyncio.Future[None] | None = None
-        self._wakeup = asyncio.Event()
+        self._init_queue()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._checkpointer: ThreadPoolExecutor | None = None
@@ -228,52 +224,6 @@ class Journal(JournalReader):
         """
         self._summaries[run_id] = source
 
-    def append(
-        self,
-        run_id: str,
-        event: Event,
-        data: Any = _ENCODE,
-        remember: tuple[str, str] | None = None,
-    ) -> asyncio.Future[None]:
-        """Queue an event; the returned future resolves once it is committed.
-
-        `data` may be passed pre-encoded (the engine encodes an output once, to
-        check that it is serialisable). Appending never waits: only a caller that
-        needs the durability barrier awaits the future. `remember` (a fingerprint
-        and a tool) puts a `task_succeeded` in the cache, in the same commit.
-        """
-        if data is _ENCODE:
-            data = encode_data(event)
-        if remember is not None:
-            self._remember.append((len(self._queue), *remember))
-        self._queue.append(
-            (
-                run_id,
-                getattr(event, "task_id", None),
-                getattr(event, "attempt", None),
-                kind_of(event),
-                event.at,
-                data,
-            )
-        )
-        if self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._batch = loop.create_future()
-            # Wake the writer on the next turn of the loop, not this one: the tasks
-            # started in this turn take their first step in the next, and a tool
-            # that finishes in it gets its events into the same commit.
-            loop.call_soon(self._wakeup.set)
-        return self._batch
-
-    async def flush(self) -> None:
-        """Wait until everything appended so far is committed (raising if a write failed).
-
-        Only the queued batch can be pending: the writer commits a batch without
-        yielding to the loop, so no batch is ever half-written when this runs.
-        """
-        if self._batch is not None:
-            await asyncio.shield(self._batch)
-
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -285,8 +235,7 @@ class Journal(JournalReader):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            rows, batch, remember = self._queue, self._batch, self._remember
-            self._queue, self._batch, self._remember = [], None, []
+            rows, batch, remember = self._take()
             try:
                 self._write(rows, remember)
             except sqlite3.Error as exc:

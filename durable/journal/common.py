@@ -1,0 +1,147 @@
+"""What both journals (SQLite and PostgreSQL) do the same way, written once.
+
+- `EventReading`: a run's events read back in chunks, each row checked
+  (`integrity.py`), from a backend's `_checked` rows: `read_events`, `events`,
+  `damage`; and `checked_row`, the check of one row.
+- `EventQueue`: appending events for the group commit: the queue, the future a
+  batch's appenders wait on, the wake-up of the backend's writer coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+
+from durable.errors import JournalDamaged
+from durable.events import Event, encode_data, from_row, kind_of
+
+#: A row as `_checked` yields it: its seq, and its event or what is wrong with it.
+Checked = tuple[int, "Event | None", "str | None"]
+_ENCODE: Any = object()
+
+
+def checked_row(
+    check: Callable[..., str | None],
+    seq: int,
+    run_id: str,
+    kind: str,
+    task_id: str | None,
+    attempt: int | None,
+    at: float,
+    data: bytes | None,
+    crc: int | None,
+) -> Checked:
+    """One row against its checksum (`ChainVerifier.check`), then decoded."""
+    problem = check(seq, run_id, task_id, attempt, kind, at, data, crc)
+    if problem is not None:
+        return (seq, None, problem)
+    try:
+        return (seq, from_row(kind, task_id, attempt, at, data), None)
+    except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
+        return (seq, None, f"event {seq} ({kind}) cannot be read: {exc}")
+
+
+class EventReading:
+    """`read_events`, `events` and `damage` from a backend's `_checked` rows."""
+
+    path: Any
+
+    def _checked(self, run_id: str, after: int) -> AsyncIterator[list[Checked]]:
+        raise NotImplementedError
+
+    async def read_events(
+        self, run_id: str, after: int = 0
+    ) -> AsyncIterator[list[tuple[int, Event]]]:
+        """Yield a run's events as chunks of `(seq, event)`, oldest first, each checked
+        against its checksum; a damaged one raises `JournalDamaged`.
+
+        Chunks, not single events: an async generator step per event cost more than
+        reading the row (1.7 s against 0.8 s for 200k events).
+        """
+        async for chunk in self._checked(run_id, after):
+            events = []
+            for seq, event, problem in chunk:
+                if problem is not None:
+                    raise JournalDamaged(str(self.path), run_id, problem)
+                events.append((seq, event))
+            yield events  # type: ignore[misc]
+
+    async def events(self, run_id: str, after: int = 0) -> list[tuple[int, Event]]:
+        found: list[tuple[int, Event]] = []
+        async for chunk in self.read_events(run_id, after):
+            found.extend(chunk)
+        return found
+
+    async def damage(self, run_id: str) -> tuple[int, list[str]]:
+        """Every problem with a run's events (not just the first), and how many it has."""
+        count, problems = 0, []
+        async for chunk in self._checked(run_id, 0):
+            count += len(chunk)
+            problems += [problem for _, _, problem in chunk if problem is not None]
+        return count, problems
+
+
+class EventQueue:
+    """Appending for the group commit: the writer coroutine of a backend takes the
+    whole queue at once (`_take`) and commits it in one transaction."""
+
+    def _init_queue(self) -> None:
+        self._queue: list[tuple[Any, ...]] = []
+        # (position in `_queue`, fingerprint, tool): successes the cache remembers.
+        self._remember: list[tuple[int, str, str]] = []
+        self._batch: asyncio.Future[None] | None = None
+        self._wakeup = asyncio.Event()
+
+    def append(
+        self,
+        run_id: str,
+        event: Event,
+        data: Any = _ENCODE,
+        remember: tuple[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue an event; the returned future resolves once it is committed.
+
+        `data` may be passed pre-encoded (the engine encodes an output once, to
+        check that it is serialisable). Appending never waits: only a caller that
+        needs the durability barrier awaits the future. `remember` (a fingerprint
+        and a tool) puts a `task_succeeded` in the cache, in the same commit.
+        """
+        if data is _ENCODE:
+            data = encode_data(event)
+        if remember is not None:
+            self._remember.append((len(self._queue), *remember))
+        self._queue.append(
+            (
+                run_id,
+                getattr(event, "task_id", None),
+                getattr(event, "attempt", None),
+                kind_of(event),
+                event.at,
+                data,
+            )
+        )
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            # Wake the writer on the next turn of the loop, not this one: the tasks
+            # started in this turn take their first step in the next, and a tool
+            # that finishes in it gets its events into the same commit.
+            loop.call_soon(self._wakeup.set)
+        return self._batch
+
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed (raising if a write failed)."""
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    def _take(
+        self,
+    ) -> tuple[list[tuple[Any, ...]], asyncio.Future[None], list[tuple[int, str, str]]]:
+        """Everything queued, for one commit; appends from now on make a new batch."""
+        assert self._batch is not None
+        taken = self._queue, self._batch, self._remember
+        self._queue, self._batch, self._remember = [], None, []
+        return taken
