@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from durable.errors import JournalDamaged
+from durable.errors import JournalDamaged, JournalError
 from durable.events import Event, encode_data, from_row, kind_of
 
 #: A row as `_checked` yields it: its seq, and its event or what is wrong with it.
@@ -89,6 +89,14 @@ class EventQueue:
     whole queue at once (`_take`) and commits it in one transaction."""
 
     def _init_queue(self) -> None:
+        #: Called once if the journal is lost under a run (its file deleted, say).
+        self.on_lost: Callable[[JournalError], None] | None = None
+        #: Called with (run id, kind) for a request another process left for a run
+        #: this one drives (`durable cancel`), looked for every half second.
+        self.on_request: Callable[[str, str], None] | None = None
+        self.lost: JournalError | None = None
+        self.commits = 0
+        self.events_written = 0
         self._queue: list[tuple[Any, ...]] = []
         # (position in `_queue`, fingerprint, tool): successes the cache remembers.
         self._remember: list[tuple[int, str, str]] = []

@@ -165,11 +165,6 @@ class PgJournal(EventReading, EventQueue):
         self._watch: asyncio.Task[None] | None = None
         # A run whose leftover requests the watch deletes first (`drop_requests`).
         self._dropped: str | None = None
-        self.on_lost: Callable[[JournalError], None] | None = None
-        self.on_request: Callable[[str, str], None] | None = None
-        self.lost: JournalError | None = None
-        self.commits = 0
-        self.events_written = 0
 
     # -- opening -------------------------------------------------------------
 

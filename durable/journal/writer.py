@@ -100,14 +100,6 @@ class Journal(JournalReader, EventQueue):
         self._catch_up: asyncio.TimerHandle | None = None
         self._identity: tuple[int, int] | None = None
         self._watch: asyncio.TimerHandle | None = None
-        #: Called once if the journal file is deleted or replaced under a run.
-        self.on_lost: Callable[[JournalError], None] | None = None
-        #: Called with (run id, kind) for a request another process left for a run
-        #: this one drives (`durable cancel`), checked with the file every WATCH_EVERY.
-        self.on_request: Callable[[str, str], None] | None = None
-        self.lost: JournalError | None = None
-        self.commits = 0
-        self.events_written = 0
 
     @classmethod
     async def open(
