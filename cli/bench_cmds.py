@@ -46,15 +46,36 @@ from durable_cli.options import durability_option, json_option
     help="Run it this many times; report the median run and the min-max spread.",
 )
 @json_option
+@click.option(
+    "--db",
+    default=None,
+    metavar="postgresql://...",
+    help="Measure on this PostgreSQL journal (its runs stay there) instead of a "
+    "temporary SQLite file.",
+)
 def bench(
-    tasks: int, shape: str, jobs: int, durability: str, sleep: float, repeat: int, as_json: bool
+    tasks: int,
+    shape: str,
+    jobs: int,
+    durability: str,
+    sleep: float,
+    repeat: int,
+    as_json: bool,
+    db: str | None,
 ) -> None:
     """Measure throughput: tasks/s, µs per task, commits, journal size, RSS, and a no-journal baseline."""
     import msgspec
 
     from durable.benchmark import run_repeated
+    from durable.errors import DurableError
+    from durable.journal.postgres import is_postgres
 
-    summary = run_repeated(shape, tasks, jobs, durability, sleep, repeat)
+    if db is not None and not is_postgres(db):
+        raise DurableError(
+            f"--db {db}: bench measures a PostgreSQL journal (postgresql://...) "
+            "or, without --db, a temporary SQLite file"
+        )
+    summary = run_repeated(shape, tasks, jobs, durability, sleep, repeat, db=db)
     result = summary.median
     if as_json:
         document = msgspec.structs.asdict(result)

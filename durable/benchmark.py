@@ -164,19 +164,22 @@ async def measure(
     durability: str = "normal",
     sleep: float = 0.0,
     folder: str | None = None,
+    db: str | None = None,
 ) -> Result:
-    """Run one benchmark: durable on a fresh journal, then the baseline."""
+    """Run one benchmark: durable on a fresh journal (or on `db`, a PostgreSQL
+    journal, where the run is added to what is there), then the baseline."""
     workflow = make_workflow(shape, tasks, concurrency, sleep)
     started = time.perf_counter()
     plan_workflow(workflow, os.getcwd())
     plan_ms = (time.perf_counter() - started) * 1000
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        db = Path(tmp, "bench.db")
-        result = await runner.arun(workflow, db=db, durability=durability)
+        target: str | Path = db if db is not None else Path(tmp, "bench.db")
+        result = await runner.arun(workflow, db=target, durability=durability)
         stats = result.stats
         seconds = stats.run_seconds
         if result.status != "succeeded":
             raise RuntimeError(f"benchmark run {result.run_id} ended {result.status}")
+        # A database's size is not the run's: reported as 0 there.
         size = sum(p.stat().st_size for p in Path(tmp).glob("bench.db*") if p.is_file())
     rss_mb = peak_rss_mb()
     # Planned afresh: keeping the first plan alive through the run would add its
@@ -211,9 +214,11 @@ def run_repeated(
     durability: str = "normal",
     sleep: float = 0.0,
     repeat: int = 1,
+    db: str | None = None,
 ) -> Summary:
     results = [
-        eventloop.run(measure(shape, tasks, concurrency, durability, sleep)) for _ in range(repeat)
+        eventloop.run(measure(shape, tasks, concurrency, durability, sleep, db=db))
+        for _ in range(repeat)
     ]
     ordered = sorted(results, key=lambda r: r.tasks_per_s)
     return Summary(
