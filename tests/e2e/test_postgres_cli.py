@@ -58,11 +58,12 @@ def test_run_and_every_reading_command(tmp_path: Path, dsn: str, durable: Any, w
     assert not (tmp_path / ".durable").exists()
 
 
+@pytest.mark.parametrize("kill_after", [1, 6, 17])
 def test_a_killed_run_reads_interrupted_and_resumes_once(
-    tmp_path: Path, dsn: str, durable: Any, start: Any, stop: Any, write: Any
+    tmp_path: Path, dsn: str, durable: Any, start: Any, stop: Any, write: Any, kill_after: int
 ) -> None:
     tasks = "\n".join(
-        f"  - {{id: t{i}, tool: sleep, input: {{seconds: 0.15, result: {i}}}}}" for i in range(30)
+        f"  - {{id: t{i}, tool: sleep, input: {{seconds: 0.15, result: {i}}}}}" for i in range(60)
     )
     workflow = write(tmp_path, "slow.yaml", f"name: slow\nmax_concurrency: 3\ntasks:\n{tasks}\n")
     process = start("run", workflow, "--db", dsn, "--run-id", "k1", "--no-live", cwd=tmp_path)
@@ -70,7 +71,7 @@ def test_a_killed_run_reads_interrupted_and_resumes_once(
         deadline = time.monotonic() + 30
         while True:
             listed = json.loads(durable("runs", "--db", dsn, "--json", cwd=tmp_path).stdout or "[]")
-            if listed and listed[0]["counts"].get("succeeded", 0) >= 6:
+            if listed and listed[0]["counts"].get("succeeded", 0) >= kill_after:
                 break
             assert time.monotonic() < deadline, listed
             time.sleep(0.1)
