@@ -214,7 +214,7 @@ def _explain(workflow: str, overrides: dict[str, Any], session: dict[str, Any]) 
     "workflow_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Like --reload, with this file instead of the run's own.",
+    help="Go on with this workflow file instead of the run's own (implies --reload).",
 )
 @click.option(
     "--dry-run",
@@ -239,8 +239,6 @@ def resume(
     from durable import runner
     from durable.errors import DurableError
 
-    if reload and workflow_file is not None:
-        raise DurableError("--reload and --workflow cannot be combined (--workflow implies it)")
     if dry_run and not (reload or workflow_file):
         raise DurableError("--dry-run plans an edited resume: give --reload or --workflow")
     edit = runner.Edit(workflow_file, dry_run) if reload or workflow_file else None
