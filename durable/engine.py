@@ -63,6 +63,7 @@ from durable.fanout import group_output
 from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import Plan, TaskPlan
 from durable.journal import Journal
+from durable.journal.cache import CacheHit
 from durable.refs import Scope
 from durable.state import (
     CANCELLED,
@@ -144,6 +145,8 @@ class Engine(Expansion):
         self._starts: dict[str, asyncio.Future[None]] | None = None
         # foreach task -> its instances not yet finished in this session
         self._group_left: dict[str, int] = {}
+        # Cache lookups in flight on a remote journal (`_look_up`).
+        self._lookups: set[asyncio.Future[Any]] = set()
         journal.on_lost = self._crash
         journal.on_request = self._requested
         self.peak_running = 0
@@ -332,8 +335,18 @@ class Engine(Expansion):
                 mark = fingerprint(tool_identity(plan.tool), value)
             except (TypeError, ValueError, msgspec.EncodeError):
                 pass  # an input a `prepare` made unencodable: no fingerprint, same run
-        if mark is not None and self._caches(plan) and self._reuse(plan, mark):
-            return
+        if mark is not None and self._caches(plan):
+            if self.journal.remote_cache:
+                self._look_up(plan, attempt, value, mark)
+                return
+            hit = self.journal.cached(mark, self._newer_than(plan))
+            if hit is not None:
+                self._reuse(plan, mark, hit)
+                return
+        self._start_attempt(plan, attempt, value, mark)
+
+    def _start_attempt(self, plan: TaskPlan, attempt: int, value: Any, mark: str | None) -> None:
+        task_id = plan.id
         # The task is scheduled before `task_started` wakes the writer, so a tool
         # that finishes in its first step gets both events into one commit.
         task = asyncio.get_running_loop().create_task(
@@ -346,20 +359,49 @@ class Engine(Expansion):
             self._starts[task_id] = started
         self._active[task_id] = task
 
+    def _look_up(self, plan: TaskPlan, attempt: int, value: Any, mark: str) -> None:
+        """Ask a remote journal's cache (a round trip) while the task holds its slot;
+        it then is answered, or starts (`_looked_up`)."""
+        lookup = asyncio.ensure_future(
+            self.journal.cached_async(mark, self._newer_than(plan))  # type: ignore[attr-defined]
+        )
+        self._lookups.add(lookup)
+        lookup.add_done_callback(partial(self._looked_up, plan, attempt, value, mark))
+
+    def _looked_up(
+        self, plan: TaskPlan, attempt: int, value: Any, mark: str, lookup: asyncio.Future[Any]
+    ) -> None:
+        self._lookups.discard(lookup)
+        try:
+            if self._stopping or lookup.cancelled():
+                # Never started: it gives its slot back and stays pending, resumable.
+                self._release(plan.id)
+                self._check_stopped()
+                return
+            hit = lookup.result()
+            if hit is not None:
+                self._reuse(plan, mark, hit)
+            else:
+                self._start_attempt(plan, attempt, value, mark)
+            self._pump()
+        except BaseException as exc:  # a bug, or the journal lost: must not hang the run
+            self._crash(exc)
+
     def _caches(self, plan: TaskPlan) -> bool:
         """Whether the task reuses (and remembers) successes of the same work."""
         own = plan.spec.cache
         wanted = self.cache if own is None else own
         return wanted and plan.tool is not None and plan.tool.cacheable
 
-    def _reuse(self, plan: TaskPlan, mark: str) -> bool:
-        """Answer the task from the cache if it holds this work: True if it did."""
-        ttl = (
-            plan.spec.cache_ttl if plan.spec.cache_ttl is not None else self.plan.workflow.cache_ttl
-        )
-        hit = self.journal.cached(mark, None if ttl is None else time.time() - ttl)
-        if hit is None:
-            return False
+    def _newer_than(self, plan: TaskPlan) -> float | None:
+        """The oldest commit time a cache entry may have for the task (`cache_ttl`)."""
+        ttl = plan.spec.cache_ttl
+        if ttl is None:
+            ttl = self.plan.workflow.cache_ttl
+        return None if ttl is None else time.time() - ttl
+
+    def _reuse(self, plan: TaskPlan, mark: str, hit: CacheHit) -> None:
+        """Answer the task with the cache's committed success of the same work."""
         self.reused += 1
         reused = TaskReused(
             task_id=plan.id,
@@ -371,7 +413,6 @@ class Engine(Expansion):
             from_attempt=hit.attempt,
         )
         self._finish(plan.id, reused, holds_slot=True)
-        return True
 
     def _release(self, task_id: str) -> None:
         """Free a task's slot now, and fill it."""
@@ -580,7 +621,7 @@ class Engine(Expansion):
         self._check_stopped()
 
     def _check_stopped(self) -> None:
-        if self._stopping and not self._active and not self._backoff:
+        if self._stopping and not self._active and not self._backoff and not self._lookups:
             self._done.set()
 
     def _crash(self, exc: BaseException) -> None:

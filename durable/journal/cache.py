@@ -37,32 +37,34 @@ def lookup(
 ) -> CacheHit | None:
     """The entry for `fingerprint`, if there is one (committed at or after
     `newer_than`) and the event it names checks out."""
-    row = conn.execute(
-        "SELECT run_id, task_id, attempt, seq, at FROM cache WHERE fingerprint = ?",
-        (fingerprint,),
-    ).fetchone()
-    if row is None:
-        return None
-    run_id, task_id, attempt, seq, at = row
+    row = conn.execute(LOOKUP, (fingerprint,)).fetchone()
+    return None if row is None else judge(row, newer_than)
+
+
+#: The entry, the event it names, and the checksum that event chains from, in one
+#: read (SQLite's `?` and PostgreSQL's `$1` differ; the tables are named alike).
+LOOKUP = """SELECT c.run_id, c.task_id, c.attempt, c.at,
+        e.run_id, e.task_id, e.attempt, e.kind, e.at, e.data, e.crc,
+        coalesce(
+            (SELECT p.crc FROM events p WHERE p.run_id = e.run_id AND p.seq < e.seq
+             ORDER BY p.seq DESC LIMIT 1),
+            (SELECT r.crc FROM runs r WHERE r.run_id = e.run_id))
+    FROM cache c LEFT JOIN events e ON e.seq = c.seq WHERE c.fingerprint = ?"""
+
+
+def judge(row: tuple[Any, ...], newer_than: float | None) -> CacheHit | None:
+    """A looked-up entry (`LOOKUP`'s row), if it may answer: recent enough, naming
+    the success of its own run, task and attempt, and that event's checksum sound."""
+    run_id, task_id, attempt, at, *event, previous = row
     if newer_than is not None and at < newer_than:
         return None
-    event = conn.execute(
-        "SELECT run_id, task_id, attempt, kind, at, data, crc FROM events WHERE seq = ?", (seq,)
-    ).fetchone()
-    if event is None or event[:4] != (run_id, task_id, attempt, "task_succeeded"):
+    if event[0] is None or tuple(event[:4]) != (run_id, task_id, attempt, "task_succeeded"):
         return None  # its run was pruned, or the entry is wrong: run the task
-    previous = (
-        conn.execute(
-            "SELECT crc FROM events WHERE run_id = ? AND seq < ? ORDER BY seq DESC LIMIT 1",
-            (run_id, seq),
-        ).fetchone()
-        or conn.execute("SELECT crc FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    )
-    data = event[5]
-    if previous is None or event_crc(previous[0] or 0, *event[:5], data) != event[6]:
+    data = None if event[5] is None else bytes(event[5])
+    if previous is None or event_crc(previous, *event[:5], data) != event[6]:
         return None
     try:
-        output = None if data is None else decode_output(bytes(data))
+        output = None if data is None else decode_output(data)
     except msgspec.DecodeError:
         return None
     return CacheHit(run_id, task_id, attempt, at, output)

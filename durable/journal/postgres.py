@@ -42,7 +42,7 @@ from durable.errors import (
 )
 from durable.events import Event, encode_data, kind_of
 from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
-from durable.journal.cache import CacheHit
+from durable.journal.cache import LOOKUP, CacheHit, judge
 from durable.journal.common import EventQueue, EventReading, checked_row
 from durable.journal.reader import RunRecord, SummaryRow, _summary_row
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
@@ -102,6 +102,13 @@ _REMEMBER = """INSERT INTO durable.cache VALUES ($1, $2, $3, $4, $5, $6, $7)
     ON CONFLICT (fingerprint) DO UPDATE SET tool = excluded.tool, run_id = excluded.run_id,
     task_id = excluded.task_id, attempt = excluded.attempt, seq = excluded.seq, at = excluded.at"""
 _RUN_COLUMNS = "run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc"
+_LOOKUP = (
+    LOOKUP.replace("?", "$1")
+    .replace("FROM cache", "FROM durable.cache")
+    .replace("JOIN events", "JOIN durable.events")
+    .replace("FROM events", "FROM durable.events")
+    .replace("FROM runs", "FROM durable.runs")
+)
 #: The namespace of durable's advisory locks (the other key is the run id's hash).
 _LOCK_SPACE = 0x6475
 
@@ -165,6 +172,8 @@ class PgJournal(EventReading, EventQueue):
         self._watch: asyncio.Task[None] | None = None
         # A run whose leftover requests the watch deletes first (`drop_requests`).
         self._dropped: str | None = None
+        self._lookup_conn: Any = None
+        self._lookup_lock = asyncio.Lock()
 
     # -- opening -------------------------------------------------------------
 
@@ -483,9 +492,20 @@ class PgJournal(EventReading, EventQueue):
 
     # -- the cache and requests ------------------------------------------------
 
-    def cached(self, fingerprint: str, newer_than: float | None = None) -> CacheHit | None:
-        """Not on PostgreSQL yet: the engine's lookup is synchronous (`journal/cache.py`)."""
-        return None
+    #: A cache lookup is a round trip to the server: the engine awaits it off the
+    #: turn of the loop that launches the task (`Engine._look_up`).
+    remote_cache = True
+
+    async def cached_async(
+        self, fingerprint: str, newer_than: float | None = None
+    ) -> CacheHit | None:
+        """The committed success that answers `fingerprint`, checked as on SQLite
+        (`journal/cache.py`); one query, on a connection of its own, one at a time."""
+        async with self._lookup_lock:
+            if self._lookup_conn is None:
+                self._lookup_conn = await self._connect()
+            row = await self._lookup_conn.fetchrow(_LOOKUP, fingerprint)
+        return None if row is None else judge(tuple(row), newer_than)
 
     def drop_requests(self, run_id: str) -> None:
         self._dropped = run_id  # taken by the watch's first look (`_watch_requests`)
@@ -522,7 +542,7 @@ class PgJournal(EventReading, EventQueue):
             self._closing = True
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
-        for conn in (self._write_conn, self._conn):
+        for conn in (self._write_conn, self._conn, self._lookup_conn):
             if conn is not None:
                 await conn.close()
 

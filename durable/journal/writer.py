@@ -204,6 +204,9 @@ class Journal(JournalReader, EventQueue):
         self.commits += 1
         self.events_written += 1
 
+    #: The cache is read on the loop's thread, in microseconds (`postgres.py`'s is not).
+    remote_cache = False
+
     def cached(self, fingerprint: str, newer_than: float | None = None) -> CacheHit | None:
         """The committed success that answers `fingerprint`, if the cache has one."""
         return cache.lookup(self._writable, fingerprint, newer_than)

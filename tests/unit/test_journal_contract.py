@@ -237,3 +237,30 @@ def test_a_newer_schema_is_refused(target: str) -> None:
         connection.close()
     with pytest.raises(JournalError, match="newer"):
         _run(_open(target))
+
+
+def test_the_cache_answers_a_second_run_on_either_backend(target: str) -> None:
+    """Through the engine: a second cached run reuses every task, from the first run;
+    on PostgreSQL the lookups are awaited off the loop's turn (`Engine._look_up`)."""
+    from durable.runner import arun
+
+    workflow = Workflow(
+        name="cached",
+        tasks=[
+            Task(id="a", tool="echo", input={"n": 1}),
+            Task(id="b", tool="echo", input={"from": "${a.output}"}),
+            Task(id="m", tool="echo", foreach=[1, 2, 3], input="${item}"),
+        ],
+    )
+    first = _run(arun(workflow, db=target, durability="off", cache=True))
+    second = _run(arun(workflow, db=target, durability="off", cache=True))
+    assert first.status == second.status == "succeeded"
+    assert not any(task.reused for task in first.tasks.values())
+    assert {t for t, task in second.tasks.items() if task.reused} == {
+        "a",
+        "b",
+        "m[0]",
+        "m[1]",
+        "m[2]",
+    }
+    assert second.outputs == first.outputs
