@@ -7,6 +7,7 @@ the one command that removes history; the journal side of it, and why it may, is
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -219,51 +220,39 @@ def cancel(run_id: str, db: str | None) -> None:
     The driver sees the request within a second, cancels its running tasks and
     journals the run as `cancelled`; `durable resume` goes on with it later.
     """
-    import sqlite3
+    from durable import eventloop
 
-    from durable_cli.journal_cmds import _with_journal
+    eventloop.run(_cancel(db, run_id))
 
-    from durable import prune as pruning
+
+async def _cancel(db: str | None, run_id: str) -> None:
+    """Leave the request, then wait for the driver to act on it and stop."""
     from durable.errors import DurableError
-    from durable.inspection import resolve_run_id
-    from durable.journal import default_path
-    from durable.runlock import RunLock
+    from durable.inspection import resolve_run_id, view_run
+    from durable.journal import Journal
 
-    _sqlite_only(db, "cancel")
-    path = Path(db or default_path())
-    run_id = _with_journal(db, lambda journal: resolve_run_id(journal, run_id))
-    lock = RunLock(path, run_id)
-    if not lock.is_held_elsewhere():
-        raise DurableError(f"run '{run_id}' is not running: no process drives it to cancel")
-    connection = pruning.connect(path)
+    journal = await Journal.open(db, create=False)
     try:
-        connection.execute(
-            "INSERT INTO requests (run_id, kind, at) VALUES (?, 'cancel', ?)", (run_id, time.time())
-        )
-    except sqlite3.Error as exc:
-        raise DurableError(f"cannot ask run '{run_id}' to stop: {exc}") from None
+        run_id = await resolve_run_id(journal, run_id)
+        if not await journal.is_driven(run_id):
+            raise DurableError(f"run '{run_id}' is not running: no process drives it to cancel")
+        await journal.request(run_id, "cancel")
+        deadline = time.monotonic() + CANCEL_WAIT
+        while await journal.is_driven(run_id):
+            if time.monotonic() > deadline:
+                raise DurableError(
+                    f"asked run '{run_id}' to stop, but its process has not stopped within "
+                    f"{CANCEL_WAIT:g}s (a task that ignores cancellation?); it will when it can"
+                )
+            await asyncio.sleep(0.1)
+        view = await view_run(journal, await journal.get_run(run_id))
     finally:
-        connection.close()
-    deadline = time.monotonic() + CANCEL_WAIT
-    while lock.is_held_elsewhere():
-        if time.monotonic() > deadline:
-            raise DurableError(
-                f"asked run '{run_id}' to stop, but its process has not stopped within "
-                f"{CANCEL_WAIT:g}s (a task that ignores cancellation?); it will when it can"
-            )
-        time.sleep(0.1)
-    view = _with_journal(db, lambda journal: _view(journal, run_id))
+        await journal.close()
     if view.status != "cancelled":  # its process ended before it took the request
         raise DurableError(
             f"run '{run_id}' stopped before it took the request: it is {view.status}"
         )
     click.echo(f"run {run_id} cancelled; `durable resume {run_id}` goes on with it")
-
-
-async def _view(journal: Any, run_id: str) -> Any:
-    from durable.inspection import view_run
-
-    return await view_run(journal, await journal.get_run(run_id))
 
 
 def _sqlite_only(db: str | None, command: str) -> None:

@@ -19,8 +19,8 @@ use too; the same checksums and chains (`integrity.py`), the same fold. What dif
   own, released by the server when that connection ends, however the process died.
 
 The driver is asyncpg, chosen by measurement (`bench/README.md`, "PostgreSQL
-driver"). Commands that work on the SQLite file itself (`check`'s page check,
-`prune`, `cache clear`, `cancel`) are SQLite-only for now.
+driver"). `prune` and `cache clear`, which work on the SQLite file itself, are
+SQLite-only for now.
 """
 
 from __future__ import annotations
@@ -174,6 +174,9 @@ class PgJournal(EventReading, EventQueue):
         self._dropped: str | None = None
         self._lookup_conn: Any = None
         self._lookup_lock = asyncio.Lock()
+        # The writer's connection serves the group commit and the watch for requests:
+        # an asyncpg connection runs one statement at a time.
+        self._write_lock = asyncio.Lock()
 
     # -- opening -------------------------------------------------------------
 
@@ -414,7 +417,8 @@ class PgJournal(EventReading, EventQueue):
                 continue
             rows, batch, remember = self._take()
             try:
-                await self._write(rows, remember)
+                async with self._write_lock:
+                    await self._write(rows, remember)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 self._summaries.clear()  # the state holds what did not commit
                 error = JournalError(_shown(self.dsn), f"cannot write: {_reason(exc)}")
@@ -507,6 +511,19 @@ class PgJournal(EventReading, EventQueue):
             row = await self._lookup_conn.fetchrow(_LOOKUP, fingerprint)
         return None if row is None else judge(tuple(row), newer_than)
 
+    async def request(self, run_id: str, kind: str) -> None:
+        """Leave a request for the process driving the run (`durable cancel`)."""
+        asyncpg = _driver()
+        try:
+            async with self._write_lock:
+                await self._writable.execute(
+                    "INSERT INTO durable.requests VALUES ($1, $2, extract(epoch from now()))",
+                    run_id,
+                    kind,
+                )
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise JournalError(self.path, f"cannot write: {_reason(exc)}") from None
+
     def drop_requests(self, run_id: str) -> None:
         self._dropped = run_id  # taken by the watch's first look (`_watch_requests`)
 
@@ -515,18 +532,20 @@ class PgJournal(EventReading, EventQueue):
         half second, as the SQLite journal looks for them."""
         conn = self._writable
         if self._dropped is not None:
-            await conn.execute("DELETE FROM durable.requests WHERE run_id = $1", self._dropped)
+            async with self._write_lock:
+                await conn.execute("DELETE FROM durable.requests WHERE run_id = $1", self._dropped)
         while not self._closing:
             await asyncio.sleep(0.5)
             if self.on_request is None or not self._summaries:
                 continue
             try:
-                rows = await conn.fetch(
-                    "DELETE FROM durable.requests WHERE run_id = ANY($1::text[])"
-                    " RETURNING run_id, kind",
-                    list(self._summaries),
-                )
-            except Exception:
+                async with self._write_lock:
+                    rows = await conn.fetch(
+                        "DELETE FROM durable.requests WHERE run_id = ANY($1::text[])"
+                        " RETURNING run_id, kind",
+                        list(self._summaries),
+                    )
+            except Exception:  # a broken connection: the next look retries
                 continue
             for run_id, kind in rows:
                 self.on_request(run_id, kind)

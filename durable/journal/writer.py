@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -408,6 +409,19 @@ class Journal(JournalReader, EventQueue):
         )
         if self.on_lost is not None:
             self.on_lost(self.lost)
+
+    async def request(self, run_id: str, kind: str) -> None:
+        """Leave a request for the process driving the run (`durable cancel`)."""
+        try:
+            with immediate(self._writable) as conn:
+                conn.execute(
+                    "INSERT INTO requests (run_id, kind, at) VALUES (?, ?, ?)",
+                    (run_id, kind, time.time()),
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(
+                str(self.path), f"cannot write: {describe(exc, self.path)}"
+            ) from None
 
     def drop_requests(self, run_id: str) -> None:
         """Forget the requests left for a run before this process drove it: one its

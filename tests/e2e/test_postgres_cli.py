@@ -109,3 +109,34 @@ def test_bad_targets_say_so_in_one_line(
     no_traceback(result)
     assert result.returncode == 2 and "belongs to another program" in result.stderr
     assert pg.fetch(dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'durable'") == [(1,)]
+
+
+def test_cancel_stops_the_driver_through_the_database(
+    tmp_path: Path, dsn: str, durable: Any, start: Any, stop: Any, write: Any
+) -> None:
+    workflow = write(
+        tmp_path,
+        "long.yaml",
+        "name: long\ntasks:\n  - {id: s, tool: sleep, input: {seconds: 60}}\n"
+        "  - {id: t, tool: echo, input: 1}\n",
+    )
+    process = start("run", workflow, "--db", dsn, "--run-id", "c1", "--no-live", cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            listed = json.loads(durable("runs", "--db", dsn, "--json", cwd=tmp_path).stdout or "[]")
+            if listed and listed[0]["status"] == "running" and listed[0]["counts"].get("succeeded"):
+                break
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.1)
+        cancelled = durable("cancel", "c1", "--db", dsn, cwd=tmp_path, check=0)
+        assert cancelled.stdout.startswith("run c1 cancelled")
+        assert process.wait(timeout=10) == 1
+    finally:
+        stop(process)
+    status = json.loads(
+        durable("status", "c1", "--db", dsn, "--json", cwd=tmp_path, check=0).stdout
+    )
+    assert status["status"] == "cancelled" and status["tasks"]["s"]["state"] == "cancelled"
+    again = durable("cancel", "c1", "--db", dsn, cwd=tmp_path)
+    assert again.returncode == 2 and "is not running" in again.stderr
