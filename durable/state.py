@@ -67,7 +67,7 @@ from durable.events import (
     TaskSucceeded,
     TaskUpstreamFailed,
 )
-from durable.refs import instance_id
+from durable.refs import group_of, instance_id
 
 PENDING = "pending"
 RUNNING = "running"
@@ -287,7 +287,7 @@ class RunState(msgspec.Struct):
         old, reset = self.tasks, set(event.reset)
         tasks = {task_id: old.get(task_id) or TaskState() for task_id in event.tasks}
         for task_id, task in old.items():
-            group = task_id.split("[", 1)[0]
+            group = group_of(task_id)
             if task_id == group or group not in tasks:
                 continue
             if group in reset:
@@ -296,7 +296,7 @@ class RunState(msgspec.Struct):
                 tasks[task_id] = task  # an instance of a kept group
         for task_id in reset:
             task = tasks[task_id]
-            group = task_id.split("[", 1)[0]
+            group = group_of(task_id)
             if group != task_id:  # one instance again: its task waits for it, expanded
                 owner = tasks[group]
                 owner.state, owner.output, owner.error, owner.finished_at = (

@@ -128,8 +128,8 @@ def _reachable(dsn: str) -> str | None:
     """None if a connection to `dsn` opens within the timeout, else why not."""
     try:
         import asyncpg
-    except ImportError:
-        return "asyncpg is not installed: pip install -e '.[test]'"
+    except ImportError as e:
+        return f"asyncpg cannot be imported ({e}): pip install -e '.[test]'"
 
     async def probe() -> None:
         conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
@@ -141,7 +141,7 @@ def _reachable(dsn: str) -> str | None:
     try:
         _run(asyncio.wait_for(probe(), CONNECT_TIMEOUT_S + 0.5))
     except Exception as e:  # refused, timed out, no such role or database, bad DSN...
-        return f"{type(e).__name__}: {e}".strip().rstrip(":")
+        return f"{type(e).__name__}: {str(e) or f'no answer within {CONNECT_TIMEOUT_S:g} s'}"
     return None
 
 
