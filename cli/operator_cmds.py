@@ -7,7 +7,6 @@ the one command that removes history; the journal side of it, and why it may, is
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
@@ -227,6 +226,8 @@ def cancel(run_id: str, db: str | None) -> None:
 
 async def _cancel(db: str | None, run_id: str) -> None:
     """Leave the request, then wait for the driver to act on it and stop."""
+    import asyncio
+
     from durable.errors import DurableError
     from durable.inspection import resolve_run_id, view_run
     from durable.journal import Journal
