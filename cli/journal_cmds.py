@@ -221,7 +221,7 @@ def runs(
             [
                 str(doc["run_id"]),
                 str(doc["workflow"]),
-                doc["status"],
+                doc["status"] + (" (amended)" if doc.get("amended") else ""),
                 _when(doc["created_at"]),
                 _finished(doc["created_at"], doc["finished_at"]),
                 _duration(doc["duration"]),
