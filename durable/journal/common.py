@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from durable.errors import JournalDamaged, JournalError
 from durable.events import Event, encode_data, from_row, kind_of
+from durable.integrity import event_crc
 
 #: A row as `_checked` yields it: its seq, and its event or what is wrong with it.
 Checked = tuple[int, "Event | None", "str | None"]
@@ -42,6 +43,31 @@ def checked_row(
         return (seq, from_row(kind, task_id, attempt, at, data), None)
     except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
         return (seq, None, f"event {seq} ({kind}) cannot be read: {exc}")
+
+
+def chain_batch(
+    rows: Sequence[tuple[Any, ...]], chain: Mapping[str, int]
+) -> tuple[list[Any], dict[str, int], dict[str, int]]:
+    """A batch's rows with their checksums, flattened row after row for a multi-row
+    INSERT (seven columns a row), each chained from its run's previous row.
+
+    `chain` holds every run's last committed checksum (the writer reads the ones it
+    does not know from the journal first). Returns the values, each run's new head
+    (to become the chain once the batch has committed, not before: a failed batch
+    leaves the chain where the journal is), and each run's last position in the batch.
+    """
+    heads: dict[str, int] = {}
+    ends: dict[str, int] = {}
+    values: list[Any] = []
+    for position, (run_id, task_id, attempt, kind, at, data) in enumerate(rows):
+        previous = heads.get(run_id)
+        if previous is None:
+            previous = chain[run_id]
+        crc = event_crc(previous, run_id, task_id, attempt, kind, at, data)
+        heads[run_id] = crc
+        ends[run_id] = position
+        values += (run_id, task_id, attempt, kind, at, data, crc)
+    return values, heads, ends
 
 
 class EventReading:
@@ -87,6 +113,16 @@ class EventReading:
 class EventQueue:
     """Appending for the group commit: the writer coroutine of a backend takes the
     whole queue at once (`_take`) and commits it in one transaction."""
+
+    path: Any
+    _write_conn: Any
+
+    @property
+    def _writable(self) -> Any:
+        """The writing connection; a journal opened read-only has none."""
+        if self._write_conn is None:
+            raise JournalError(str(self.path), "opened read-only")
+        return self._write_conn
 
     def _init_queue(self) -> None:
         #: Called once if the journal is lost under a run (its file deleted, say).

@@ -43,7 +43,7 @@ from durable.errors import (
 from durable.events import Event, encode_data, kind_of
 from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
 from durable.journal.cache import LOOKUP, CacheHit, judge
-from durable.journal.common import EventQueue, EventReading, checked_row
+from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row
 from durable.journal.reader import RunRecord, SummaryRow, _summary_row
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
@@ -393,12 +393,6 @@ class PgJournal(EventReading, EventQueue):
 
     # -- writing ---------------------------------------------------------------
 
-    @property
-    def _writable(self) -> Any:
-        if self._write_conn is None:
-            raise JournalError(_shown(self.dsn), "opened read-only")
-        return self._write_conn
-
     def start(self) -> None:
         if self._writer is None:
             loop = asyncio.get_running_loop()
@@ -433,22 +427,10 @@ class PgJournal(EventReading, EventQueue):
         """One transaction for the batch: every event in one INSERT, then the
         summaries that are due and the cache entries, as the SQLite writer does."""
         conn = self._writable
-        heads: dict[str, int] = {}
-        columns: list[list[Any]] = [[], [], [], [], [], [], []]
-        ends: dict[str, int] = {}
-        for position, (run_id, task_id, attempt, kind, at, data) in enumerate(rows):
-            previous = heads.get(run_id)
-            if previous is None:
-                previous = self._chain.get(run_id)
-                if previous is None:
-                    previous = await self._chain_head(run_id)
-            crc = event_crc(previous, run_id, task_id, attempt, kind, at, data)
-            heads[run_id] = crc
-            ends[run_id] = position
-            for column, value in zip(
-                columns, (run_id, task_id, attempt, kind, at, data, crc), strict=True
-            ):
-                column.append(value)
+        for run_id in {row[0] for row in rows}.difference(self._chain):
+            self._chain[run_id] = await self._chain_head(run_id)  # as the database has it
+        values, heads, ends = chain_batch(rows, self._chain)
+        columns = [values[column::7] for column in range(7)]  # the INSERT takes arrays
         now = asyncio.get_running_loop().time()
         async with conn.transaction():
             seqs = [row[0] for row in await conn.fetch(_INSERT_EVENTS, *columns)]

@@ -25,7 +25,7 @@ from durable.events import Event, encode_data, kind_of
 from durable.integrity import event_crc, run_crc, summary_crc
 from durable.journal import cache
 from durable.journal.cache import CacheHit
-from durable.journal.common import EventQueue
+from durable.journal.common import EventQueue, chain_batch
 from durable.journal.file import READ_ERRORS, FileAccess, check_file, describe, readable
 from durable.journal.postgres import PgJournal, is_postgres
 from durable.journal.reader import RUN_COLUMNS, JournalReader, RunRecord
@@ -152,12 +152,6 @@ class Journal(JournalReader, EventQueue):
 
     # -- writing -------------------------------------------------------------
 
-    @property
-    def _writable(self) -> sqlite3.Connection:
-        if self._write_conn is None:
-            raise JournalError(str(self.path), "opened read-only")
-        return self._write_conn
-
     def start(self) -> None:
         """Start the writer coroutine. Appends before this are queued, not lost."""
         if self._writer is None:
@@ -276,20 +270,9 @@ class Journal(JournalReader, EventQueue):
         """
         conn = self._writable
         chain = self._chain
-        heads: dict[str, int] = {}
-        # run id -> position in the batch of its last row
-        ends: dict[str, int] = {}
-        values: list[Any] = []
-        for position, (run_id, task_id, attempt, kind, at, data) in enumerate(rows):
-            previous = heads.get(run_id)
-            if previous is None:
-                previous = chain.get(run_id)
-                if previous is None:
-                    previous = self._chain_head(run_id)
-            crc = event_crc(previous, run_id, task_id, attempt, kind, at, data)
-            heads[run_id] = crc
-            ends[run_id] = position
-            values += (run_id, task_id, attempt, kind, at, data, crc)
+        for run_id in {row[0] for row in rows}.difference(chain):
+            chain[run_id] = self._chain_head(run_id)  # as the file has it
+        values, heads, ends = chain_batch(rows, chain)
         with immediate(conn):
             start, total = 0, len(rows)
             for size in CHUNKS:
