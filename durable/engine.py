@@ -63,7 +63,7 @@ from durable.fanout import group_output
 from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import Plan, TaskPlan
 from durable.journal import Journal
-from durable.journal.cache import CacheHit
+from durable.journal.cache import CacheHit, caches, newer_than
 from durable.refs import Scope
 from durable.state import (
     CANCELLED,
@@ -388,17 +388,10 @@ class Engine(Expansion):
             self._crash(exc)
 
     def _caches(self, plan: TaskPlan) -> bool:
-        """Whether the task reuses (and remembers) successes of the same work."""
-        own = plan.spec.cache
-        wanted = self.cache if own is None else own
-        return wanted and plan.tool is not None and plan.tool.cacheable
+        return caches(plan, self.cache)
 
     def _newer_than(self, plan: TaskPlan) -> float | None:
-        """The oldest commit time a cache entry may have for the task (`cache_ttl`)."""
-        ttl = plan.spec.cache_ttl
-        if ttl is None:
-            ttl = self.plan.workflow.cache_ttl
-        return None if ttl is None else time.time() - ttl
+        return newer_than(plan, self.plan.workflow, time.time())
 
     def _reuse(self, plan: TaskPlan, mark: str, hit: CacheHit) -> None:
         """Answer the task with the cache's committed success of the same work."""

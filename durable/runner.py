@@ -31,7 +31,7 @@ from durable.events import Event, RunAmended, RunResumed, RunStarted
 from durable.executors import refuse_in_pool_worker
 from durable.fingerprint import fingerprint, tool_identity
 from durable.formats import MAX_DEPTH
-from durable.graph import Plan, TaskPlan
+from durable.graph import Plan
 from durable.inspection import fold_run, resolve_run_id
 from durable.journal import Journal, RunRecord, default_path
 from durable.journal import cache as cache_index
@@ -345,16 +345,15 @@ def cache_preview(
         for level in plan.levels:
             for task_id in level:
                 task = plan.tasks[task_id]
-                own = task.spec.cache
-                wanted = (cache or plan.workflow.cache) if own is None else own
-                if not wanted or task.tool is None or not task.tool.cacheable:
+                if not cache_index.caches(task, cache or plan.workflow.cache):
                     continue
                 if task.spec.foreach is not None or task.spec.when is not None:
                     continue  # decided at run time
                 try:
                     value = task.template.render(scope)
                     mark = fingerprint(tool_identity(task.tool), value)
-                    hit = cache_index.lookup(connection, mark, _newer_than(task, plan))
+                    oldest = cache_index.newer_than(task, plan.workflow, time.time())
+                    hit = cache_index.lookup(connection, mark, oldest)
                 except (DurableError, TypeError, ValueError, sqlite3.Error):
                     continue
                 if hit is not None:
@@ -363,11 +362,6 @@ def cache_preview(
     finally:
         connection.close()
     return found
-
-
-def _newer_than(task: TaskPlan, plan: Plan) -> float | None:
-    ttl = task.spec.cache_ttl if task.spec.cache_ttl is not None else plan.workflow.cache_ttl
-    return None if ttl is None else time.time() - ttl
 
 
 def params_of(record: RunRecord, workflow: Workflow) -> dict[str, Any]:

@@ -11,12 +11,32 @@ the event before it (`integrity.py`); anything else is a miss, never a wrong out
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from durable.events import decode_output
 from durable.integrity import event_crc
+
+if TYPE_CHECKING:
+    from durable.graph import TaskPlan
+    from durable.spec import Workflow
+
+
+def caches(task: TaskPlan, run_cache: bool) -> bool:
+    """Whether a task uses the cache (looks up, and remembers its success): its own
+    `cache` if it says, else the run's (`--cache`, or the workflow's `cache`); never
+    for a tool that says its output must not be reused."""
+    own = task.spec.cache
+    wanted = run_cache if own is None else own
+    return wanted and task.tool is not None and task.tool.cacheable
+
+
+def newer_than(task: TaskPlan, workflow: Workflow, now: float) -> float | None:
+    """The oldest commit time an entry may have to answer the task (`cache_ttl`, the
+    task's or else the workflow's); None: any age."""
+    ttl = task.spec.cache_ttl if task.spec.cache_ttl is not None else workflow.cache_ttl
+    return None if ttl is None else now - ttl
 
 
 class CacheHit(NamedTuple):
