@@ -68,7 +68,7 @@ def bench(
 
     from durable.benchmark import run_repeated
     from durable.errors import DurableError
-    from durable.journal.postgres import is_postgres
+    from durable.journal.file import is_postgres
 
     if db is not None and not is_postgres(db):
         raise DurableError(

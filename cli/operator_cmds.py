@@ -260,7 +260,7 @@ def _sqlite_only(db: str | None, command: str) -> None:
     """The commands that work on the SQLite file itself refuse a PostgreSQL journal."""
     from durable.errors import DurableError
     from durable.journal import default_path
-    from durable.journal.postgres import is_postgres
+    from durable.journal.file import is_postgres
 
     if is_postgres(db or default_path()):
         raise DurableError(f"`durable {command}` works on a SQLite journal only, for now")

@@ -25,6 +25,15 @@ from pathlib import Path
 from durable.errors import JournalError
 
 SCHEMA_VERSION = 3
+
+#: A `--db` target that names a PostgreSQL database, not a file (`postgres.py`).
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(target: object) -> bool:
+    return isinstance(target, str) and target.startswith(POSTGRES_SCHEMES)
+
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 #: What reading a damaged file can raise: SQLite's errors, and the UnicodeDecodeError
 #: Python's sqlite3 raises instead when SQLite's message holds bytes of the file.

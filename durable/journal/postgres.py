@@ -49,13 +49,6 @@ from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
 SCHEMA_VERSION = 1
-SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgres(target: object) -> bool:
-    return isinstance(target, str) and target.startswith(SCHEMES)
-
-
 _SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS durable",
     "CREATE TABLE IF NOT EXISTS durable.schema_version (version integer NOT NULL)",

@@ -26,8 +26,14 @@ from durable.integrity import event_crc, run_crc, summary_crc
 from durable.journal import cache
 from durable.journal.cache import CacheHit
 from durable.journal.common import EventQueue, chain_batch
-from durable.journal.file import READ_ERRORS, FileAccess, check_file, describe, readable
-from durable.journal.postgres import PgJournal, is_postgres
+from durable.journal.file import (
+    READ_ERRORS,
+    FileAccess,
+    check_file,
+    describe,
+    is_postgres,
+    readable,
+)
 from durable.journal.reader import RUN_COLUMNS, JournalReader, RunRecord
 from durable.journal.schema import (
     CHECKPOINT_EVERY,
@@ -113,6 +119,8 @@ class Journal(JournalReader, EventQueue):
     ) -> Journal:
         target = path or default_path()
         if is_postgres(target):  # the same contract on PostgreSQL (`postgres.py`)
+            from durable.journal.postgres import PgJournal  # only where it is used
+
             return await PgJournal.open(  # type: ignore[return-value]
                 str(target), create=create, durability=durability, readonly=readonly
             )
