@@ -104,8 +104,7 @@ class RunView(msgspec.Struct):
     observed_at: float = 0.0
 
     def clock_end(self) -> float | None:
-        """Where the open session's clocks stop: now for a live run, else its last event."""
-        return self.observed_at if self.status == RUNNING else self.state.last_event_at
+        return clock_end(self.status, self.observed_at, self.state.last_event_at)
 
     def task_state(self, task: TaskState) -> str:
         """The state to show: in an interrupted run, in-flight tasks are `interrupted`."""
@@ -213,8 +212,12 @@ class RunLine(NamedTuple):
 
     def duration(self) -> float | None:
         summary = self.summary
-        end = self.observed_at if self.status == RUNNING else summary.last_event_at
-        return summary.duration(end)
+        return summary.duration(clock_end(self.status, self.observed_at, summary.last_event_at))
+
+
+def clock_end(status: str, observed_at: float, last_event_at: float | None) -> float | None:
+    """Where a run's open session's clocks stop: now for a live run, else its last event."""
+    return observed_at if status == RUNNING else last_event_at
 
 
 async def select_runs(

@@ -44,7 +44,7 @@ from durable.events import Event, encode_data, kind_of
 from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
 from durable.journal.cache import LOOKUP, CacheHit, judge
 from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row
-from durable.journal.reader import RunRecord, SummaryRow, _summary_row
+from durable.journal.reader import RunRecord, SummaryRow, summary_row
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
@@ -342,7 +342,7 @@ class PgJournal(EventReading, EventQueue):
             " FROM durable.runs r LEFT JOIN durable.summaries s ON s.run_id = r.run_id"
             " ORDER BY r.created_at, r.run_id"
         )
-        return [_summary_row(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+        return [summary_row(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
     async def read_summary(self, run_id: str, last_seq: int) -> SummaryRow:
         row = await self._conn.fetchrow(
@@ -350,7 +350,7 @@ class PgJournal(EventReading, EventQueue):
         )
         if row is None:
             return SummaryRow(run_id, None)
-        return _summary_row(run_id, row[0], row[1], row[2], last_seq)
+        return summary_row(run_id, row[0], row[1], row[2], last_seq)
 
     def keep_summary(self, run_id: str, source: Callable[[], RunSummary]) -> None:
         self._summaries[run_id] = source

@@ -145,7 +145,7 @@ class JournalReader(EventReading):
                 " (SELECT max(seq) FROM events e WHERE e.run_id = r.run_id)"
                 " FROM runs r LEFT JOIN summaries s ON s.run_id = r.run_id ORDER BY r.rowid"
             )
-        return [_summary_row(str(row[0]), *row[1:]) for row in rows]
+        return [summary_row(str(row[0]), *row[1:]) for row in rows]
 
     async def read_summary(self, run_id: str, last_seq: int) -> SummaryRow:
         """The run's summary, judged against its events as read up to `last_seq`."""
@@ -156,7 +156,7 @@ class JournalReader(EventReading):
             )
         if not rows:
             return SummaryRow(run_id, None)
-        return _summary_row(run_id, *rows[0], last_seq)
+        return summary_row(run_id, *rows[0], last_seq)
 
     def _record(self, row: tuple[Any, ...]) -> RunRecord:
         run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
@@ -262,7 +262,7 @@ class JournalReader(EventReading):
         return list(await cursor.fetchall())
 
 
-def _summary_row(
+def summary_row(
     run_id: str, last_seq: int | None, data: Any, crc: int | None, newest: int | None
 ) -> SummaryRow:
     """Judge a stored summary against the run's last event (`newest`)."""
