@@ -44,7 +44,7 @@ from durable.events import Event, encode_data, kind_of
 from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
 from durable.journal.cache import LOOKUP, CacheHit, judge
 from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row
-from durable.journal.reader import RunRecord, SummaryRow, summary_row
+from durable.journal.reader import RunRecord, SummaryRow, run_record, run_records, summary_row
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
@@ -307,31 +307,13 @@ class PgJournal(EventReading, EventQueue):
         )
         if row is None:
             raise RunNotFound(run_id, _shown(self.dsn))
-        return self._record(tuple(row))
+        return run_record(self.path, row)
 
     async def list_runs(self) -> list[RunRecord | JournalDamaged]:
         rows = await self._conn.fetch(
             f"SELECT {_RUN_COLUMNS} FROM durable.runs ORDER BY created_at, run_id"
         )
-        found: list[RunRecord | JournalDamaged] = []
-        for row in rows:
-            try:
-                found.append(self._record(tuple(row)))
-            except JournalDamaged as exc:
-                found.append(exc)
-        return found
-
-    def _record(self, row: tuple[Any, ...]) -> RunRecord:
-        run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
-        try:
-            if crc != run_crc(run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd):
-                raise ValueError("its row does not match its checksum")
-            return RunRecord(
-                run_id, workflow, spec, spec_hash, msgspec.json.decode(params), base_dir,
-                created_at, cwd, crc,
-            )  # fmt: skip
-        except (ValueError, TypeError, msgspec.DecodeError) as exc:
-            raise JournalDamaged(_shown(self.dsn), run_id, str(exc)) from None
+        return run_records(self.path, rows)
 
     # -- summaries -----------------------------------------------------------
 

@@ -7,7 +7,7 @@ that names the real cause (`file.describe`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -115,18 +115,12 @@ class JournalReader(EventReading):
         rows = await self.query(f"SELECT {self._columns} FROM runs WHERE run_id = ?", (run_id,))
         if not rows:
             raise RunNotFound(run_id, str(self.path))
-        return self._record(rows[0])
+        return run_record(str(self.path), rows[0])
 
     async def list_runs(self) -> list[RunRecord | JournalDamaged]:
         """Every run, oldest first; a run whose row is damaged comes as its error."""
         rows = await self.query(f"SELECT {self._columns} FROM runs ORDER BY created_at, rowid")
-        found: list[RunRecord | JournalDamaged] = []
-        for row in rows:
-            try:
-                found.append(self._record(row))
-            except JournalDamaged as exc:
-                found.append(exc)
-        return found
+        return run_records(str(self.path), rows)
 
     async def list_summaries(self) -> list[SummaryRow]:
         """Every run with its summary, in the order their rows were written.
@@ -157,30 +151,6 @@ class JournalReader(EventReading):
         if not rows:
             return SummaryRow(run_id, None)
         return summary_row(run_id, *rows[0], last_seq)
-
-    def _record(self, row: tuple[Any, ...]) -> RunRecord:
-        run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
-        run_id = str(run_id)
-        # A damaged record header can turn a BLOB into TEXT: same bytes, same checksum.
-        spec, params = (v.encode() if isinstance(v, str) else v for v in (spec, params))
-        try:
-            if crc is not None and crc != run_crc(
-                run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd
-            ):
-                raise ValueError("its row does not match its checksum")
-            return RunRecord(
-                run_id,
-                workflow,
-                spec,
-                spec_hash,
-                msgspec.json.decode(params),
-                base_dir,
-                created_at,
-                cwd,
-                crc,
-            )
-        except (ValueError, TypeError, AttributeError, msgspec.DecodeError) as exc:
-            raise JournalDamaged(str(self.path), run_id, str(exc)) from None
 
     async def _checked(
         self, run_id: str, after: int
@@ -284,3 +254,42 @@ def summary_row(
     except (msgspec.DecodeError, msgspec.ValidationError):
         return SummaryRow(run_id, None, damaged=True)
     return SummaryRow(run_id, summary, behind=newest > last_seq, last_seq=last_seq)
+
+
+def run_record(journal: str, row: Sequence[Any]) -> RunRecord:
+    """A run's row as a record, checked against its checksum (`JournalDamaged` if not:
+    `journal` names the journal in that message). Both backends' rows come here."""
+    run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd, crc = row
+    run_id = str(run_id)
+    # A damaged record header can turn a BLOB into TEXT: same bytes, same checksum.
+    spec, params = (v.encode() if isinstance(v, str) else v for v in (spec, params))
+    try:
+        if crc is not None and crc != run_crc(
+            run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd
+        ):
+            raise ValueError("its row does not match its checksum")
+        return RunRecord(
+            run_id,
+            workflow,
+            spec,
+            spec_hash,
+            msgspec.json.decode(params),
+            base_dir,
+            created_at,
+            cwd,
+            crc,
+        )
+    except (ValueError, TypeError, AttributeError, msgspec.DecodeError) as exc:
+        raise JournalDamaged(journal, run_id, str(exc)) from None
+
+
+def run_records(journal: str, rows: Iterable[Sequence[Any]]) -> list[RunRecord | JournalDamaged]:
+    """Every run's record; a run whose row is damaged comes as its error, so that
+    one damaged run does not hide the others."""
+    found: list[RunRecord | JournalDamaged] = []
+    for row in rows:
+        try:
+            found.append(run_record(journal, row))
+        except JournalDamaged as exc:
+            found.append(exc)
+    return found
