@@ -41,6 +41,8 @@ from typing import Any
 
 import msgspec
 
+from durable.attempt import AttemptFailed, call_tool
+from durable.decide import EXPAND, RUN, Ending, decide
 from durable.errors import DurableError
 from durable.events import (
     Event,
@@ -53,9 +55,6 @@ from durable.events import (
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
-    TaskUpstreamFailed,
-    decode_output,
-    encode_output,
 )
 from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
 from durable.expansion import Expansion
@@ -66,7 +65,6 @@ from durable.journal import Journal
 from durable.journal.cache import CacheHit, caches, newer_than
 from durable.refs import Scope
 from durable.state import (
-    CANCELLED,
     EXPANDED,
     FAILED,
     INTERRUPTED,
@@ -74,11 +72,8 @@ from durable.state import (
     SKIPPED,
     SUCCEEDED,
     TERMINAL,
-    UPSTREAM_FAILED,
     RunState,
 )
-
-_BLOCKING = frozenset({FAILED, UPSTREAM_FAILED, CANCELLED})
 
 #: The status of a run stopped by `durable cancel`: finished, and resumable.
 RUN_CANCELLED = "cancelled"
@@ -241,47 +236,16 @@ class Engine(Expansion):
         if self._stopping:
             return
         plan = self.plan.tasks[task_id]
-        trigger = plan.spec.trigger
-        dep_states = [self.state.tasks[dep].state for dep in plan.deps]
-        now = time.time()
-        if trigger != "all_done":
-            if any(s in _BLOCKING for s in dep_states):
-                self._finish(task_id, TaskUpstreamFailed(task_id=task_id, at=now))
-                return
-            if trigger == "all_success" and SKIPPED in dep_states:
-                skipped = next(dep for dep in plan.deps if self.state.tasks[dep].state == SKIPPED)
-                self._finish(
-                    task_id,
-                    TaskSkipped(task_id=task_id, at=now, reason=f"upstream '{skipped}' skipped"),
-                )
-                return
-        deaths = self.state.tasks[task_id].deaths
-        if deaths >= self.max_deaths:
-            error = (
-                f"the process died {deaths} times while this task ran, so it is not started "
-                f"again (a tool that exits or crashes the process?); resume with "
-                f"--max-deaths {deaths + 1} to try it once more"
-            )
-            self._finish(task_id, TaskFailed(task_id=task_id, at=now, error=error))
-            return
-        if plan.foreach is not None:
+        verdict = decide(plan, self.state.tasks, self._scope(plan), time.time(), self.max_deaths)
+        if verdict == RUN:
+            self._enqueue(task_id)
+        elif verdict == EXPAND:
             self._expand(plan)  # `when` is each instance's
-            return
-        if plan.when is not None:
-            try:
-                go = bool(plan.when.evaluate(self._scope(plan)))
-            except DurableError as exc:
-                if self.fail_fast:
-                    self._stop("fail_fast")
-                self._finish(
-                    task_id, TaskFailed(task_id=task_id, at=now, error=f"when: {exc.message}")
-                )
-                return
-            if not go:
-                reason = f"condition false: {plan.when.source}"
-                self._finish(task_id, TaskSkipped(task_id=task_id, at=now, reason=reason))
-                return
-        self._enqueue(task_id)
+        else:
+            assert isinstance(verdict, Ending)
+            if verdict.failure and self.fail_fast:
+                self._stop("fail_fast")
+            self._finish(task_id, verdict.event)
 
     def _enqueue(self, task_id: str) -> None:
         if self.state.tasks[task_id].deaths >= self._suspect_at:
@@ -328,7 +292,7 @@ class Engine(Expansion):
         try:
             value = plan.template.render(self._scope(plan))
         except DurableError as exc:
-            value = _AttemptFailed(f"input: {exc.message}", retryable=False)
+            value = AttemptFailed(f"input: {exc.message}", retryable=False)
         else:
             assert plan.tool is not None
             try:
@@ -426,20 +390,20 @@ class Engine(Expansion):
     async def _attempt(self, plan: TaskPlan, attempt: int, value: Any) -> None:
         """One attempt, start to outcome. Cleans up after itself: no done-callback per task.
 
-        `value` is the rendered input, or the `_AttemptFailed` that rendering it raised.
+        `value` is the rendered input, or the `AttemptFailed` that rendering it raised.
         """
         task_id = plan.id
         try:
             try:
                 if self._starts is not None:
                     await asyncio.shield(self._starts.pop(task_id))
-                if isinstance(value, _AttemptFailed):
+                if isinstance(value, AttemptFailed):
                     raise value
                 output, data = await self._call(plan, attempt, value)
             except asyncio.CancelledError:
                 self._cancelled(task_id, attempt)
                 return
-            except _AttemptFailed as failure:
+            except AttemptFailed as failure:
                 self._failed(plan, attempt, failure.error, failure.retryable)
                 return
             succeeded = TaskSucceeded(
@@ -456,41 +420,11 @@ class Engine(Expansion):
                 self._check_stopped()
 
     async def _call(self, plan: TaskPlan, attempt: int, value: Any) -> tuple[Any, bytes | None]:
-        """Call the tool with the rendered input, encode its output.
-
-        The output handed on is the one decoded back from what the journal stores,
-        so that dependents see the same value live as after a resume (a tuple is a
-        list, a set is refused, a dataclass is a dict).
-        """
         context = TaskContext(self.run_id, plan.id, attempt, idempotency_key(self.run_id, plan.id))
-        assert plan.tool is not None
-        timeout = plan.spec.timeout
         try:
-            if timeout is None:
-                output = await self.executors.call(plan.tool, value, context)
-            else:
-                deadline = asyncio.timeout(timeout)
-                try:
-                    async with deadline:
-                        output = await self.executors.call(plan.tool, value, context)
-                except TimeoutError:
-                    if deadline.expired():
-                        raise _AttemptFailed(f"timed out after {timeout:g}s") from None
-                    raise
-        except (asyncio.CancelledError, _AttemptFailed):
-            raise
-        except Exception as exc:  # a tool may raise anything; that is the task failing
-            raise _AttemptFailed(_describe(exc)) from None
+            return await call_tool(self.executors, plan, value, context)
         finally:
             self.reports.settle(plan.id, attempt)  # its log lines before its outcome
-        try:
-            data = encode_output(output)
-        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-            raise _AttemptFailed(
-                f"output of type {type(output).__name__} is not serialisable: {exc}",
-                retryable=False,
-            ) from None
-        return decode_output(data), data
 
     def _cancelled(self, task_id: str, attempt: int) -> None:
         self.emit(TaskCancelled(task_id=task_id, attempt=attempt, at=time.time()))
@@ -645,16 +579,3 @@ class Engine(Expansion):
         if data is None:
             return self.journal.append(self.run_id, event, remember=remember)
         return self.journal.append(self.run_id, event, data, remember)
-
-
-class _AttemptFailed(Exception):
-    def __init__(self, error: str, retryable: bool = True) -> None:
-        super().__init__(error)
-        self.error = error
-        self.retryable = retryable
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
