@@ -51,6 +51,7 @@ def cli() -> None:
 def _register() -> None:
     from durable_cli import (
         bench_cmds,
+        fleet_cmds,
         inspect_cmds,
         journal_cmds,
         operator_cmds,
@@ -59,7 +60,15 @@ def _register() -> None:
         watch_cmds,
     )
 
-    for module in (run_cmds, journal_cmds, watch_cmds, inspect_cmds, bench_cmds, timeline_cmds):
+    for module in (
+        run_cmds,
+        journal_cmds,
+        watch_cmds,
+        inspect_cmds,
+        bench_cmds,
+        timeline_cmds,
+        fleet_cmds,
+    ):
         for command in module.COMMANDS:
             cli.add_command(command)
     cli.add_command(operator_cmds.export)

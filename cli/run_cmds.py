@@ -22,6 +22,41 @@ from durable_cli.options import (
     run_id_argument,
 )
 
+workers_option = click.option(
+    "--workers",
+    is_flag=True,
+    help="Hand the run to the workers sharing this PostgreSQL journal (`durable worker`) "
+    "instead of running its tasks in this process; then follow it.",
+)
+detach_option = click.option(
+    "--detach",
+    is_flag=True,
+    help="With --workers: print the run id and return at once; the workers go on.",
+)
+
+
+def _fleet(
+    start: Callable[..., Coroutine[Any, Any, Any]], detach: bool, session: dict[str, Any]
+) -> None:
+    """`--workers`: hand the run over and follow it (`fleet_cmds`)."""
+    from durable_cli.fleet_cmds import hand_over_and_follow
+
+    from durable.errors import DurableError
+
+    for flag, name in (("fail_fast", "--fail-fast"), ("cache", "--cache")):
+        if session[flag]:
+            raise DurableError(f"{name} is not supported with --workers yet")
+    hand_over_and_follow(
+        lambda: start(
+            db=session["db"], max_concurrency=session["jobs"], max_deaths=session["max_deaths"]
+        ),
+        db=session["db"],
+        detach=detach,
+        as_json=session["as_json"],
+        quiet=session["quiet"],
+        no_live=session["no_live"],
+    )
+
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
     from durable.errors import ParamError
@@ -166,9 +201,17 @@ def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: 
     help="Say what would run, in which order and how many at once (with --cache: which "
     "tasks the cache would answer); run nothing, write nothing.",
 )
+@workers_option
+@detach_option
 @session_options
 def run(
-    workflow: str, params: tuple[str, ...], run_id: str | None, dry_run: bool, **session: Any
+    workflow: str,
+    params: tuple[str, ...],
+    run_id: str | None,
+    dry_run: bool,
+    workers: bool,
+    detach: bool,
+    **session: Any,
 ) -> None:
     """Run a workflow file. Prints the run id first; Ctrl-C stops it resumably.
 
@@ -182,6 +225,14 @@ def run(
     overrides = _parse_params(params)
     if dry_run:
         _explain(workflow, overrides, session)
+        return
+    if workers or detach:
+        from durable.fleet.submit import submit
+
+        async def handed(**options: Any) -> tuple[str, bool]:
+            return (await submit(workflow, overrides, run_id=run_id, **options))[0], True
+
+        _fleet(handed, detach, session)
         return
     _drive(lambda **options: runner.arun(workflow, overrides, run_id=run_id, **options), **session)
 
@@ -221,9 +272,17 @@ def _explain(workflow: str, overrides: dict[str, Any], session: dict[str, Any]) 
     is_flag=True,
     help="With --reload or --workflow: print the plan and change nothing.",
 )
+@workers_option
+@detach_option
 @session_options
 def resume(
-    run_id: str, reload: bool, workflow_file: str | None, dry_run: bool, **session: Any
+    run_id: str,
+    reload: bool,
+    workflow_file: str | None,
+    dry_run: bool,
+    workers: bool,
+    detach: bool,
+    **session: Any,
 ) -> None:
     """Continue an interrupted or failed run.
 
@@ -241,6 +300,13 @@ def resume(
 
     if dry_run and not (reload or workflow_file):
         raise DurableError("--dry-run plans an edited resume: give --reload or --workflow")
+    if workers or detach:
+        if reload or workflow_file:
+            raise DurableError("--reload and --workflow are not supported with --workers yet")
+        from durable.fleet.submit import resubmit
+
+        _fleet(lambda **options: resubmit(run_id, **options), detach, session)
+        return
     edit = runner.Edit(workflow_file, dry_run) if reload or workflow_file else None
     _drive(lambda **options: runner.aresume(run_id, edit=edit, **options), **session)
 

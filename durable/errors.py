@@ -86,11 +86,14 @@ class RunNotFound(DurableError):
 class RunLocked(DurableError):
     """Another live process drives this run; two drivers would run tasks twice."""
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__(
-            f"run '{run_id}' is being driven by another live process",
-            ["wait for it to finish, or stop it (Ctrl-C) and resume again"],
-        )
+    def __init__(self, run_id: str, why: str | None = None) -> None:
+        if why is None:
+            super().__init__(
+                f"run '{run_id}' is being driven by another live process",
+                ["wait for it to finish, or stop it (Ctrl-C) and resume again"],
+            )
+        else:
+            super().__init__(f"run '{run_id}' is being run by workers: {why}")
         self.run_id = run_id
 
 

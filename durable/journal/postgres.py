@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ from durable.errors import (
     RunNotFound,
 )
 from durable.events import Event, encode_data, kind_of
+from durable.fleet.tables import FLEET_SCHEMA
 from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
 from durable.journal.cache import LOOKUP, CacheHit, judge
 from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row
@@ -48,7 +49,7 @@ from durable.journal.reader import RunRecord, SummaryRow, run_record, run_record
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS durable",
     "CREATE TABLE IF NOT EXISTS durable.schema_version (version integer NOT NULL)",
@@ -82,6 +83,7 @@ _SCHEMA = [
         FOR EACH STATEMENT EXECUTE FUNCTION durable.append_only()"""
         for table in ("runs", "events")
     ),
+    *FLEET_SCHEMA,  # schema 2: the workers' tables (`fleet/tables.py`)
 ]
 
 _INSERT_EVENTS = """INSERT INTO durable.events (run_id, task_id, attempt, kind, at, data, crc)
@@ -139,6 +141,14 @@ class PgRunLock:
             await conn.close()
             raise RunLocked(self.run_id)
         self._conn = conn
+        held = await self.journal.fleet_work(self.run_id)
+        if held:
+            await self.__aexit__()
+            raise RunLocked(
+                self.run_id,
+                f"the workers of this database have {held} of its tasks ready or running "
+                f"(`durable workers`); it cannot also run in a process of its own",
+            )
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -170,6 +180,8 @@ class PgJournal(EventReading, EventQueue):
         # The writer's connection serves the group commit and the watch for requests:
         # an asyncpg connection runs one statement at a time.
         self._write_lock = asyncio.Lock()
+        #: The journal has the fleet's tables (schema 2; one opened read-only may not).
+        self._fleet = False
 
     # -- opening -------------------------------------------------------------
 
@@ -181,6 +193,9 @@ class PgJournal(EventReading, EventQueue):
         journal._conn = await journal._connect()
         try:
             await journal._check_schema(create and not readonly)
+            journal._fleet = bool(
+                await journal._conn.fetchval("SELECT to_regclass('durable.work') IS NOT NULL")
+            )
             if not readonly:
                 journal._write_conn = await journal._connect()
                 if durability != "full":
@@ -208,7 +223,7 @@ class PgJournal(EventReading, EventQueue):
                     f"journal schema version {version} is newer than this durable "
                     f"understands ({SCHEMA_VERSION}); upgrade durable",
                 )
-            if version is not None:
+            if version == SCHEMA_VERSION or (version is not None and not create):
                 return
         elif await conn.fetchval(
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'durable'"
@@ -224,8 +239,9 @@ class PgJournal(EventReading, EventQueue):
             await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _LOCK_SPACE)
             for statement in _SCHEMA:
                 await conn.execute(statement)
-            if not await conn.fetchval("SELECT count(*) FROM durable.schema_version"):
-                await conn.execute("INSERT INTO durable.schema_version VALUES ($1)", SCHEMA_VERSION)
+            # Older schemas gain the tables they lack (every statement is idempotent).
+            await conn.execute("DELETE FROM durable.schema_version")
+            await conn.execute("INSERT INTO durable.schema_version VALUES ($1)", SCHEMA_VERSION)
 
     # -- runs and their locks --------------------------------------------------
 
@@ -233,15 +249,26 @@ class PgJournal(EventReading, EventQueue):
         return PgRunLock(self, run_id)
 
     async def is_driven(self, run_id: str) -> bool:
-        """A live session holds the run's advisory lock (`pg_locks` of other backends)."""
-        return bool(
-            await self._conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2"
-                " AND pid <> pg_backend_pid()",
-                _LOCK_SPACE,
-                _lock_key(run_id) & 0xFFFFFFFF,
-            )
+        """A live session holds the run's advisory lock (`pg_locks` of other backends),
+        or the run is the fleet's and has work left (`fleet/`): workers drive it, and
+        whichever is alive or comes next takes it on."""
+        if await self._conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2"
+            " AND pid <> pg_backend_pid()",
+            _LOCK_SPACE,
+            _lock_key(run_id) & 0xFFFFFFFF,
+        ):
+            return True
+        return await self.fleet_work(run_id) > 0
+
+    async def fleet_work(self, run_id: str) -> int:
+        """How many of the run's tasks the fleet holds (ready or running): 0 for a
+        run no worker has anything to do for."""
+        if not self._fleet:
+            return 0
+        return int(
+            await self._conn.fetchval("SELECT count(*) FROM durable.work WHERE run_id = $1", run_id)
         )
 
     async def has_run(self, run_id: str) -> bool:
@@ -258,8 +285,16 @@ class PgJournal(EventReading, EventQueue):
         )
         return [(row[0], row[1], row[2]) for row in rows]
 
-    async def create_run(self, record: RunRecord, opening: Event) -> None:
-        """The run's row and its first event, in one transaction (as in SQLite)."""
+    async def create_run(
+        self,
+        record: RunRecord,
+        opening: Event,
+        then: Callable[[Any, int], Awaitable[None]] | None = None,
+    ) -> None:
+        """The run's row and its first event, in one transaction (as in SQLite).
+
+        `then(connection, checksum of the first event)` is awaited inside that
+        transaction: the fleet hands the run to its workers in it (`fleet/submit.py`)."""
         params = msgspec.json.encode(record.params)
         columns = (
             record.run_id,
@@ -293,6 +328,8 @@ class PgJournal(EventReading, EventQueue):
                     data,
                     first,
                 )
+                if then is not None:
+                    await then(conn, first)
         except asyncpg.UniqueViolationError:
             raise RunExists(record.run_id) from None
         except (asyncpg.PostgresError, OSError) as exc:

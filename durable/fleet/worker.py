@@ -1,0 +1,459 @@
+"""`durable worker`: a process that claims ready tasks of any fleet run, runs them, commits them.
+
+One event loop, three loops on it and a connection each:
+- **claim**: while slots are free, take work (`FleetStore.claim`) from the runs that
+  have some; then wait for a NOTIFY on `durable_work`, a slot coming free, or the
+  poll interval (NOTIFY is a hint: polling also finds leases that ran out and
+  retries whose delay is over);
+- **commit**: outcomes are committed in batches, one transaction per run, which
+  also claims what they made ready while this worker has room (a chain goes on
+  without a round trip through NOTIFY). A slot is held until its outcome is
+  committed, as in the in-process engine: a kill re-runs at most this worker's slots;
+- **renew**: every third of the lease, every lease this worker holds is extended in
+  one UPDATE, with its heartbeat. An attempt missing from what comes back was
+  claimed again (this worker was paused past its lease): its tool is cancelled and
+  whatever it would have committed is refused by the fence anyway.
+
+Connections that break (PostgreSQL restarting, a network cut) are opened again with
+backoff, and the interrupted transaction is tried again: a commit tried twice is
+refused the second time if the first landed (the fence), so nothing is doubled.
+
+SIGTERM stops claiming and lets running attempts finish (for `grace` seconds, then
+hands the rest back); SIGINT, or a second signal, hands back at once. Handing back
+is journaled (`task_retrying`, not counted as a try), and the task is ready for
+another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from durable import tools
+from durable.attempt import AttemptFailed, call_tool
+from durable.errors import DurableError, JournalError
+from durable.events import (
+    Event,
+    TaskFailed,
+    TaskLog,
+    TaskRetrying,
+    TaskSucceeded,
+)
+from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
+from durable.fleet.store import (
+    Claim,
+    FleetStore,
+    Outcome,
+    new_worker_id,
+    register,
+    renew,
+    unregister,
+)
+from durable.fleet.tables import CHANNEL
+from durable.journal.postgres import PgJournal, _driver
+from durable.state import RUNNING, TaskState
+
+#: Seconds between looks for work when no NOTIFY comes (leases that ran out, delays over).
+POLL = 0.5
+#: Longest wait between two attempts to reconnect.
+MAX_BACKOFF = 5.0
+
+
+class _Held:
+    """The attempts this worker runs for one run, as `TaskReports` asks about them."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskState] = {}
+
+
+class _Attempt:
+    __slots__ = ("claim", "claimed_at", "lost", "task")
+
+    def __init__(self, claim: Claim, claimed_at: float) -> None:
+        self.claim = claim
+        self.claimed_at = claimed_at
+        self.lost = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class Worker:
+    """Create it, then `await worker.run()`; `stop(hand_back)` ends it."""
+
+    def __init__(
+        self,
+        dsn: str,
+        slots: int,
+        *,
+        lease: float = 10.0,
+        durability: str = "normal",
+        grace: float = 30.0,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.slots = slots
+        self.lease = lease
+        self.durability = durability
+        self.grace = grace
+        self.worker_id = new_worker_id()
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._active: dict[tuple[str, str, int], _Attempt] = {}
+        self._outcomes: list[Outcome] = []
+        self._have_outcomes = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._handing_back = False
+        self._db = asyncio.Lock()
+        self._held: dict[str, _Held] = {}
+        self._reports: dict[str, TaskReports] = {}
+        self._notes: dict[tuple[str, str, int], list[Event]] = {}
+        self._journal: PgJournal | None = None
+        self._store: FleetStore | None = None
+        self._beat: Any = None
+        self._listen: Any = None
+        self.executors = Executors(slots)
+        self.committed = 0
+        self.refused = 0
+
+    def say(self, message: str) -> None:
+        self._log(f"worker {self.worker_id[:8]}: {message}")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._connect()
+        names = sorted(tools.REGISTRY.names())
+        await register(self._beat, self.worker_id, self.slots, names, self.lease)
+        self.say(
+            f"started on {socket.gethostname()} (pid {os.getpid()}): {self.slots} slots, "
+            f"lease {self.lease:g}s, tools: {', '.join(names)}"
+        )
+        loop = asyncio.get_running_loop()
+        for signum, hand_back in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+            loop.add_signal_handler(signum, self.stop, hand_back)
+        loops = [
+            loop.create_task(self._claim_loop(), name="claim"),
+            loop.create_task(self._commit_loop(), name="commit"),
+            loop.create_task(self._renew_loop(), name="renew"),
+        ]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+            self.executors.shutdown()
+            try:
+                await unregister(self._beat, self.worker_id)
+            except Exception:  # the database is gone: the heartbeat simply stops
+                pass
+            await self._close()
+        self.say(f"stopped: {self.committed} outcomes committed, {self.refused} refused")
+
+    def stop(self, hand_back: bool = False) -> None:
+        """Stop claiming; running attempts finish (within `grace`), or are handed
+        back now (`hand_back`, or a second call)."""
+        if self._stopping:
+            hand_back = True
+        if not self._stopping:
+            self.say(
+                "stopping: handing its tasks back"
+                if hand_back
+                else f"stopping: letting {len(self._active)} running tasks finish "
+                f"(at most {self.grace:g}s; Ctrl-C hands them back now)"
+            )
+        self._stopping = True
+        self._wake.set()
+        self._have_outcomes.set()
+        if hand_back and not self._handing_back:
+            self._hand_back()
+        elif not hand_back:
+            asyncio.get_running_loop().call_later(self.grace, self._hand_back)
+
+    def _hand_back(self) -> None:
+        self._handing_back = True
+        for attempt in list(self._active.values()):
+            if attempt.task is not None and not attempt.task.done():
+                attempt.task.cancel()
+        self._have_outcomes.set()
+
+    def _done(self) -> bool:
+        return self._stopping and not self._active and not self._outcomes
+
+    # -- connections ---------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        journal = await PgJournal.open(self.dsn, create=True)
+        try:
+            conn = await journal._connect()
+            if self.durability != "full":
+                await conn.execute("SET synchronous_commit = off")
+            self._beat = await journal._connect()
+            self._listen = await journal._connect()
+            await self._listen.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            await journal.close()
+            raise
+        self._journal = journal
+        if self._store is None:
+            self._store = FleetStore(journal, conn, self.worker_id, self.lease)
+        else:
+            self._store.journal, self._store.conn = journal, conn
+            self._store.forget()
+
+    async def _close(self) -> None:
+        for conn in (self._store.conn if self._store else None, self._beat, self._listen):
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        if self._journal is not None:
+            try:
+                await self._journal.close()
+            except Exception:
+                pass
+
+    async def _reconnect(self, exc: BaseException) -> None:
+        """The database went away: connect again, with backoff, until it answers."""
+        self.say(f"lost the database ({_reason(exc)}); reconnecting")
+        await self._close()
+        delay = 0.1
+        while True:
+            try:
+                await self._connect()
+            except (JournalError, OSError) as again:
+                if self._stopping and self._handing_back and not self._outcomes:
+                    raise DurableError(f"cannot reach the database: {_reason(again)}") from None
+                await asyncio.sleep(delay)
+                delay = min(MAX_BACKOFF, delay * 2)
+                continue
+            self.say("reconnected")
+            await register(self._beat, self.worker_id, self.slots, [], self.lease)
+            return
+
+    async def _with_db(self, operation: Callable[[FleetStore], Any]) -> Any:
+        """Run a store operation under the connection lock, reconnecting and trying
+        again as long as the connection is what failed."""
+        while True:
+            async with self._db:
+                try:
+                    assert self._store is not None
+                    return await operation(self._store)
+                except Exception as exc:
+                    if not _is_connection_error(exc):
+                        raise
+                    self._store.forget()  # type: ignore[union-attr]
+                    await self._reconnect(exc)
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    # -- claiming ----------------------------------------------------------------
+
+    def _free(self) -> int:
+        return self.slots - len(self._active)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            got = 0
+            if self._free() > 0:
+                runs = await self._with_db(lambda store: store.claimable_runs())
+                for run_id in runs:
+                    if self._free() <= 0 or self._stopping:
+                        break
+                    claims = await self._with_db(
+                        lambda store, run_id=run_id: store.claim(run_id, self._free())
+                    )
+                    self._start(claims)
+                    got += len(claims)
+            if got and self._free() > 0:
+                continue  # there may be more: look again at once
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL)
+            except TimeoutError:
+                pass
+
+    def _start(self, claims: list[Claim]) -> None:
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for claim in claims:
+            key = (claim.run_id, claim.task_id, claim.attempt)
+            attempt = _Attempt(claim, now)
+            self._active[key] = attempt
+            held = self._held.setdefault(claim.run_id, _Held())
+            held.tasks[claim.task_id] = TaskState(state=RUNNING, attempts=claim.attempt)
+            attempt.task = loop.create_task(self._attempt(attempt), name=claim.task_id)
+
+    # -- one attempt -----------------------------------------------------------------
+
+    def _reports_for(self, run_id: str) -> TaskReports:
+        reports = self._reports.get(run_id)
+        if reports is None:
+            reports = TaskReports(
+                run_id,
+                self._held[run_id],  # type: ignore[arg-type]
+                self._noted,
+                asyncio.get_running_loop(),
+            ).open()
+            self._reports[run_id] = reports
+        return reports
+
+    def _noted(self, event: Event) -> None:
+        if isinstance(event, TaskLog):  # progress is only worth its moment: not kept
+            for key in self._active:
+                if key[1] == event.task_id and key[2] == event.attempt:
+                    self._notes.setdefault(key, []).append(event)
+
+    async def _attempt(self, attempt: _Attempt) -> None:
+        claim = attempt.claim
+        key = (claim.run_id, claim.task_id, claim.attempt)
+        plan = claim.plan
+        reports = self._reports_for(claim.run_id)
+        ending: Event
+        data = None
+        handback = False
+        try:
+            if isinstance(claim.value, AttemptFailed):
+                raise claim.value
+            context = TaskContext(
+                claim.run_id,
+                claim.task_id,
+                claim.attempt,
+                idempotency_key(claim.run_id, claim.task_id),
+            )
+            try:
+                output, data = await call_tool(self.executors, plan, claim.value, context)
+            finally:
+                reports.settle(claim.task_id, claim.attempt)
+            ending = TaskSucceeded(
+                task_id=claim.task_id, attempt=claim.attempt, at=time.time(), output=output
+            )
+        except AttemptFailed as failure:
+            ending = self._failure(claim, failure)
+        except asyncio.CancelledError:
+            if attempt.lost:
+                self._drop(key)
+                return
+            handback = True
+            ending = TaskRetrying(
+                task_id=claim.task_id,
+                attempt=claim.attempt,
+                at=time.time(),
+                error=f"handed back by worker {self.worker_id[:8]}, which is stopping",
+                delay=0.0,
+            )
+        events = [*self._notes.pop(key, []), ending]
+        self._outcomes.append(Outcome(*key, events, data, handback))  # type: ignore[arg-type]
+        self._have_outcomes.set()
+
+    def _failure(self, claim: Claim, failure: AttemptFailed) -> Event:
+        spec = claim.plan.spec
+        now = time.time()
+        if failure.retryable and claim.tries < spec.retries and not self._stopping:
+            delay = spec.retry_delay * 2**claim.tries
+            return TaskRetrying(
+                task_id=claim.task_id,
+                attempt=claim.attempt,
+                at=now,
+                error=failure.error,
+                delay=delay,
+            )
+        return TaskFailed(task_id=claim.task_id, attempt=claim.attempt, at=now, error=failure.error)
+
+    def _drop(self, key: tuple[str, str, int]) -> None:
+        """Forget an attempt (committed, refused, or lost): its slot comes free."""
+        self._active.pop(key, None)
+        self._notes.pop(key, None)
+        held = self._held.get(key[0])
+        if held is not None:
+            task = held.tasks.get(key[1])
+            if task is not None and task.attempts == key[2]:
+                del held.tasks[key[1]]
+        self._wake.set()
+
+    # -- committing ----------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        while True:
+            if not self._outcomes:
+                if self._done():
+                    return
+                self._have_outcomes.clear()
+                await self._have_outcomes.wait()
+                continue
+            outcomes, self._outcomes = self._outcomes, []
+            free = self._free() + len(outcomes)
+            if self._stopping:
+                free = 0
+            committed = await self._with_db(partial(_commit, outcomes=outcomes, free=free))
+            refused = {(o.run_id, o.task_id, o.attempt) for o in committed.fenced}
+            for outcome in outcomes:
+                key = (outcome.run_id, outcome.task_id, outcome.attempt)
+                self._drop(key)
+                if key in refused:
+                    self.refused += 1
+                    self.say(
+                        f"late outcome refused: run {outcome.run_id} task {outcome.task_id} "
+                        f"attempt {outcome.attempt} (its lease ran out and another worker "
+                        f"took the task over)"
+                    )
+                else:
+                    self.committed += 1
+            self._start(committed.claims)
+
+    # -- renewing ----------------------------------------------------------------------
+
+    async def _renew_loop(self) -> None:
+        every = self.lease / 3
+        while not self._done():
+            await asyncio.sleep(every)
+            since = time.monotonic()
+            try:
+                held = await renew(self._beat, self.worker_id, self.lease)
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                continue  # the claim and commit loops reconnect; the next renew retries
+            for key, attempt in list(self._active.items()):
+                if key in held or attempt.claimed_at >= since or attempt.lost:
+                    continue
+                if attempt.task is not None and not attempt.task.done():
+                    attempt.lost = True
+                    attempt.task.cancel()
+                    self.refused += 1
+                    self.say(
+                        f"lease lost: run {key[0]} task {key[1]} attempt {key[2]} was taken "
+                        f"over by another worker; stopping it here, its outcome would be refused"
+                    )
+
+
+async def _commit(store: FleetStore, outcomes: list[Outcome], free: int) -> Any:
+    return await store.commit(outcomes, free)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    asyncpg = _driver()
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CannotConnectNowError,
+    ) or (isinstance(exc, JournalError) and "cannot connect" in str(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
