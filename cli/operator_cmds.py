@@ -237,7 +237,12 @@ async def _cancel(db: str | None, run_id: str) -> None:
         run_id = await resolve_run_id(journal, run_id)
         if not await journal.is_driven(run_id):
             raise DurableError(f"run '{run_id}' is not running: no process drives it to cancel")
-        await journal.request(run_id, "cancel")
+        if await journal.fleet_work(run_id):  # the workers' run: cancelled in one transaction
+            from durable.fleet.store import FleetStore
+
+            await FleetStore(journal, journal._writable, "", 0.0).cancel(run_id)
+        else:
+            await journal.request(run_id, "cancel")
         deadline = time.monotonic() + CANCEL_WAIT
         while await journal.is_driven(run_id):
             if time.monotonic() > deadline:

@@ -77,8 +77,13 @@ def _completion_rows(ctx: click.Context, sql: str, params: tuple[object, ...]) -
     from pathlib import Path
     from urllib.parse import quote
 
+    from durable.journal.file import is_postgres
+
+    target = _journal_for_completion(ctx)
+    if is_postgres(target):
+        return _pg_completion_rows(target, sql, params)
     try:
-        path = Path(_journal_for_completion(ctx)).resolve()
+        path = Path(target).resolve()
         if not path.is_file():
             return []
         connection = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=0.5)
@@ -87,6 +92,32 @@ def _completion_rows(ctx: click.Context, sql: str, params: tuple[object, ...]) -
         finally:
             connection.close()
     except (sqlite3.Error, OSError, ValueError):
+        return []
+
+
+def _pg_completion_rows(dsn: str, sql: str, params: tuple[object, ...]) -> list[tuple]:
+    """The same read on a PostgreSQL journal: one short connection (the tables found
+    through its search_path, schema `durable`), a second at most, every error swallowed."""
+    import asyncio
+    import re
+
+    try:
+        import asyncpg
+    except ImportError:
+        return []
+    numbers = iter(range(1, sql.count("?") + 1))
+    query = re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+    async def read() -> list[tuple]:
+        conn = await asyncpg.connect(dsn, timeout=1, server_settings={"search_path": "durable"})
+        try:
+            return [tuple(row) for row in await conn.fetch(query, *params, timeout=1)]
+        finally:
+            await conn.close(timeout=1)
+
+    try:
+        return asyncio.run(asyncio.wait_for(read(), 2))
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return []
 
 

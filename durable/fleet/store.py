@@ -22,7 +22,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import msgspec
@@ -30,10 +31,13 @@ import msgspec
 from durable import graph, tools
 from durable.advance import Advance, Steps
 from durable.attempt import AttemptFailed
+from durable.engine import RUN_CANCELLED
 from durable.errors import DurableError, JournalDamaged
 from durable.events import (
     Event,
+    RunFinished,
     RunResumed,
+    TaskCancelled,
     TaskFailed,
     TaskRetrying,
     TaskStarted,
@@ -41,16 +45,16 @@ from durable.events import (
     kind_of,
 )
 from durable.fingerprint import fingerprint, tool_identity
-from durable.fleet.tables import CHANNEL, FLEET_LOCK_SPACE
+from durable.fleet.tables import FLEET_LOCK_SPACE
 from durable.graph import Plan, TaskPlan
 from durable.inspection import fold_run
 from durable.integrity import ChainVerifier, summary_crc
 from durable.journal.common import chain_batch, checked_row
-from durable.journal.postgres import _INSERT_EVENTS, _SAVE_SUMMARY, PgJournal, _lock_key
+from durable.journal.postgres import PgJournal, _lock_key
 from durable.journal.reader import RunRecord
 from durable.runner import params_of
 from durable.spec import Workflow
-from durable.state import IllegalTransition
+from durable.state import RETRYING, RUNNING, IllegalTransition
 from durable.summary import summarize
 
 
@@ -88,12 +92,69 @@ class Committed(NamedTuple):
     claims: list[Claim]
 
 
-class _Taken(NamedTuple):
-    claims: list[Claim]
-    losses: dict[str, int]
-    #: Tasks the claim ended (failed) instead, and the tasks that made ready.
-    ended: list[str]
-    ready: list[str]
+class _Writes:
+    """What one transaction writes (`FleetStore._write`), gathered as it decides."""
+
+    def __init__(self, events: list[Event], data: dict[int, bytes], seqs: list[int]) -> None:
+        self.events = events
+        #: position in `events` -> its payload, encoded already (an output)
+        self.data = data
+        #: seqs reserved for the events
+        self.seqs = seqs
+        #: tasks this transaction made ready
+        self.fresh: list[str] = []
+        #: work rows to insert: (task id, attempt claimed by this worker, or 0: ready)
+        self.new: list[tuple[str, int]] = []
+        #: existing rows this worker claims: (task id, attempt, losses)
+        self.claimed: list[tuple[str, int, int]] = []
+        self.losses: dict[str, int] = {}
+        #: rows of tasks a claim ended instead of running (failed: lost too often)
+        self.ended: list[str] = []
+        self.notify = False
+
+
+_RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
+#: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
+#: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
+_FENCE = """WITH o (t, a, r, d, n) AS (SELECT * FROM unnest($3::text[], $4::integer[],
+        $5::boolean[], $6::double precision[], $7::integer[])),
+    gone AS (DELETE FROM durable.work w USING o WHERE w.run_id = $1 AND w.task_id = o.t
+        AND w.attempt = o.a AND w.owner = $2 AND w.state = 'running' AND NOT o.r
+        RETURNING w.task_id),
+    back AS (UPDATE durable.work w SET state = 'ready', owner = NULL, lease_until = NULL,
+        not_before = now() + o.d * interval '1 second', tries = w.tries + o.n
+        FROM o WHERE w.run_id = $1 AND w.task_id = o.t AND w.attempt = o.a AND w.owner = $2
+        AND w.state = 'running' AND o.r RETURNING w.task_id)
+    SELECT task_id FROM gone UNION ALL SELECT task_id FROM back"""
+#: Under the run's lock: its claimable rows (task_id set), what runs per tool (a
+#: live lease; task_id null), and seqs for the transaction's events (both null).
+_LOOK = """SELECT * FROM (SELECT task_id, tool, state, attempt, tries, losses, owner,
+        NULL::bigint FROM durable.work WHERE run_id = $1 AND tool = ANY($2::text[])
+        AND ((state = 'ready' AND not_before <= now())
+             OR (state = 'running' AND lease_until < now()))
+        ORDER BY queued LIMIT $3) AS claimable
+    UNION ALL SELECT NULL, tool, NULL, NULL, NULL, NULL, NULL, count(*) FROM durable.work
+        WHERE run_id = $1 AND state = 'running' AND lease_until >= now() GROUP BY tool
+    UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        nextval('durable.events_seq_seq') FROM generate_series(1, $4)"""
+_WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt, kind, at, data, crc)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::text[],
+            $6::double precision[], $7::bytea[], $8::bigint[])),
+    s AS (INSERT INTO durable.summaries (run_id, last_seq, data, crc)
+        SELECT $9::text, $10, $11, $12 WHERE $10::bigint > 0
+        ON CONFLICT (run_id) DO UPDATE SET last_seq = excluded.last_seq,
+        data = excluded.data, crc = excluded.crc),
+    q AS (INSERT INTO durable.work (run_id, task_id, tool, state, attempt, owner, lease_until)
+        SELECT $9, t, u, CASE WHEN a > 0 THEN 'running' ELSE 'ready' END, a,
+            CASE WHEN a > 0 THEN $13::uuid END,
+            CASE WHEN a > 0 THEN now() + $14 * interval '1 second' END
+        FROM unnest($15::text[], $16::text[], $17::integer[]) AS x (t, u, a)),
+    c AS (UPDATE durable.work w SET state = 'running', owner = $13, attempt = u.a,
+            losses = u.l, lease_until = now() + $14 * interval '1 second'
+        FROM unnest($18::text[], $19::integer[], $20::integer[]) AS u (t, a, l)
+        WHERE w.run_id = $9 AND w.task_id = u.t),
+    d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[]))
+    SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END"""
 
 
 class FleetRun:
@@ -159,10 +220,29 @@ class FleetStore:
 
     # -- runs ----------------------------------------------------------------
 
-    async def _lock(self, run_id: str) -> None:
-        await self.conn.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)", FLEET_LOCK_SPACE, _lock_key(run_id)
+    @asynccontextmanager
+    async def _transaction(self, run_id: str) -> AsyncIterator[None]:
+        """A transaction holding the run's lock (BEGIN and the lock in one round trip).
+        Whatever fails inside it, this worker's copy of the run is dropped."""
+        conn = self.conn
+        await conn.execute(
+            f"BEGIN; SELECT pg_advisory_xact_lock({FLEET_LOCK_SPACE}, {_lock_key(run_id)})"
         )
+        try:
+            yield
+        except BaseException:
+            self.forget(run_id)
+            if not conn.is_closed():
+                try:
+                    await conn.execute("ROLLBACK")
+                except Exception:  # the connection broke: the server rolls back itself
+                    pass
+            raise
+        try:
+            await conn.execute("COMMIT")
+        except BaseException:
+            self.forget(run_id)
+            raise
 
     async def _load(self, run_id: str) -> FleetRun:
         """Fold the run from the journal (under its lock: nobody appends meanwhile)."""
@@ -220,11 +300,22 @@ class FleetStore:
         else:
             self.runs.pop(run_id, None)
 
-    async def _append(self, run: FleetRun, events: Sequence[Event], data: dict[int, bytes]) -> None:
-        """Append events to the run (chained from its head), and its summary."""
-        if not events:
+    async def _reserve(self, count: int) -> list[int]:
+        rows = await self.conn.fetch(_RESERVE, count)
+        return [row[0] for row in rows]
+
+    async def _write(self, run: FleetRun, plan: _Writes) -> None:
+        """Everything a transaction changes, in one statement: the events (at seqs
+        reserved under the run's lock, so a run's seqs follow its commits), its
+        summary, new work rows, claims of existing ones, rows a claim ended, NOTIFY."""
+        events = plan.events
+        if not events and not plan.new and not plan.claimed:
             return
         run_id = run.record.run_id
+        seqs = plan.seqs
+        if len(seqs) < len(events):
+            seqs = seqs + await self._reserve(len(events) - len(seqs))
+        data = plan.data
         rows = [
             (
                 run_id,
@@ -238,28 +329,34 @@ class FleetStore:
         ]
         values, heads, _ = chain_batch(rows, {run_id: run.verifier.previous})
         columns = [values[column::7] for column in range(7)]
-        seqs = [row[0] for row in await self.conn.fetch(_INSERT_EVENTS, *columns)]
-        run.verifier.previous = heads[run_id]
-        run.last_seq = seqs[-1]
+        last = seqs[len(events) - 1] if events else run.last_seq
         record = run.record
         summary = self._encode_summary(
             summarize(record.workflow, record.created_at, run.advance.state)
         )
-        last = seqs[-1]
+        tasks = run.advance.plan.tasks
         await self.conn.execute(
-            _SAVE_SUMMARY, run_id, last, summary, summary_crc(run_id, last, summary)
+            _WRITE,
+            seqs[: len(events)],
+            *columns,
+            run_id,
+            last,
+            summary,
+            summary_crc(run_id, last, summary),
+            uuid.UUID(self.worker_id) if self.worker_id else None,
+            self.lease,
+            [task_id for task_id, _ in plan.new],
+            [tasks[task_id].spec.tool for task_id, _ in plan.new],
+            [attempt for _, attempt in plan.new],
+            [claim[0] for claim in plan.claimed],
+            [claim[1] for claim in plan.claimed],
+            [claim[2] for claim in plan.claimed],
+            plan.ended,
+            plan.notify,
         )
-
-    async def _queue(self, run: FleetRun, ready: Sequence[str]) -> None:
-        if ready:
-            tasks = run.advance.plan.tasks
-            await self.conn.execute(
-                "INSERT INTO durable.work (run_id, task_id, tool, state)"
-                " SELECT $1, t, u, 'ready' FROM unnest($2::text[], $3::text[]) AS x(t, u)",
-                run.record.run_id,
-                list(ready),
-                [tasks[task_id].spec.tool for task_id in ready],
-            )
+        if events:
+            run.verifier.previous = heads[run_id]
+            run.last_seq = last
 
     # -- handing a run to the fleet -----------------------------------------------
 
@@ -267,17 +364,15 @@ class FleetStore:
         """Give a run that stopped back to the fleet (`durable resume --workers`):
         `run_resumed`, its limits and its first decisions, in one transaction. The
         caller holds the run's driver lock, so no process of its own drives it."""
-        async with self.conn.transaction():
-            await self._lock(run_id)
+        async with self._transaction(run_id):
             await self._settle(run_id, max_concurrency, max_deaths)
             self.forget(run_id)
-            try:
-                run = await self._current(run_id)
-                opening = RunResumed(at=time.time())
-                run.advance.state.apply(opening)
-                return await self._start_in(run, [opening])
-            finally:
-                self.forget(run_id)
+            run = await self._current(run_id)
+            opening = RunResumed(at=time.time())
+            run.advance.state.apply(opening)
+            steps = await self._start_in(run, [opening])
+        self.forget(run_id)
+        return steps
 
     async def start_new(
         self,
@@ -290,7 +385,9 @@ class FleetStore:
         """A new run's first decisions, inside the transaction that creates it
         (`PgJournal.create_run`'s `then`): a run is never left with neither a
         driver nor work."""
-        await self._lock(record.run_id)
+        await self.conn.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)", FLEET_LOCK_SPACE, _lock_key(record.run_id)
+        )
         await self._settle(record.run_id, max_concurrency, max_deaths)
         run = FleetRun(record, advance, 0, head, max_concurrency, {})
         return await self._start_in(run, [])
@@ -308,12 +405,34 @@ class FleetStore:
     async def _start_in(self, run: FleetRun, events: list[Event]) -> Steps:
         steps = run.advance.start(time.time())
         events += steps.events
-        await self._append(run, events, {})
-        await self._queue(run, steps.ready)
-        await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, run.record.run_id)
+        writes = _Writes(events, {}, await self._reserve(len(events)))
+        writes.new += [(task_id, 0) for task_id in steps.ready]
+        writes.notify = True
+        await self._write(run, writes)
         return Steps(events, steps.ready)
 
-    # -- claiming -----------------------------------------------------------------
+    async def cancel(self, run_id: str) -> None:
+        """`durable cancel` of a fleet run, in one transaction: its work rows go (a
+        late outcome of a running attempt is then refused, and its worker stops it at
+        its next renewal), its running and waiting tasks are journaled cancelled,
+        and the run ends `cancelled`: `durable resume --workers` goes on with it."""
+        async with self._transaction(run_id):
+            run = await self._current(run_id)
+            await self.conn.execute("DELETE FROM durable.work WHERE run_id = $1", run_id)
+            now = time.time()
+            state = run.advance.state
+            events: list[Event] = [
+                TaskCancelled(task_id=task_id, attempt=task.attempts, at=now)
+                for task_id, task in state.tasks.items()
+                if task.state in (RUNNING, RETRYING)
+            ]
+            events.append(RunFinished(at=now, status=RUN_CANCELLED))
+            for event in events:
+                state.apply(event)
+            await self._write(run, _Writes(events, {}, await self._reserve(len(events))))
+        self.forget(run_id)
+
+    # -- claiming and committing ---------------------------------------------------
 
     async def claimable_runs(self) -> list[str]:
         """Runs with work a worker could take now, oldest work first."""
@@ -326,71 +445,119 @@ class FleetStore:
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
         """Take up to `free` of the run's claimable tasks, within its limits."""
-        try:
-            async with self.conn.transaction():
-                await self._lock(run_id)
-                if not await self.conn.fetchval(
-                    "SELECT 1 FROM durable.fleet_runs WHERE run_id = $1", run_id
-                ):
-                    return []
-                run = await self._current(run_id)
-                return await self._claim_in(run, free, [], {})
-        except BaseException:
-            self.forget(run_id)
-            raise
+        if not await self.conn.fetchval(
+            "SELECT 1 FROM durable.fleet_runs WHERE run_id = $1", run_id
+        ):
+            return []
+        async with self._transaction(run_id):
+            run = await self._current(run_id)
+            writes = _Writes([], {}, [])
+            return await self._claim_in(run, free, writes)
 
-    async def _claim_in(
-        self, run: FleetRun, free: int, events: list[Event], data: dict[int, bytes]
-    ) -> list[Claim]:
-        """Claim within the open transaction; then append `events` (the caller's, and
-        the claims' own) and queue what they made ready."""
-        run_id = run.record.run_id
+    async def commit(self, outcomes: Sequence[Outcome], free: int) -> Committed:
+        """Commit this worker's outcomes, one transaction per run: the fence, the
+        events, what they decide (`advance.py`), and then, while this worker has
+        `free` slots, claims of what they made ready."""
+        fenced: list[Outcome] = []
         claims: list[Claim] = []
-        taken = _Taken([], {}, [], [])
-        if free > 0 and run.runnable:
-            running = {
-                row[0]: row[1]
-                for row in await self.conn.fetch(
-                    "SELECT tool, count(*) FROM durable.work WHERE run_id = $1"
-                    " AND state = 'running' AND lease_until >= now() GROUP BY tool",
-                    run_id,
-                )
-            }
-            budget = min(free, run.max_concurrency - sum(running.values()))
-            if budget > 0:
-                rows = await self.conn.fetch(
-                    "SELECT task_id, tool, state, attempt, tries, losses, owner FROM durable.work"
-                    " WHERE run_id = $1 AND tool = ANY($2::text[])"
-                    " AND ((state = 'ready' AND not_before <= now())"
-                    " OR (state = 'running' AND lease_until < now()))"
-                    " ORDER BY queued LIMIT $3",
-                    run_id,
-                    run.runnable,
-                    budget if not run.limits else budget * 4 + 64,
-                )
-                taken = self._take(run, rows, budget, running, events)
-                claims = taken.claims
-        await self._append(run, events, data)
-        if taken.ended:
-            await self.conn.execute(
-                "DELETE FROM durable.work WHERE run_id = $1 AND task_id = ANY($2::text[])",
-                run_id,
-                taken.ended,
-            )
-        await self._queue(run, taken.ready)
-        if claims:
-            await self.conn.execute(
-                "UPDATE durable.work w SET state = 'running', owner = $2, attempt = u.a,"
-                " losses = u.l, lease_until = now() + $3 * interval '1 second'"
-                " FROM unnest($4::text[], $5::integer[], $6::integer[]) AS u(t, a, l)"
-                " WHERE w.run_id = $1 AND w.task_id = u.t",
+        by_run: dict[str, list[Outcome]] = {}
+        for outcome in outcomes:
+            by_run.setdefault(outcome.run_id, []).append(outcome)
+        for run_id, group in by_run.items():
+            async with self._transaction(run_id):
+                run = await self._current(run_id)
+                writes = await self._settle_outcomes(run, group, fenced)
+                claims += await self._claim_in(run, free - len(claims), writes)
+        return Committed(fenced, claims)
+
+    async def _settle_outcomes(
+        self, run: FleetRun, group: list[Outcome], fenced: list[Outcome]
+    ) -> _Writes:
+        """The fence and the bookkeeping of work rows, in one statement: an outcome
+        counts only if its row is still running under this worker at its attempt.
+        Then its events, and what they decide."""
+        run_id = run.record.run_id
+        accepted = {
+            row[0]
+            for row in await self.conn.fetch(
+                _FENCE,
                 run_id,
                 uuid.UUID(self.worker_id),
-                self.lease,
-                [claim.task_id for claim in claims],
-                [claim.attempt for claim in claims],
-                [taken.losses.get(claim.task_id, 0) for claim in claims],
+                [outcome.task_id for outcome in group],
+                [outcome.attempt for outcome in group],
+                [isinstance(outcome.events[-1], TaskRetrying) for outcome in group],
+                [getattr(outcome.events[-1], "delay", 0.0) for outcome in group],
+                [0 if outcome.handback else 1 for outcome in group],
             )
+        }
+        advance = run.advance
+        writes = _Writes([], {}, [])
+        events = writes.events
+        endings: list[tuple[Event, bytes | None]] = []
+        for outcome in group:
+            if outcome.task_id not in accepted:
+                fenced.append(outcome)
+                continue
+            *notes, ending = outcome.events
+            for note in notes:
+                advance.apply(note)
+                events.append(note)
+            if isinstance(ending, TaskRetrying):
+                advance.apply(ending)
+                events.append(ending)
+                writes.notify = True
+            else:
+                endings.append((ending, outcome.data))
+        for ending, payload in endings:
+            if payload is not None:
+                writes.data[len(events)] = payload
+            events.append(ending)
+        steps = advance.step([ending for ending, _ in endings], time.time())
+        events += steps.events
+        writes.fresh = steps.ready
+        return writes
+
+    async def _claim_in(self, run: FleetRun, free: int, writes: _Writes) -> list[Claim]:
+        """Claim within the open transaction, then write it all (`_write`). What
+        the transaction made ready (`writes.fresh`) is claimed before it is even
+        queued, while this worker has room: a chain goes on here."""
+        run_id = run.record.run_id
+        free = free if run.runnable else 0
+        rows = await self.conn.fetch(
+            _LOOK,
+            run_id,
+            run.runnable,
+            0 if free <= 0 else (free if not run.limits else free * 4 + 64),
+            len(writes.events) + 2 * max(free, 0) + 8,
+        )
+        candidates: list[Any] = []
+        running: dict[str, int] = {}
+        for row in rows:
+            if row[0] is not None:
+                candidates.append(tuple(row[:7]))
+            elif row[1] is not None:
+                running[row[1]] = row[7]
+            else:
+                writes.seqs.append(row[7])
+        tasks = run.advance.plan.tasks
+        fresh = set(writes.fresh)
+        candidates += [
+            (task_id, tasks[task_id].spec.tool, "new", 0, 0, 0, None)
+            for task_id in writes.fresh
+            if tasks[task_id].spec.tool in run.runnable
+        ]
+        budget = min(free, run.max_concurrency - sum(running.values()))
+        claims = self._take(run, candidates, budget, running, writes) if budget > 0 else []
+        claimed_new = {claim.task_id: claim.attempt for claim in claims if claim.task_id in fresh}
+        writes.new = [(task_id, claimed_new.get(task_id, 0)) for task_id in writes.fresh]
+        writes.claimed = [
+            (claim.task_id, claim.attempt, writes.losses.get(claim.task_id, 0))
+            for claim in claims
+            if claim.task_id not in fresh
+        ]
+        if len(claimed_new) < len(fresh) or writes.ended:
+            writes.notify = True  # others hear of work only if this worker left some
+        await self._write(run, writes)
         return claims
 
     def _take(
@@ -399,18 +566,19 @@ class FleetStore:
         rows: Sequence[Any],
         budget: int,
         running: dict[str, int],
-        events: list[Event],
-    ) -> _Taken:
+        writes: _Writes,
+    ) -> list[Claim]:
         """Turn claimable rows into claims, in queue order, within the budget and the
         tool limits. A row whose lease ran out is first journaled as lost
         (`task_retrying`), or failed, if its attempts have lost their worker
         `max_deaths` times (a tool that kills its worker)."""
         advance = run.advance
         states, tasks = advance.state.tasks, advance.plan.tasks
-        taken = _Taken([], {}, [], [])
+        events = writes.events
+        claims: list[Claim] = []
         now = time.time()
         for task_id, tool, state, attempt, tries, losses, owner in rows:
-            if len(taken.claims) >= budget:
+            if len(claims) >= budget:
                 break
             limit = run.limits.get(tool)
             if limit is not None and running.get(tool, 0) >= limit:
@@ -425,8 +593,8 @@ class FleetStore:
                     failed = TaskFailed(task_id=task_id, attempt=attempt, at=now, error=error)
                     steps = advance.step([failed], now)
                     events += [failed, *steps.events]
-                    taken.ended.append(task_id)
-                    taken.ready += steps.ready
+                    writes.ended.append(task_id)
+                    writes.fresh += steps.ready  # queued, not claimed: the loop is past them
                     continue
                 lost = TaskRetrying(
                     task_id=task_id,
@@ -454,97 +622,9 @@ class FleetStore:
             advance.apply(started)
             events.append(started)
             running[tool] = running.get(tool, 0) + 1
-            taken.losses[task_id] = losses
-            taken.claims.append(Claim(run.record.run_id, task_id, number, plan, value, tries))
-        return taken
-
-    # -- committing ---------------------------------------------------------------
-
-    async def commit(self, outcomes: Sequence[Outcome], free: int) -> Committed:
-        """Commit this worker's outcomes, one transaction per run: the fence, the
-        events, what they decide (`advance.py`), and then, while this worker has
-        `free` slots, claims of what they made ready."""
-        fenced: list[Outcome] = []
-        claims: list[Claim] = []
-        by_run: dict[str, list[Outcome]] = {}
-        for outcome in outcomes:
-            by_run.setdefault(outcome.run_id, []).append(outcome)
-        for run_id, group in by_run.items():
-            try:
-                async with self.conn.transaction():
-                    await self._lock(run_id)
-                    run = await self._current(run_id)
-                    refused = await self._commit_in(run, group, free - len(claims), claims)
-                    fenced += refused
-            except BaseException:
-                self.forget(run_id)
-                raise
-        return Committed(fenced, claims)
-
-    async def _commit_in(
-        self, run: FleetRun, group: list[Outcome], free: int, claims: list[Claim]
-    ) -> list[Outcome]:
-        run_id = run.record.run_id
-        held = {
-            row[0]: row[1]
-            for row in await self.conn.fetch(
-                "SELECT task_id, attempt FROM durable.work WHERE run_id = $1 AND owner = $2"
-                " AND state = 'running' AND task_id = ANY($3::text[])",
-                run_id,
-                uuid.UUID(self.worker_id),
-                [outcome.task_id for outcome in group],
-            )
-        }
-        advance = run.advance
-        events: list[Event] = []
-        data: dict[int, bytes] = {}
-        endings: list[Event] = []
-        done: list[str] = []
-        retried: list[tuple[str, float, int]] = []
-        fenced: list[Outcome] = []
-        for outcome in group:
-            if held.get(outcome.task_id) != outcome.attempt:
-                fenced.append(outcome)
-                continue
-            *notes, ending = outcome.events
-            for note in notes:
-                advance.apply(note)
-                events.append(note)
-            if isinstance(ending, TaskRetrying):
-                advance.apply(ending)
-                events.append(ending)
-                retried.append((outcome.task_id, ending.delay, 0 if outcome.handback else 1))
-            else:
-                endings.append((ending, outcome.data))  # type: ignore[arg-type]
-                done.append(outcome.task_id)
-        for ending, payload in endings:  # type: ignore[misc]
-            if payload is not None:
-                data[len(events)] = payload
-            events.append(ending)
-        steps = advance.step([ending for ending, _ in endings], time.time())  # type: ignore[misc]
-        events += steps.events
-        if done:
-            await self.conn.execute(
-                "DELETE FROM durable.work WHERE run_id = $1 AND task_id = ANY($2::text[])",
-                run_id,
-                done,
-            )
-        if retried:
-            await self.conn.execute(
-                "UPDATE durable.work w SET state = 'ready', owner = NULL, lease_until = NULL,"
-                " not_before = now() + u.d * interval '1 second', tries = w.tries + u.n"
-                " FROM unnest($2::text[], $3::double precision[], $4::integer[]) AS u(t, d, n)"
-                " WHERE w.run_id = $1 AND w.task_id = u.t",
-                run_id,
-                [task_id for task_id, _, _ in retried],
-                [delay for _, delay, _ in retried],
-                [counted for _, _, counted in retried],
-            )
-        await self._queue(run, steps.ready)
-        claims += await self._claim_in(run, free, events, data)
-        if steps.ready or retried:
-            await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, run_id)
-        return fenced
+            writes.losses[task_id] = losses
+            claims.append(Claim(run.record.run_id, task_id, number, plan, value, tries))
+        return claims
 
 
 # -- workers: who is alive, and their leases ----------------------------------------

@@ -20,13 +20,15 @@ from durable.engine import MAX_DEATHS
 from durable.errors import DurableError
 from durable.events import RunStarted
 from durable.fleet.store import FleetStore
+from durable.graph import Plan
 from durable.inspection import fold_run, resolve_run_id
 from durable.journal import RunRecord
 from durable.journal.file import is_postgres
 from durable.journal.postgres import PgJournal
-from durable.loader import plan_file
+from durable.loader import plan_file, plan_workflow
 from durable.runlock import check_run_id
 from durable.runner import merge_params, new_run_id
+from durable.spec import Workflow
 from durable.state import SUCCEEDED, RunState
 
 
@@ -42,7 +44,7 @@ def needs_postgres(db: str | None) -> str:
 
 
 async def submit(
-    workflow: str | os.PathLike[str],
+    workflow: str | os.PathLike[str] | Workflow,
     params: Mapping[str, Any] | None,
     *,
     db: str | None,
@@ -50,39 +52,72 @@ async def submit(
     max_concurrency: int | None = None,
     max_deaths: int = MAX_DEATHS,
 ) -> tuple[str, list[str]]:
-    """Create the run and hand it to the workers; return its id and the ready tasks."""
+    """Create the run and hand it to the workers; return its id and the ready tasks.
+
+    `workflow` is a file, or a workflow built in code (`durable bench`), whose
+    `imports:` are then found from the current directory."""
     dsn = needs_postgres(db)
-    plan, folder = plan_file(workflow)
-    effective = merge_params(plan.workflow, params)
-    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    if isinstance(workflow, Workflow):
+        folder = Path.cwd()
+        plan = plan_workflow(workflow, folder, source=f"workflow '{workflow.name}'")
+        source = None
+    else:
+        plan, folder = plan_file(workflow)
+        source = str(Path(workflow).resolve())
     journal = await PgJournal.open(dsn, create=True)
     try:
-        opening = RunStarted(at=time.time(), source=str(Path(workflow).resolve()))
-        record = RunRecord(
+        return await submit_plan(
+            journal,
+            plan,
+            folder,
+            params,
+            source=source,
             run_id=run_id,
-            workflow=plan.workflow.name,
-            spec=spec_module.encode(plan.workflow),
-            spec_hash=spec_module.spec_hash(plan.workflow),
-            params=effective,
-            base_dir=str(folder),
-            created_at=opening.at,
-            cwd=os.getcwd(),
+            max_concurrency=max_concurrency,
+            max_deaths=max_deaths,
         )
-        state = RunState.new(plan.tasks)
-        state.apply(opening)
-        advance = Advance(plan, state, effective, run_id, max_deaths)
-        limit = max_concurrency or plan.workflow.max_concurrency
-        ready: list[str] = []
-
-        async def hand_over(conn: Any, head: int) -> None:
-            store = FleetStore(journal, conn, "", 0.0)
-            steps = await store.start_new(record, advance, head, limit, max_deaths)
-            ready.extend(steps.ready)
-
-        await journal.create_run(record, opening, then=hand_over)
-        return run_id, ready
     finally:
         await journal.close()
+
+
+async def submit_plan(
+    journal: PgJournal,
+    plan: Plan,
+    folder: Path,
+    params: Mapping[str, Any] | None,
+    *,
+    source: str | None = None,
+    run_id: str | None = None,
+    max_concurrency: int | None = None,
+    max_deaths: int = MAX_DEATHS,
+) -> tuple[str, list[str]]:
+    """`submit` on an open journal, of a validated plan."""
+    effective = merge_params(plan.workflow, params)
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id()
+    opening = RunStarted(at=time.time(), source=source)
+    record = RunRecord(
+        run_id=run_id,
+        workflow=plan.workflow.name,
+        spec=spec_module.encode(plan.workflow),
+        spec_hash=spec_module.spec_hash(plan.workflow),
+        params=effective,
+        base_dir=str(folder),
+        created_at=opening.at,
+        cwd=os.getcwd(),
+    )
+    state = RunState.new(plan.tasks)
+    state.apply(opening)
+    advance = Advance(plan, state, effective, run_id, max_deaths)
+    limit = max_concurrency or plan.workflow.max_concurrency
+    ready: list[str] = []
+
+    async def hand_over(conn: Any, head: int) -> None:
+        store = FleetStore(journal, conn, "", 0.0)
+        steps = await store.start_new(record, advance, head, limit, max_deaths)
+        ready.extend(steps.ready)
+
+    await journal.create_run(record, opening, then=hand_over)
+    return run_id, ready
 
 
 async def resubmit(

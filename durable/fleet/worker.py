@@ -194,11 +194,11 @@ class Worker:
     # -- connections ---------------------------------------------------------------
 
     async def _connect(self) -> None:
-        journal = await PgJournal.open(self.dsn, create=True)
+        # Its writing connection (synchronous_commit as `durability` says) is the
+        # store's: claims and commits, one transaction at a time.
+        journal = await PgJournal.open(self.dsn, create=True, durability=self.durability)
         try:
-            conn = await journal._connect()
-            if self.durability != "full":
-                await conn.execute("SET synchronous_commit = off")
+            conn = journal._writable
             self._beat = await journal._connect()
             self._listen = await journal._connect()
             await self._listen.add_listener(CHANNEL, self._notified)
@@ -432,8 +432,9 @@ class Worker:
                     attempt.task.cancel()
                     self.refused += 1
                     self.say(
-                        f"lease lost: run {key[0]} task {key[1]} attempt {key[2]} was taken "
-                        f"over by another worker; stopping it here, its outcome would be refused"
+                        f"lease lost: run {key[0]} task {key[1]} attempt {key[2]} is no longer "
+                        f"this worker's (another took it over, or the run was cancelled); "
+                        f"stopping it here, its outcome would be refused"
                     )
 
 

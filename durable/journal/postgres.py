@@ -346,6 +346,15 @@ class PgJournal(EventReading, EventQueue):
             raise RunNotFound(run_id, _shown(self.dsn))
         return run_record(self.path, row)
 
+    async def latest_run_id(self) -> str | None:
+        """The run created last (`durable watch` without an id); a tie in `created_at`
+        goes to the run whose first event came later, as SQLite's rowid decides it."""
+        return await self._conn.fetchval(
+            "SELECT r.run_id FROM durable.runs r ORDER BY r.created_at DESC,"
+            " (SELECT min(seq) FROM durable.events e WHERE e.run_id = r.run_id) DESC NULLS LAST"
+            " LIMIT 1"
+        )
+
     async def list_runs(self) -> list[RunRecord | JournalDamaged]:
         rows = await self._conn.fetch(
             f"SELECT {_RUN_COLUMNS} FROM durable.runs ORDER BY created_at, run_id"

@@ -85,6 +85,10 @@ class JournalReader(EventReading):
         """Whether a live process drives the run now (holds its lock)."""
         return RunLock(self.path, run_id).is_held_elsewhere()
 
+    async def fleet_work(self, run_id: str) -> int:
+        """Tasks of the run that workers hold: none, on SQLite (the fleet needs PostgreSQL)."""
+        return 0
+
     async def has_run(self, run_id: str) -> bool:
         return bool(await self.query("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)))
 
