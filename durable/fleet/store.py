@@ -637,7 +637,8 @@ async def register(
     forget workers silent for an hour."""
     await conn.execute("DELETE FROM durable.workers WHERE heartbeat_at < now() - interval '1 hour'")
     await conn.execute(
-        "INSERT INTO durable.workers VALUES ($1, $2, $3, $4, $5, now(), now(), $6)",
+        "INSERT INTO durable.workers VALUES ($1, $2, $3, $4, $5, now(), now(), $6)"
+        " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()",
         uuid.UUID(worker_id),
         socket.gethostname(),
         os.getpid(),

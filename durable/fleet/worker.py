@@ -120,6 +120,9 @@ class Worker:
         self.executors = Executors(slots)
         self.committed = 0
         self.refused = 0
+        self._names: list[str] = []
+        #: Runs this worker cannot work on (damaged, say), and why: said once, skipped.
+        self._skipped: dict[str, str] = {}
 
     def say(self, message: str) -> None:
         self._log(f"worker {self.worker_id[:8]}: {message}")
@@ -128,7 +131,7 @@ class Worker:
 
     async def run(self) -> None:
         await self._connect()
-        names = sorted(tools.REGISTRY.names())
+        names = self._names = sorted(tools.REGISTRY.names())
         await register(self._beat, self.worker_id, self.slots, names, self.lease)
         self.say(
             f"started on {socket.gethostname()} (pid {os.getpid()}): {self.slots} slots, "
@@ -237,7 +240,7 @@ class Worker:
                 delay = min(MAX_BACKOFF, delay * 2)
                 continue
             self.say("reconnected")
-            await register(self._beat, self.worker_id, self.slots, [], self.lease)
+            await register(self._beat, self.worker_id, self.slots, self._names, self.lease)
             return
 
     async def _with_db(self, operation: Callable[[FleetStore], Any]) -> Any:
@@ -271,9 +274,16 @@ class Worker:
                 for run_id in runs:
                     if self._free() <= 0 or self._stopping:
                         break
-                    claims = await self._with_db(
-                        lambda store, run_id=run_id: store.claim(run_id, self._free())
-                    )
+                    if run_id in self._skipped:
+                        continue
+                    try:
+                        claims = await self._with_db(
+                            lambda store, run_id=run_id: store.claim(run_id, self._free())
+                        )
+                    except DurableError as exc:  # this run only (damaged, say): not the others
+                        self._skipped[run_id] = exc.message
+                        self.say(f"run {run_id} is left alone: {exc.message}")
+                        continue
                     self._start(claims)
                     got += len(claims)
             if got and self._free() > 0:
@@ -370,7 +380,7 @@ class Worker:
             )
         return TaskFailed(task_id=claim.task_id, attempt=claim.attempt, at=now, error=failure.error)
 
-    def _drop(self, key: tuple[str, str, int]) -> None:
+    def _drop(self, key: tuple[str, str, int], wake: bool = True) -> None:
         """Forget an attempt (committed, refused, or lost): its slot comes free."""
         self._active.pop(key, None)
         self._notes.pop(key, None)
@@ -379,7 +389,8 @@ class Worker:
             task = held.tasks.get(key[1])
             if task is not None and task.attempts == key[2]:
                 del held.tasks[key[1]]
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     # -- committing ----------------------------------------------------------------
 
@@ -399,7 +410,7 @@ class Worker:
             refused = {(o.run_id, o.task_id, o.attempt) for o in committed.fenced}
             for outcome in outcomes:
                 key = (outcome.run_id, outcome.task_id, outcome.attempt)
-                self._drop(key)
+                self._drop(key, wake=False)
                 if key in refused:
                     self.refused += 1
                     self.say(
@@ -410,6 +421,8 @@ class Worker:
                 else:
                     self.committed += 1
             self._start(committed.claims)
+            if self._free() > 0:  # the commit's own claims did not fill the slots
+                self._wake.set()
 
     # -- renewing ----------------------------------------------------------------------
 
