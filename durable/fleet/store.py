@@ -113,6 +113,14 @@ class _Writes:
         self.notify = False
 
 
+#: The runs with claimable work, oldest work first (each index range read in order).
+_CLAIMABLE_RUNS = """SELECT run_id FROM (
+        (SELECT run_id, queued FROM durable.work WHERE state = 'ready' AND not_before <= now()
+            ORDER BY queued LIMIT 256)
+        UNION ALL
+        (SELECT run_id, queued FROM durable.work WHERE state = 'running'
+            AND lease_until < now() ORDER BY queued LIMIT 256)
+        ORDER BY queued) AS claimable"""
 _RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
 #: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
 #: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
@@ -128,10 +136,12 @@ _FENCE = """WITH o (t, a, r, d, n) AS (SELECT * FROM unnest($3::text[], $4::inte
     SELECT task_id FROM gone UNION ALL SELECT task_id FROM back"""
 #: Under the run's lock: its claimable rows (task_id set), what runs per tool (a
 #: live lease; task_id null), and seqs for the transaction's events (both null).
-_LOOK = """SELECT * FROM (SELECT task_id, tool, state, attempt, tries, losses, owner,
-        NULL::bigint FROM durable.work WHERE run_id = $1 AND tool = ANY($2::text[])
-        AND ((state = 'ready' AND not_before <= now())
-             OR (state = 'running' AND lease_until < now()))
+_LOOK = """SELECT task_id, tool, state, attempt, tries, losses, owner, NULL::bigint FROM (
+        (SELECT * FROM durable.work WHERE run_id = $1 AND state = 'ready'
+            AND not_before <= now() AND tool = ANY($2::text[]) ORDER BY queued LIMIT $3)
+        UNION ALL
+        (SELECT * FROM durable.work WHERE run_id = $1 AND state = 'running'
+            AND lease_until < now() AND tool = ANY($2::text[]) ORDER BY queued LIMIT $3)
         ORDER BY queued LIMIT $3) AS claimable
     UNION ALL SELECT NULL, tool, NULL, NULL, NULL, NULL, NULL, count(*) FROM durable.work
         WHERE run_id = $1 AND state = 'running' AND lease_until >= now() GROUP BY tool
@@ -436,12 +446,8 @@ class FleetStore:
 
     async def claimable_runs(self) -> list[str]:
         """Runs with work a worker could take now, oldest work first."""
-        rows = await self.conn.fetch(
-            "SELECT run_id FROM durable.work WHERE (state = 'ready' AND not_before <= now())"
-            " OR (state = 'running' AND lease_until < now())"
-            " GROUP BY run_id ORDER BY min(queued) LIMIT 16"
-        )
-        return [row[0] for row in rows]
+        rows = await self.conn.fetch(_CLAIMABLE_RUNS)
+        return list(dict.fromkeys(row[0] for row in rows))
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
         """Take up to `free` of the run's claimable tasks, within its limits."""

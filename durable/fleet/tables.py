@@ -26,6 +26,10 @@ FLEET_SCHEMA = [
         tries integer NOT NULL DEFAULT 0, losses integer NOT NULL DEFAULT 0,
         queued bigserial, PRIMARY KEY (run_id, task_id))""",
     "CREATE INDEX IF NOT EXISTS work_by_owner ON durable.work (owner) WHERE owner IS NOT NULL",
+    # A run's ready rows in queue order, and its running ones (counted by every claim).
+    "CREATE INDEX IF NOT EXISTS work_by_state ON durable.work (run_id, state, queued)",
+    # Which runs have work: the oldest ready rows of all.
+    "CREATE INDEX IF NOT EXISTS work_queue ON durable.work (state, queued)",
     """CREATE TABLE IF NOT EXISTS durable.workers (
         worker_id uuid PRIMARY KEY, host text NOT NULL, pid integer NOT NULL,
         slots integer NOT NULL, tools text[] NOT NULL, started_at timestamptz NOT NULL,
