@@ -31,7 +31,7 @@ from durable.events import (
 from durable.fanout import DEFAULT_MAX_ITEMS, digest, group_outcome, group_output, items_problem
 from durable.graph import Plan, TaskPlan
 from durable.refs import Scope, instance_id
-from durable.state import EXPANDED, PENDING, SKIPPED, SUCCEEDED, TERMINAL, RunState
+from durable.state import EXPANDED, FAILED, PENDING, SKIPPED, SUCCEEDED, TERMINAL, RunState
 
 
 class Steps(NamedTuple):
@@ -61,9 +61,13 @@ class Advance:
                 outputs[task_id] = task.output
             elif task.state == SKIPPED:
                 outputs[task_id] = None
+            elif task.state == FAILED and (count := task.instances):
+                # `all_done` dependents of a failed group see what did succeed (`apply`).
+                outputs[task_id] = group_output(state.tasks, task_id, count)
         self.scope = Scope(params=params, run_id=run_id, outputs=outputs)
         #: foreach task -> its instances not yet finished
         self._left: dict[str, int] = {}
+        self._decided: set[str] = set()
         for task_id, task in state.tasks.items():
             if task.instances is not None and task_id in plan.tasks:
                 self._instantiate(plan.tasks[task_id])
@@ -128,10 +132,17 @@ class Advance:
 
     # -- deciding ----------------------------------------------------------------
 
+    def _steps(self) -> Steps:
+        # A task decided to run stays `pending` in the fold until it is claimed, so
+        # "pending with its dependencies finished" alone would decide it again when
+        # a cascade comes back to it: each step remembers what it decided.
+        self._decided = set()
+        return Steps([], [])
+
     def start(self, now: float) -> Steps:
         """A session's first decisions: every pending task whose dependencies have
         all finished, and the unfinished instances of expanded tasks."""
-        steps = Steps([], [])
+        steps = self._steps()
         states = self.state.tasks
         for group in self._left:  # a resume made failed instances pending again
             count = states[group].instances or 0
@@ -147,14 +158,14 @@ class Advance:
                     instance = self.plan.tasks[instance_id(task_id, index)]
                     if states[instance.id].state == PENDING:
                         self._decide(instance, now, steps)
-                if not self._left.get(task_id):
+                if not self._left.get(task_id) and self._expanded(task_id):
                     self._complete_group(task_id, now, steps)
         self._end_if_done(now, steps)
         return steps
 
     def step(self, outcomes: Iterable[Event], now: float) -> Steps:
         """Apply this worker's outcomes, then decide what they unblocked, transitively."""
-        steps = Steps([], [])
+        steps = self._steps()
         for event in outcomes:
             self._ended(event, now, steps)
         self._end_if_done(now, steps)
@@ -181,6 +192,9 @@ class Advance:
         return all(states[dep].state in TERMINAL for dep in plan.deps)
 
     def _decide(self, plan: TaskPlan, now: float, steps: Steps) -> None:
+        if plan.id in self._decided:
+            return
+        self._decided.add(plan.id)
         verdict = decide(plan, self.state.tasks, self.scope_of(plan), now, self.max_deaths)
         if verdict == RUN:
             steps.ready.append(plan.id)

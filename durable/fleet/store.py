@@ -92,6 +92,16 @@ class Committed(NamedTuple):
     claims: list[Claim]
 
 
+class _Opened(NamedTuple):
+    """What `FleetStore._open` read: the fence, claimable rows, counts, seqs."""
+
+    #: task id -> (attempt, tool, 1 if counted in `running`: its lease is live)
+    held: dict[str, tuple[int, str, int]]
+    candidates: list[tuple[Any, ...]]
+    running: dict[str, int]
+    seqs: list[int]
+
+
 class _Writes:
     """What one transaction writes (`FleetStore._write`), gathered as it decides."""
 
@@ -108,8 +118,11 @@ class _Writes:
         #: existing rows this worker claims: (task id, attempt, losses)
         self.claimed: list[tuple[str, int, int]] = []
         self.losses: dict[str, int] = {}
-        #: rows of tasks a claim ended instead of running (failed: lost too often)
+        #: rows to delete: outcomes that ended their task, and tasks a claim ended
+        #: instead of running (failed: their worker was lost too often)
         self.ended: list[str] = []
+        #: rows ready again: (task id, delay, 1 if it counts as one of its tries)
+        self.retried: list[tuple[str, float, int]] = []
         self.notify = False
 
 
@@ -124,29 +137,18 @@ _CLAIMABLE_RUNS = """SELECT run_id FROM (
 _RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
 #: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
 #: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
-_FENCE = """WITH o (t, a, r, d, n) AS (SELECT * FROM unnest($3::text[], $4::integer[],
-        $5::boolean[], $6::double precision[], $7::integer[])),
-    gone AS (DELETE FROM durable.work w USING o WHERE w.run_id = $1 AND w.task_id = o.t
-        AND w.attempt = o.a AND w.owner = $2 AND w.state = 'running' AND NOT o.r
-        RETURNING w.task_id),
-    back AS (UPDATE durable.work w SET state = 'ready', owner = NULL, lease_until = NULL,
-        not_before = now() + o.d * interval '1 second', tries = w.tries + o.n
-        FROM o WHERE w.run_id = $1 AND w.task_id = o.t AND w.attempt = o.a AND w.owner = $2
-        AND w.state = 'running' AND o.r RETURNING w.task_id)
-    SELECT task_id FROM gone UNION ALL SELECT task_id FROM back"""
-#: Under the run's lock: its claimable rows (task_id set), what runs per tool (a
-#: live lease; task_id null), and seqs for the transaction's events (both null).
-_LOOK = """SELECT task_id, tool, state, attempt, tries, losses, owner, NULL::bigint FROM (
-        (SELECT * FROM durable.work WHERE run_id = $1 AND state = 'ready'
-            AND not_before <= now() AND tool = ANY($2::text[]) ORDER BY queued LIMIT $3)
-        UNION ALL
-        (SELECT * FROM durable.work WHERE run_id = $1 AND state = 'running'
-            AND lease_until < now() AND tool = ANY($2::text[]) ORDER BY queued LIMIT $3)
-        ORDER BY queued LIMIT $3) AS claimable
-    UNION ALL SELECT NULL, tool, NULL, NULL, NULL, NULL, NULL, count(*) FROM durable.work
-        WHERE run_id = $1 AND state = 'running' AND lease_until >= now() GROUP BY tool
-    UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-        nextval('durable.events_seq_seq') FROM generate_series(1, $4)"""
+_OPEN = "SELECT * FROM durable.fleet_open($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+
+
+def _want(free: int) -> int:
+    """Claimable rows to read for `free` slots (-1: none, and no counts either)."""
+    return free if free > 0 else -1
+
+
+#: Every write of a transaction in one statement. Rows are reached by primary key
+#: (`task_id = ANY(...)`) and per-row values looked up by position, not joined:
+#: the work table's statistics are always stale (it fills and empties with every
+#: run), and a join planned on them scanned it once per outcome.
 _WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt, kind, at, data, crc)
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::text[],
             $6::double precision[], $7::bytea[], $8::bigint[])),
@@ -159,10 +161,16 @@ _WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt
             CASE WHEN a > 0 THEN $13::uuid END,
             CASE WHEN a > 0 THEN now() + $14 * interval '1 second' END
         FROM unnest($15::text[], $16::text[], $17::integer[]) AS x (t, u, a)),
-    c AS (UPDATE durable.work w SET state = 'running', owner = $13, attempt = u.a,
-            losses = u.l, lease_until = now() + $14 * interval '1 second'
-        FROM unnest($18::text[], $19::integer[], $20::integer[]) AS u (t, a, l)
-        WHERE w.run_id = $9 AND w.task_id = u.t),
+    c AS (UPDATE durable.work SET state = 'running', owner = $13,
+            attempt = ($19::integer[])[array_position($18::text[], task_id)],
+            losses = ($20::integer[])[array_position($18::text[], task_id)],
+            lease_until = now() + $14 * interval '1 second'
+        WHERE run_id = $9 AND task_id = ANY($18::text[])),
+    b AS (UPDATE durable.work SET state = 'ready', owner = NULL, lease_until = NULL,
+            not_before = now() + ($24::double precision[])[array_position($23::text[], task_id)]
+                * interval '1 second',
+            tries = tries + ($25::integer[])[array_position($23::text[], task_id)]
+        WHERE run_id = $9 AND task_id = ANY($23::text[])),
     d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[]))
     SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END"""
 
@@ -189,9 +197,8 @@ class FleetRun:
         self.limits = advance.plan.workflow.limits
         #: tool name -> why this worker cannot run it (not installed here, say).
         self.missing = missing
-        self.runnable = sorted(
-            {plan.spec.tool for plan in advance.plan.tasks.values()} - set(missing)
-        )
+        self.tools = {plan.spec.tool for plan in advance.plan.tasks.values()} - set(missing)
+        self.runnable = sorted(self.tools)
 
 
 def worker_plan(workflow: Workflow, base_dir: str, source: str) -> tuple[Plan, dict[str, str]]:
@@ -226,18 +233,19 @@ class FleetStore:
         self.worker_id = worker_id
         self.lease = lease
         self.runs: dict[str, FleetRun] = {}
+        #: Transactions begun, for the worker's last word.
+        self.transactions = 0
         self._encode_summary = msgspec.msgpack.Encoder().encode
 
     # -- runs ----------------------------------------------------------------
 
     @asynccontextmanager
     async def _transaction(self, run_id: str) -> AsyncIterator[None]:
-        """A transaction holding the run's lock (BEGIN and the lock in one round trip).
-        Whatever fails inside it, this worker's copy of the run is dropped."""
+        """A transaction on the run (its lock is taken by `_open`, its first
+        statement). Whatever fails inside it, this worker's copy of the run is dropped."""
         conn = self.conn
-        await conn.execute(
-            f"BEGIN; SELECT pg_advisory_xact_lock({FLEET_LOCK_SPACE}, {_lock_key(run_id)})"
-        )
+        self.transactions += 1
+        await conn.execute("BEGIN")
         try:
             yield
         except BaseException:
@@ -253,6 +261,75 @@ class FleetStore:
         except BaseException:
             self.forget(run_id)
             raise
+
+    async def _open(
+        self, run_id: str, held: Sequence[str] = (), want: int = -1, reserve: int = 0
+    ) -> tuple[FleetRun, _Opened]:
+        """Take the run's lock and read, in one round trip (`durable.fleet_open`), all
+        a transaction decides from: the events since this worker last looked (folded
+        into its copy, checked against their chain), which of `held` it still holds
+        (the fence), up to `want` claimable rows and what runs per tool (`want` < 0:
+        no claims), and `reserve` seqs. A run seen for the first time is folded from
+        the journal, under the lock."""
+        run = self.runs.get(run_id)
+        if run is None:
+            await self._call_open(run_id, -1, (), [], -1, 0)  # the lock only
+            run = self.runs[run_id] = await self._load(run_id)
+        if want >= 0 and not run.runnable:
+            want = -1
+        elif want > 0 and run.limits:
+            want = want * 4 + 64  # some may be of a tool at its limit
+        rows = await self._call_open(run_id, run.last_seq, held, run.runnable, want, reserve)
+        opened = _Opened({}, [], {}, [])
+        check = run.verifier.check
+        path = str(self.journal.path)
+        for row in rows:
+            part = row[0]
+            if part == "e":
+                seq, event, problem = checked_row(check, row[1], run_id, *row[2:8])
+                if problem is not None:
+                    raise JournalDamaged(path, run_id, problem)
+                try:
+                    run.advance.apply(event)  # type: ignore[arg-type]
+                except IllegalTransition as exc:
+                    raise JournalDamaged(
+                        path, run_id, f"its events are not a possible history: {exc}"
+                    ) from None
+                run.last_seq = seq
+            elif part == "s":
+                opened.seqs.append(row[1])
+            elif part == "f":
+                opened.held[row[3]] = (row[4], row[8], row[10])
+            elif part == "c":
+                opened.candidates.append(
+                    (row[3], row[8], row[9], row[4], row[10], row[11], row[12])
+                )
+            else:
+                opened.running[row[8]] = row[1]
+        return run, opened
+
+    async def _call_open(
+        self,
+        run_id: str,
+        after: int,
+        held: Sequence[str],
+        tools: Sequence[str],
+        want: int,
+        reserve: int,
+    ) -> list[Any]:
+        me = uuid.UUID(self.worker_id) if self.worker_id else None
+        return await self.conn.fetch(
+            _OPEN,
+            FLEET_LOCK_SPACE,
+            _lock_key(run_id),
+            run_id,
+            after,
+            me,
+            list(held),
+            list(tools),
+            want,
+            reserve,
+        )
 
     async def _load(self, run_id: str) -> FleetRun:
         """Fold the run from the journal (under its lock: nobody appends meanwhile)."""
@@ -275,33 +352,6 @@ class FleetStore:
         advance = Advance(plan, state, params_of(record, workflow), run_id, settings[1])
         return FleetRun(record, advance, last_seq, head, settings[0], missing)
 
-    async def _current(self, run_id: str) -> FleetRun:
-        """The run as committed now: loaded once, then caught up with what others appended."""
-        run = self.runs.get(run_id)
-        if run is None:
-            run = self.runs[run_id] = await self._load(run_id)
-            return run
-        rows = await self.conn.fetch(
-            "SELECT seq, run_id, kind, task_id, attempt, at, data, crc FROM durable.events"
-            " WHERE run_id = $1 AND seq > $2 ORDER BY seq",
-            run_id,
-            run.last_seq,
-        )
-        check = run.verifier.check
-        path = str(self.journal.path)
-        for row in rows:
-            seq, event, problem = checked_row(check, *row)
-            if problem is not None:
-                raise JournalDamaged(path, run_id, problem)
-            try:
-                run.advance.apply(event)  # type: ignore[arg-type]
-            except IllegalTransition as exc:
-                raise JournalDamaged(
-                    path, run_id, f"its events are not a possible history: {exc}"
-                ) from None
-            run.last_seq = seq
-        return run
-
     def forget(self, run_id: str | None = None) -> None:
         """Drop what this worker keeps of a run (of every run): after a transaction
         that did not commit, its copy may hold what never happened."""
@@ -319,7 +369,7 @@ class FleetStore:
         reserved under the run's lock, so a run's seqs follow its commits), its
         summary, new work rows, claims of existing ones, rows a claim ended, NOTIFY."""
         events = plan.events
-        if not events and not plan.new and not plan.claimed:
+        if not events and not plan.new and not plan.claimed and not plan.ended:
             return
         run_id = run.record.run_id
         seqs = plan.seqs
@@ -363,6 +413,9 @@ class FleetStore:
             [claim[2] for claim in plan.claimed],
             plan.ended,
             plan.notify,
+            [task_id for task_id, _, _ in plan.retried],
+            [delay for _, delay, _ in plan.retried],
+            [counted for _, _, counted in plan.retried],
         )
         if events:
             run.verifier.previous = heads[run_id]
@@ -377,7 +430,7 @@ class FleetStore:
         async with self._transaction(run_id):
             await self._settle(run_id, max_concurrency, max_deaths)
             self.forget(run_id)
-            run = await self._current(run_id)
+            run, _ = await self._open(run_id)
             opening = RunResumed(at=time.time())
             run.advance.state.apply(opening)
             steps = await self._start_in(run, [opening])
@@ -415,7 +468,7 @@ class FleetStore:
     async def _start_in(self, run: FleetRun, events: list[Event]) -> Steps:
         steps = run.advance.start(time.time())
         events += steps.events
-        writes = _Writes(events, {}, await self._reserve(len(events)))
+        writes = _Writes(events, {}, [])
         writes.new += [(task_id, 0) for task_id in steps.ready]
         writes.notify = True
         await self._write(run, writes)
@@ -427,7 +480,7 @@ class FleetStore:
         its next renewal), its running and waiting tasks are journaled cancelled,
         and the run ends `cancelled`: `durable resume --workers` goes on with it."""
         async with self._transaction(run_id):
-            run = await self._current(run_id)
+            run, _ = await self._open(run_id)
             await self.conn.execute("DELETE FROM durable.work WHERE run_id = $1", run_id)
             now = time.time()
             state = run.advance.state
@@ -439,7 +492,7 @@ class FleetStore:
             events.append(RunFinished(at=now, status=RUN_CANCELLED))
             for event in events:
                 state.apply(event)
-            await self._write(run, _Writes(events, {}, await self._reserve(len(events))))
+            await self._write(run, _Writes(events, {}, []))
         self.forget(run_id)
 
     # -- claiming and committing ---------------------------------------------------
@@ -456,9 +509,8 @@ class FleetStore:
         ):
             return []
         async with self._transaction(run_id):
-            run = await self._current(run_id)
-            writes = _Writes([], {}, [])
-            return await self._claim_in(run, free, writes)
+            run, opened = await self._open(run_id, (), _want(free), 2 * free + 8)
+            return await self._claim_in(run, free, _Writes([], {}, opened.seqs), opened)
 
     async def commit(self, outcomes: Sequence[Outcome], free: int) -> Committed:
         """Commit this worker's outcomes, one transaction per run: the fence, the
@@ -470,40 +522,38 @@ class FleetStore:
         for outcome in outcomes:
             by_run.setdefault(outcome.run_id, []).append(outcome)
         for run_id, group in by_run.items():
+            room = free - len(claims)
             async with self._transaction(run_id):
-                run = await self._current(run_id)
-                writes = await self._settle_outcomes(run, group, fenced)
-                claims += await self._claim_in(run, free - len(claims), writes)
+                run, opened = await self._open(
+                    run_id,
+                    [outcome.task_id for outcome in group],
+                    _want(room),
+                    2 * len(group) + 2 * max(room, 0) + 16,
+                )
+                writes = self._settle_outcomes(run, group, fenced, opened)
+                claims += await self._claim_in(run, room, writes, opened)
         return Committed(fenced, claims)
 
-    async def _settle_outcomes(
-        self, run: FleetRun, group: list[Outcome], fenced: list[Outcome]
+    def _settle_outcomes(
+        self, run: FleetRun, group: list[Outcome], fenced: list[Outcome], opened: _Opened
     ) -> _Writes:
-        """The fence and the bookkeeping of work rows, in one statement: an outcome
-        counts only if its row is still running under this worker at its attempt.
-        Then its events, and what they decide."""
-        run_id = run.record.run_id
-        accepted = {
-            row[0]
-            for row in await self.conn.fetch(
-                _FENCE,
-                run_id,
-                uuid.UUID(self.worker_id),
-                [outcome.task_id for outcome in group],
-                [outcome.attempt for outcome in group],
-                [isinstance(outcome.events[-1], TaskRetrying) for outcome in group],
-                [getattr(outcome.events[-1], "delay", 0.0) for outcome in group],
-                [0 if outcome.handback else 1 for outcome in group],
-            )
-        }
+        """The fence: an outcome counts only if its row is still running under this
+        worker at its attempt (`opened.held`). Then its events, what they decide,
+        and what becomes of the rows."""
+        held = opened.held
         advance = run.advance
-        writes = _Writes([], {}, [])
+        writes = _Writes([], {}, opened.seqs)
         events = writes.events
         endings: list[tuple[Event, bytes | None]] = []
+        running = opened.running
         for outcome in group:
-            if outcome.task_id not in accepted:
+            row = held.get(outcome.task_id)
+            if row is None or row[0] != outcome.attempt:
                 fenced.append(outcome)
                 continue
+            _, tool, counted = row
+            if counted and tool in running:
+                running[tool] -= 1  # its row stops running in this transaction
             *notes, ending = outcome.events
             for note in notes:
                 advance.apply(note)
@@ -511,9 +561,12 @@ class FleetStore:
             if isinstance(ending, TaskRetrying):
                 advance.apply(ending)
                 events.append(ending)
+                counted = 0 if outcome.handback else 1
+                writes.retried.append((outcome.task_id, ending.delay, counted))
                 writes.notify = True
             else:
                 endings.append((ending, outcome.data))
+                writes.ended.append(outcome.task_id)
         for ending, payload in endings:
             if payload is not None:
                 writes.data[len(events)] = payload
@@ -523,34 +576,20 @@ class FleetStore:
         writes.fresh = steps.ready
         return writes
 
-    async def _claim_in(self, run: FleetRun, free: int, writes: _Writes) -> list[Claim]:
+    async def _claim_in(
+        self, run: FleetRun, free: int, writes: _Writes, opened: _Opened
+    ) -> list[Claim]:
         """Claim within the open transaction, then write it all (`_write`). What
         the transaction made ready (`writes.fresh`) is claimed before it is even
         queued, while this worker has room: a chain goes on here."""
-        run_id = run.record.run_id
-        free = free if run.runnable else 0
-        rows = await self.conn.fetch(
-            _LOOK,
-            run_id,
-            run.runnable,
-            0 if free <= 0 else (free if not run.limits else free * 4 + 64),
-            len(writes.events) + 2 * max(free, 0) + 8,
-        )
-        candidates: list[Any] = []
-        running: dict[str, int] = {}
-        for row in rows:
-            if row[0] is not None:
-                candidates.append(tuple(row[:7]))
-            elif row[1] is not None:
-                running[row[1]] = row[7]
-            else:
-                writes.seqs.append(row[7])
+        candidates = opened.candidates
+        running = opened.running
         tasks = run.advance.plan.tasks
         fresh = set(writes.fresh)
         candidates += [
             (task_id, tasks[task_id].spec.tool, "new", 0, 0, 0, None)
             for task_id in writes.fresh
-            if tasks[task_id].spec.tool in run.runnable
+            if tasks[task_id].spec.tool in run.tools
         ]
         budget = min(free, run.max_concurrency - sum(running.values()))
         claims = self._take(run, candidates, budget, running, writes) if budget > 0 else []
@@ -561,7 +600,7 @@ class FleetStore:
             for claim in claims
             if claim.task_id not in fresh
         ]
-        if len(claimed_new) < len(fresh) or writes.ended:
+        if len(claimed_new) < len(fresh):
             writes.notify = True  # others hear of work only if this worker left some
         await self._write(run, writes)
         return claims
@@ -601,6 +640,7 @@ class FleetStore:
                     events += [failed, *steps.events]
                     writes.ended.append(task_id)
                     writes.fresh += steps.ready  # queued, not claimed: the loop is past them
+                    writes.notify = True
                     continue
                 lost = TaskRetrying(
                     task_id=task_id,

@@ -121,6 +121,8 @@ class Worker:
         self.committed = 0
         self.refused = 0
         self._names: list[str] = []
+        #: A NOTIFY came since the claim loop last looked: there may be work.
+        self._maybe_work = True
         #: Runs this worker cannot work on (damaged, say), and why: said once, skipped.
         self._skipped: dict[str, str] = {}
 
@@ -162,7 +164,11 @@ class Worker:
             except Exception:  # the database is gone: the heartbeat simply stops
                 pass
             await self._close()
-        self.say(f"stopped: {self.committed} outcomes committed, {self.refused} refused")
+        transactions = self._store.transactions if self._store else 0
+        self.say(
+            f"stopped: {self.committed} outcomes committed, {self.refused} refused, "
+            f"{transactions} transactions"
+        )
 
     def stop(self, hand_back: bool = False) -> None:
         """Stop claiming; running attempts finish (within `grace`), or are handed
@@ -258,6 +264,7 @@ class Worker:
                     await self._reconnect(exc)
 
     def _notified(self, *_: Any) -> None:
+        self._maybe_work = True
         self._wake.set()
 
     # -- claiming ----------------------------------------------------------------
@@ -270,6 +277,7 @@ class Worker:
             self._wake.clear()
             got = 0
             if self._free() > 0:
+                self._maybe_work = False  # a NOTIFY during the look sets it again
                 runs = await self._with_db(lambda store: store.claimable_runs())
                 for run_id in runs:
                     if self._free() <= 0 or self._stopping:
@@ -421,7 +429,9 @@ class Worker:
                 else:
                     self.committed += 1
             self._start(committed.claims)
-            if self._free() > 0:  # the commit's own claims did not fill the slots
+            # The commit claimed what its run had; other runs' work, announced while
+            # this worker was full, is looked for now that it has room.
+            if self._free() > 0 and self._maybe_work:
                 self._wake.set()
 
     # -- renewing ----------------------------------------------------------------------

@@ -431,9 +431,10 @@ class PgJournal(EventReading, EventQueue):
                 await self._wakeup.wait()
                 continue
             rows, batch, remember = self._take()
+            summaries = self._due_summaries(rows)
             try:
                 async with self._write_lock:
-                    await self._write(rows, remember)
+                    await self._write(rows, remember, summaries)
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 self._summaries.clear()  # the state holds what did not commit
                 error = JournalError(_shown(self.dsn), f"cannot write: {_reason(exc)}")
@@ -442,30 +443,47 @@ class PgJournal(EventReading, EventQueue):
             else:
                 batch.set_result(None)
 
+    def _due_summaries(self, rows: list[tuple[Any, ...]]) -> dict[str, bytes]:
+        """The summaries due with this batch, encoded now, as it is taken: the engine
+        folds each event as it appends it, so a source answers for exactly the events
+        appended so far. Taken after an await (the writer's round trips), it would
+        count events of the next batch too, and a crash before that one commits would
+        leave a summary ahead of the journal."""
+        if not self._summaries:
+            return {}
+        now = asyncio.get_running_loop().time()
+        ends = {row[0]: position for position, row in enumerate(rows)}
+        due: dict[str, bytes] = {}
+        for run_id, position in ends.items():
+            source = self._summaries.get(run_id)
+            if source is None:
+                continue
+            if rows[position][3] in SESSION_ENDS or now >= self._summary_due.get(run_id, 0.0):
+                due[run_id] = self._encode_summary(source())
+                self._summary_due[run_id] = now + SUMMARY_EVERY
+        return due
+
     async def _write(
-        self, rows: list[tuple[Any, ...]], remember: Sequence[tuple[int, str, str]]
+        self,
+        rows: list[tuple[Any, ...]],
+        remember: Sequence[tuple[int, str, str]],
+        summaries: dict[str, bytes],
     ) -> None:
         """One transaction for the batch: every event in one INSERT, then the
-        summaries that are due and the cache entries, as the SQLite writer does."""
+        summaries that are due (`_due_summaries`) and the cache entries, as the
+        SQLite writer does."""
         conn = self._writable
         for run_id in {row[0] for row in rows}.difference(self._chain):
             self._chain[run_id] = await self._chain_head(run_id)  # as the database has it
         values, heads, ends = chain_batch(rows, self._chain)
         columns = [values[column::7] for column in range(7)]  # the INSERT takes arrays
-        now = asyncio.get_running_loop().time()
         async with conn.transaction():
             seqs = [row[0] for row in await conn.fetch(_INSERT_EVENTS, *columns)]
-            for run_id, position in ends.items():
-                source = self._summaries.get(run_id)
-                if source is None:
-                    continue
-                if rows[position][3] in SESSION_ENDS or now >= self._summary_due.get(run_id, 0.0):
-                    data = self._encode_summary(source())
-                    last = seqs[position]
-                    await conn.execute(
-                        _SAVE_SUMMARY, run_id, last, data, summary_crc(run_id, last, data)
-                    )
-                    self._summary_due[run_id] = now + SUMMARY_EVERY
+            for run_id, data in summaries.items():
+                last = seqs[ends[run_id]]
+                await conn.execute(
+                    _SAVE_SUMMARY, run_id, last, data, summary_crc(run_id, last, data)
+                )
             for position, fingerprint, tool in remember:
                 run_id, task_id, attempt, _, at, _ = rows[position]
                 await conn.execute(
