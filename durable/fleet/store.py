@@ -235,6 +235,11 @@ class FleetStore:
         self.runs: dict[str, FleetRun] = {}
         #: Transactions begun, for the worker's last word.
         self.transactions = 0
+        #: End a transaction that claimed with `COMMIT; BEGIN` (a worker's store).
+        self.chained = bool(worker_id)
+        #: The connection is in a transaction begun by the last COMMIT.
+        self.begun = False
+        self._claimed = False
         self._encode_summary = msgspec.msgpack.Encoder().encode
 
     # -- runs ----------------------------------------------------------------
@@ -242,10 +247,18 @@ class FleetStore:
     @asynccontextmanager
     async def _transaction(self, run_id: str) -> AsyncIterator[None]:
         """A transaction on the run (its lock is taken by `_open`, its first
-        statement). Whatever fails inside it, this worker's copy of the run is dropped."""
+        statement). Whatever fails inside it, this worker's copy of the run is dropped.
+
+        A transaction that claimed tasks ends with `COMMIT; BEGIN` in one round
+        trip: their outcomes will want the next one soon (a chain's next step). A
+        bare BEGIN holds no snapshot and no lock in READ COMMITTED, so the
+        connection waiting in it holds nothing back."""
         conn = self.conn
         self.transactions += 1
-        await conn.execute("BEGIN")
+        if not self.begun:
+            await conn.execute("BEGIN")
+        self.begun = False
+        self._claimed = False
         try:
             yield
         except BaseException:
@@ -257,7 +270,11 @@ class FleetStore:
                     pass
             raise
         try:
-            await conn.execute("COMMIT")
+            if self._claimed and self.chained:
+                await conn.execute("COMMIT; BEGIN")
+                self.begun = True
+            else:
+                await conn.execute("COMMIT")
         except BaseException:
             self.forget(run_id)
             raise
@@ -593,6 +610,7 @@ class FleetStore:
         ]
         budget = min(free, run.max_concurrency - sum(running.values()))
         claims = self._take(run, candidates, budget, running, writes) if budget > 0 else []
+        self._claimed = bool(claims)
         claimed_new = {claim.task_id: claim.attempt for claim in claims if claim.task_id in fresh}
         writes.new = [(task_id, claimed_new.get(task_id, 0)) for task_id in writes.fresh]
         writes.claimed = [

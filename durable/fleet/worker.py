@@ -219,6 +219,7 @@ class Worker:
             self._store = FleetStore(journal, conn, self.worker_id, self.lease)
         else:
             self._store.journal, self._store.conn = journal, conn
+            self._store.begun = False
             self._store.forget()
 
     async def _close(self) -> None:
