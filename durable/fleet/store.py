@@ -128,11 +128,11 @@ class _Writes:
 
 #: The runs with claimable work, oldest work first (each index range read in order).
 _CLAIMABLE_RUNS = """SELECT run_id FROM (
-        (SELECT run_id, queued FROM durable.work WHERE state = 'ready' AND not_before <= now()
+        (SELECT run_id, queued FROM durable.work WHERE state = 'ready' AND not_before <= clock_timestamp()
             ORDER BY queued LIMIT 256)
         UNION ALL
         (SELECT run_id, queued FROM durable.work WHERE state = 'running'
-            AND lease_until < now() ORDER BY queued LIMIT 256)
+            AND lease_until < clock_timestamp() ORDER BY queued LIMIT 256)
         ORDER BY queued) AS claimable"""
 _RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
 #: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
@@ -159,15 +159,15 @@ _WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt
     q AS (INSERT INTO durable.work (run_id, task_id, tool, state, attempt, owner, lease_until)
         SELECT $9, t, u, CASE WHEN a > 0 THEN 'running' ELSE 'ready' END, a,
             CASE WHEN a > 0 THEN $13::uuid END,
-            CASE WHEN a > 0 THEN now() + $14 * interval '1 second' END
+            CASE WHEN a > 0 THEN clock_timestamp() + $14 * interval '1 second' END
         FROM unnest($15::text[], $16::text[], $17::integer[]) AS x (t, u, a)),
     c AS (UPDATE durable.work SET state = 'running', owner = $13,
             attempt = ($19::integer[])[array_position($18::text[], task_id)],
             losses = ($20::integer[])[array_position($18::text[], task_id)],
-            lease_until = now() + $14 * interval '1 second'
+            lease_until = clock_timestamp() + $14 * interval '1 second'
         WHERE run_id = $9 AND task_id = ANY($18::text[])),
     b AS (UPDATE durable.work SET state = 'ready', owner = NULL, lease_until = NULL,
-            not_before = now() + ($24::double precision[])[array_position($23::text[], task_id)]
+            not_before = clock_timestamp() + ($24::double precision[])[array_position($23::text[], task_id)]
                 * interval '1 second',
             tries = tries + ($25::integer[])[array_position($23::text[], task_id)]
         WHERE run_id = $9 AND task_id = ANY($23::text[])),
@@ -474,7 +474,7 @@ class FleetStore:
 
     async def _settle(self, run_id: str, max_concurrency: int, max_deaths: int) -> None:
         await self.conn.execute(
-            "INSERT INTO durable.fleet_runs VALUES ($1, $2, $3, extract(epoch from now()))"
+            "INSERT INTO durable.fleet_runs VALUES ($1, $2, $3, extract(epoch from clock_timestamp()))"
             " ON CONFLICT (run_id) DO UPDATE SET max_concurrency = excluded.max_concurrency,"
             " max_deaths = excluded.max_deaths",
             run_id,
@@ -699,10 +699,12 @@ async def register(
 ) -> None:
     """Record this worker process (a new id per start: never a dead one's), and
     forget workers silent for an hour."""
-    await conn.execute("DELETE FROM durable.workers WHERE heartbeat_at < now() - interval '1 hour'")
     await conn.execute(
-        "INSERT INTO durable.workers VALUES ($1, $2, $3, $4, $5, now(), now(), $6)"
-        " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()",
+        "DELETE FROM durable.workers WHERE heartbeat_at < clock_timestamp() - interval '1 hour'"
+    )
+    await conn.execute(
+        "INSERT INTO durable.workers VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp(), $6)"
+        " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = clock_timestamp()",
         uuid.UUID(worker_id),
         socket.gethostname(),
         os.getpid(),
@@ -717,12 +719,14 @@ async def renew(conn: Any, worker_id: str, lease: float) -> set[tuple[str, str, 
     it still holds (one missing was claimed again: the worker must drop it)."""
     me = uuid.UUID(worker_id)
     rows = await conn.fetch(
-        "UPDATE durable.work SET lease_until = now() + $2 * interval '1 second'"
+        "UPDATE durable.work SET lease_until = clock_timestamp() + $2 * interval '1 second'"
         " WHERE owner = $1 AND state = 'running' RETURNING run_id, task_id, attempt",
         me,
         lease,
     )
-    await conn.execute("UPDATE durable.workers SET heartbeat_at = now() WHERE worker_id = $1", me)
+    await conn.execute(
+        "UPDATE durable.workers SET heartbeat_at = clock_timestamp() WHERE worker_id = $1", me
+    )
     return {(row[0], row[1], row[2]) for row in rows}
 
 
@@ -749,8 +753,8 @@ async def live_workers(conn: Any) -> list[WorkerRow]:
         "SELECT w.worker_id, w.host, w.pid, w.slots,"
         " (SELECT count(*) FROM durable.work k WHERE k.owner = w.worker_id"
         "  AND k.state = 'running'),"
-        " extract(epoch from now() - w.heartbeat_at), extract(epoch from w.started_at), w.tools"
-        " FROM durable.workers w WHERE w.heartbeat_at >= now() - w.lease * interval '1 second'"
+        " extract(epoch from clock_timestamp() - w.heartbeat_at), extract(epoch from w.started_at), w.tools"
+        " FROM durable.workers w WHERE w.heartbeat_at >= clock_timestamp() - w.lease * interval '1 second'"
         " ORDER BY w.started_at"
     )
     return [

@@ -12,6 +12,11 @@
 
 Work rows are never needed to know what a run did: the events say it. They say only
 who may do what next.
+
+Times are `clock_timestamp()`, never `now()`: `now()` is when the transaction began,
+and a worker's connection may wait in a transaction begun by its last COMMIT
+(`store.FleetStore._transaction`): a lease granted from that clock would be over
+before it starts.
 """
 
 FLEET_SCHEMA = [
@@ -22,7 +27,7 @@ FLEET_SCHEMA = [
         run_id text NOT NULL, task_id text NOT NULL, tool text NOT NULL,
         state text NOT NULL CHECK (state IN ('ready', 'running')),
         attempt integer NOT NULL DEFAULT 0, owner uuid, lease_until timestamptz,
-        not_before timestamptz NOT NULL DEFAULT now(),
+        not_before timestamptz NOT NULL DEFAULT clock_timestamp(),
         tries integer NOT NULL DEFAULT 0, losses integer NOT NULL DEFAULT 0,
         queued bigserial, PRIMARY KEY (run_id, task_id)) WITH (fillfactor = 70)""",
     "CREATE INDEX IF NOT EXISTS work_by_owner ON durable.work (owner) WHERE owner IS NOT NULL",
@@ -54,7 +59,7 @@ FLEET_SCHEMA = [
         IF cardinality(held) > 0 THEN
             RETURN QUERY SELECT 'f', NULL::bigint, NULL::text, w.task_id, w.attempt,
                 NULL::double precision, NULL::bytea, NULL::bigint, w.tool, NULL::text,
-                (w.lease_until >= now())::integer, NULL::integer, NULL::uuid
+                (w.lease_until >= clock_timestamp())::integer, NULL::integer, NULL::uuid
             FROM durable.work w WHERE w.run_id = run AND w.task_id = ANY(held)
                 AND w.owner = me AND w.state = 'running';
         END IF;
@@ -63,11 +68,11 @@ FLEET_SCHEMA = [
                 NULL::double precision, NULL::bytea, NULL::bigint, c.tool, c.state, c.tries,
                 c.losses, c.owner
             FROM ((SELECT * FROM durable.work w WHERE w.run_id = run AND w.state = 'ready'
-                    AND w.not_before <= now() AND w.tool = ANY(tools)
+                    AND w.not_before <= clock_timestamp() AND w.tool = ANY(tools)
                     ORDER BY w.queued LIMIT want)
                 UNION ALL
                 (SELECT * FROM durable.work w WHERE w.run_id = run AND w.state = 'running'
-                    AND w.lease_until < now() AND w.tool = ANY(tools)
+                    AND w.lease_until < clock_timestamp() AND w.tool = ANY(tools)
                     ORDER BY w.queued LIMIT want)
                 ORDER BY queued LIMIT want) c;
         END IF;
@@ -76,7 +81,7 @@ FLEET_SCHEMA = [
                 NULL::double precision, NULL::bytea, NULL::bigint, w.tool, NULL::text,
                 NULL::integer, NULL::integer, NULL::uuid
             FROM durable.work w WHERE w.run_id = run AND w.state = 'running'
-                AND w.lease_until >= now() GROUP BY w.tool;
+                AND w.lease_until >= clock_timestamp() GROUP BY w.tool;
         END IF;
         RETURN QUERY SELECT 's', nextval('durable.events_seq_seq'), NULL::text, NULL::text,
             NULL::integer, NULL::double precision, NULL::bytea, NULL::bigint, NULL::text,

@@ -38,7 +38,7 @@ from typing import Any
 
 from durable import tools
 from durable.attempt import AttemptFailed, call_tool
-from durable.errors import DurableError, JournalError
+from durable.errors import DurableError
 from durable.events import (
     Event,
     TaskFailed,
@@ -57,7 +57,7 @@ from durable.fleet.store import (
     unregister,
 )
 from durable.fleet.tables import CHANNEL
-from durable.journal.postgres import PgJournal, _driver
+from durable.journal.postgres import PgJournal, connection_lost
 from durable.state import RUNNING, TaskState
 
 #: Seconds between looks for work when no NOTIFY comes (leases that ran out, delays over).
@@ -133,6 +133,10 @@ class Worker:
 
     async def run(self) -> None:
         await self._connect()
+        assert self._journal is not None
+        self._beat = await self._journal._connect()
+        self._listen = await self._journal._connect()
+        await self._listen.add_listener(CHANNEL, self._notified)
         names = self._names = sorted(tools.REGISTRY.names())
         await register(self._beat, self.worker_id, self.slots, names, self.lease)
         self.say(
@@ -148,10 +152,12 @@ class Worker:
             loop.create_task(self._renew_loop(), name="renew"),
         ]
         try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            waiting = set(loops)
+            while loops[1] in waiting:  # until the commit loop has committed the last outcome
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
         finally:
             for task in loops:
                 task.cancel()
@@ -206,14 +212,7 @@ class Worker:
         # Its writing connection (synchronous_commit as `durability` says) is the
         # store's: claims and commits, one transaction at a time.
         journal = await PgJournal.open(self.dsn, create=True, durability=self.durability)
-        try:
-            conn = journal._writable
-            self._beat = await journal._connect()
-            self._listen = await journal._connect()
-            await self._listen.add_listener(CHANNEL, self._notified)
-        except BaseException:
-            await journal.close()
-            raise
+        conn = journal._writable
         self._journal = journal
         if self._store is None:
             self._store = FleetStore(journal, conn, self.worker_id, self.lease)
@@ -222,8 +221,11 @@ class Worker:
             self._store.begun = False
             self._store.forget()
 
-    async def _close(self) -> None:
-        for conn in (self._store.conn if self._store else None, self._beat, self._listen):
+    async def _close(self, everything: bool = True) -> None:
+        """Close the store's connection and the journal (and, with `everything`, the
+        renewal and LISTEN connections, which the renew loop otherwise keeps)."""
+        extra = (self._beat, self._listen) if everything else ()
+        for conn in (self._store.conn if self._store else None, *extra):
             if conn is not None and not conn.is_closed():
                 conn.terminate()
         if self._journal is not None:
@@ -235,19 +237,23 @@ class Worker:
     async def _reconnect(self, exc: BaseException) -> None:
         """The database went away: connect again, with backoff, until it answers."""
         self.say(f"lost the database ({_reason(exc)}); reconnecting")
-        await self._close()
+        await self._close(everything=False)
         delay = 0.1
         while True:
             try:
                 await self._connect()
-            except (JournalError, OSError) as again:
-                if self._stopping and self._handing_back and not self._outcomes:
-                    raise DurableError(f"cannot reach the database: {_reason(again)}") from None
+                assert self._store is not None
+                await register(
+                    self._store.conn, self.worker_id, self.slots, self._names, self.lease
+                )
+            except Exception as again:  # whatever a half-open or restarting server says
+                if isinstance(again, DurableError) and not connection_lost(again):
+                    raise  # not the connection: a schema of a newer durable, say
+                await self._close(everything=False)
                 await asyncio.sleep(delay)
                 delay = min(MAX_BACKOFF, delay * 2)
                 continue
             self.say("reconnected")
-            await register(self._beat, self.worker_id, self.slots, self._names, self.lease)
             return
 
     async def _with_db(self, operation: Callable[[FleetStore], Any]) -> Any:
@@ -259,7 +265,7 @@ class Worker:
                     assert self._store is not None
                     return await operation(self._store)
                 except Exception as exc:
-                    if not _is_connection_error(exc):
+                    if not connection_lost(exc, self._store.conn):  # type: ignore[union-attr]
                         raise
                     self._store.forget()  # type: ignore[union-attr]
                     await self._reconnect(exc)
@@ -438,16 +444,26 @@ class Worker:
     # -- renewing ----------------------------------------------------------------------
 
     async def _renew_loop(self) -> None:
+        """Renew every third of the lease, on a connection of its own (opened again
+        here if it broke, and the LISTEN one too), so a busy or reconnecting store
+        never delays a renewal."""
         every = self.lease / 3
-        while not self._done():
+        while True:
             await asyncio.sleep(every)
             since = time.monotonic()
             try:
+                journal = self._journal
+                assert journal is not None
+                if self._beat is None or self._beat.is_closed():
+                    self._beat = await journal._connect()
+                if self._listen is None or self._listen.is_closed():
+                    self._listen = await journal._connect()
+                    await self._listen.add_listener(CHANNEL, self._notified)
                 held = await renew(self._beat, self.worker_id, self.lease)
             except Exception as exc:
-                if not _is_connection_error(exc):
+                if not connection_lost(exc, self._beat):
                     raise
-                continue  # the claim and commit loops reconnect; the next renew retries
+                continue  # the next renewal tries again
             for key, attempt in list(self._active.items()):
                 if key in held or attempt.claimed_at >= since or attempt.lost:
                     continue
@@ -464,19 +480,6 @@ class Worker:
 
 async def _commit(store: FleetStore, outcomes: list[Outcome], free: int) -> Any:
     return await store.commit(outcomes, free)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    asyncpg = _driver()
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CannotConnectNowError,
-    ) or (isinstance(exc, JournalError) and "cannot connect" in str(exc))
 
 
 def _reason(exc: BaseException) -> str:

@@ -124,6 +124,74 @@ def _driver() -> Any:
     return asyncpg
 
 
+#: How long a read keeps trying to reconnect before it gives up (`_Reads`).
+RECONNECT_FOR = 30.0
+
+
+def connection_lost(exc: BaseException, conn: Any = None) -> bool:
+    """Whether `exc` means the connection is gone (the server restarted, the network
+    broke, the backend was terminated). asyncpg may report a statement sent just
+    before it noticed as some other error, with the connection closed."""
+    asyncpg = _driver()
+    if isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CannotConnectNowError,
+    ):
+        return True
+    if isinstance(exc, JournalError) and "cannot connect" in str(exc):
+        return True
+    return conn is not None and conn.is_closed()
+
+
+class _Reads:
+    """The journal's reading connection. A read that fails because the connection
+    broke is tried again on a new one, with backoff, for up to `RECONNECT_FOR`
+    seconds (reads are idempotent): `durable watch`, a `run --workers` following
+    its run, and a worker folding a run ride out a PostgreSQL restart. Anything else
+    (a transaction, `execute`) goes to the connection as it is."""
+
+    def __init__(self, journal: PgJournal, conn: Any) -> None:
+        self._journal = journal
+        self.conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    async def fetch(self, *args: Any) -> Any:
+        return await self._read("fetch", args)
+
+    async def fetchrow(self, *args: Any) -> Any:
+        return await self._read("fetchrow", args)
+
+    async def fetchval(self, *args: Any) -> Any:
+        return await self._read("fetchval", args)
+
+    async def _read(self, method: str, args: tuple[Any, ...]) -> Any:
+        deadline = asyncio.get_running_loop().time() + RECONNECT_FOR
+        delay = 0.1
+        while True:
+            try:
+                if self.conn.is_closed():
+                    self.conn = await self._journal._connect()
+                return await getattr(self.conn, method)(*args)
+            except Exception as exc:
+                if not connection_lost(exc, self.conn):
+                    raise
+                if asyncio.get_running_loop().time() > deadline:
+                    raise JournalError(
+                        self._journal.path, f"lost the database: {_reason(exc)}"
+                    ) from None
+                if not self.conn.is_closed():
+                    self.conn.terminate()
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+
 class PgRunLock:
     """Who drives a run: an advisory lock held on a connection of its own, which the
     server releases when that connection ends (the process died, the network broke)."""
@@ -171,6 +239,8 @@ class PgJournal(EventReading, EventQueue):
         self._chain: dict[str, int] = {}
         self._summaries: dict[str, Callable[[], RunSummary]] = {}
         self._summary_due: dict[str, float] = {}
+        #: Runs whose summary the rate limit skipped, and their last committed seq.
+        self._behind: dict[str, int] = {}
         self._encode_summary = msgspec.msgpack.Encoder().encode
         self._watch: asyncio.Task[None] | None = None
         # A run whose leftover requests the watch deletes first (`drop_requests`).
@@ -190,7 +260,7 @@ class PgJournal(EventReading, EventQueue):
         cls, dsn: str, *, create: bool = True, durability: str = "normal", readonly: bool = False
     ) -> PgJournal:
         journal = cls(dsn, None, None)
-        journal._conn = await journal._connect()
+        journal._conn = _Reads(journal, await journal._connect())
         try:
             await journal._check_schema(create and not readonly)
             journal._fleet = bool(
@@ -213,9 +283,37 @@ class PgJournal(EventReading, EventQueue):
             raise JournalError(_shown(self.dsn), f"cannot connect: {_reason(exc)}") from None
 
     async def _check_schema(self, create: bool) -> None:
+        """Refuse a newer schema or another program's; create (or upgrade) the
+        journal's if `create`. A journal being created by another process right
+        now is waited for (its DDL is one transaction, under an advisory lock), not
+        mistaken for another program's half-made schema."""
+        if await self._schema_ready(create, settled=False):
+            return
         conn = self._conn
-        exists = await conn.fetchval("SELECT to_regclass('durable.schema_version') IS NOT NULL")
-        if exists:
+        # A session lock, taken outside any transaction: the checks after it then run
+        # in transactions begun after the creator's commit, whose catalog caches see
+        # it (one begun before would still see no `schema_version`).
+        await conn.execute("SELECT pg_advisory_lock($1, 0)", _LOCK_SPACE)
+        try:
+            if await self._schema_ready(create, settled=True):  # made meanwhile
+                return
+            if not create:
+                raise JournalError(_shown(self.dsn), "no durable journal in this database yet")
+            async with conn.transaction():
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                # Older schemas gain the tables they lack (each statement is idempotent).
+                await conn.execute("DELETE FROM durable.schema_version")
+                await conn.execute("INSERT INTO durable.schema_version VALUES ($1)", SCHEMA_VERSION)
+        finally:
+            if not conn.is_closed():  # a closed one has let go of it already
+                await conn.execute("SELECT pg_advisory_unlock($1, 0)", _LOCK_SPACE)
+
+    async def _schema_ready(self, create: bool, settled: bool) -> bool:
+        """Whether the journal's schema is there and usable as it is. `settled`: read
+        under the creation lock, so what looks half-made is another program's."""
+        conn = self._conn
+        if await conn.fetchval("SELECT to_regclass('durable.schema_version') IS NOT NULL"):
             version = await conn.fetchval("SELECT max(version) FROM durable.schema_version")
             if version is not None and version > SCHEMA_VERSION:
                 raise JournalError(
@@ -223,25 +321,14 @@ class PgJournal(EventReading, EventQueue):
                     f"journal schema version {version} is newer than this durable "
                     f"understands ({SCHEMA_VERSION}); upgrade durable",
                 )
-            if version == SCHEMA_VERSION or (version is not None and not create):
-                return
-        elif await conn.fetchval(
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'durable'"
-        ) and await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'durable'"):
+            return version == SCHEMA_VERSION or (version is not None and not create)
+        foreign = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'durable'")
+        if foreign and settled:
             raise JournalError(
                 _shown(self.dsn),
                 "its schema 'durable' belongs to another program (it has no schema_version)",
             )
-        if not create:
-            raise JournalError(_shown(self.dsn), "no durable journal in this database yet")
-        async with conn.transaction():
-            # Two processes creating the journal at once: one waits for the other.
-            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", _LOCK_SPACE)
-            for statement in _SCHEMA:
-                await conn.execute(statement)
-            # Older schemas gain the tables they lack (every statement is idempotent).
-            await conn.execute("DELETE FROM durable.schema_version")
-            await conn.execute("INSERT INTO durable.schema_version VALUES ($1)", SCHEMA_VERSION)
+        return False
 
     # -- runs and their locks --------------------------------------------------
 
@@ -425,6 +512,18 @@ class PgJournal(EventReading, EventQueue):
         asyncpg = _driver()
         while True:
             if self._batch is None:
+                if self._behind:
+                    # Summaries left behind by the rate limit are caught up once the
+                    # writer has been idle for `SUMMARY_EVERY`, as on SQLite.
+                    self._wakeup.clear()
+                    if not self._closing:
+                        try:
+                            await asyncio.wait_for(self._wakeup.wait(), SUMMARY_EVERY)
+                        except TimeoutError:
+                            pass
+                    if self._batch is None:
+                        await self._write_summaries()
+                    continue
                 if self._closing:
                     return
                 self._wakeup.clear()
@@ -490,8 +589,33 @@ class PgJournal(EventReading, EventQueue):
                     _REMEMBER, fingerprint, tool, run_id, task_id, attempt, seqs[position], at
                 )
         self._chain.update(heads)
+        for run_id, position in ends.items():
+            if run_id in summaries:
+                self._behind.pop(run_id, None)
+            elif run_id in self._summaries:
+                self._behind[run_id] = seqs[position]
         self.commits += 1
         self.events_written += len(rows)
+
+    async def _write_summaries(self) -> None:
+        """Bring the summaries left behind up to their runs' last committed event.
+        Called only with nothing queued: each run's state is then the fold of exactly
+        its committed events. A failure loses nothing (the runs are folded instead)."""
+        behind, self._behind = self._behind, {}
+        asyncpg = _driver()
+        conn = self._writable
+        try:
+            async with self._write_lock, conn.transaction():
+                for run_id, last in behind.items():
+                    source = self._summaries.get(run_id)
+                    if source is None:
+                        continue
+                    data = self._encode_summary(source())
+                    await conn.execute(
+                        _SAVE_SUMMARY, run_id, last, data, summary_crc(run_id, last, data)
+                    )
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+            pass
 
     async def _chain_head(self, run_id: str) -> int:
         conn = self._writable
