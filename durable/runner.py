@@ -15,7 +15,7 @@ import secrets
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from durable.graph import Plan
 from durable.inspection import fold_run, resolve_run_id
 from durable.journal import Journal, RunRecord, default_path
 from durable.journal import cache as cache_index
+from durable.journal.file import is_postgres
 from durable.loader import plan_file, plan_workflow
 from durable.refs import Scope
 from durable.runlock import check_run_id
@@ -330,37 +331,79 @@ def cache_preview(
     Tasks are taken in dependency order, each rendered from its upstream outputs
     where the cache answered those too; one whose input needs an output that would
     only exist once something runs (or the run's id) cannot be known in advance.
-    The journal is only read.
+    The journal is only read; a lookup that fails is a miss.
     """
-    path = Path(db or default_path())
+    target = db or default_path()
+    preview = _preview(plan, params, cache)
+    if is_postgres(target):
+        return eventloop.run(_preview_on_postgres(preview, str(target)))
+    path = Path(target)
     if not path.exists():
         return {}
     try:
         connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error:
         return {}
-    scope = Scope(params, "", {})
-    found: dict[str, str] = {}
     try:
-        for level in plan.levels:
-            for task_id in level:
-                task = plan.tasks[task_id]
-                if not cache_index.caches(task, cache or plan.workflow.cache):
-                    continue
-                if task.spec.foreach is not None or task.spec.when is not None:
-                    continue  # decided at run time
-                try:
-                    value = task.template.render(scope)
-                    mark = fingerprint(tool_identity(task.tool), value)
-                    oldest = cache_index.newer_than(task, plan.workflow, time.time())
-                    hit = cache_index.lookup(connection, mark, oldest)
-                except (DurableError, TypeError, ValueError, sqlite3.Error):
-                    continue
-                if hit is not None:
-                    scope.outputs[task_id] = hit.output  # type: ignore[index]
-                    found[task_id] = hit.describe()
+        request = next(preview)
+        while True:
+            try:
+                hit = cache_index.lookup(connection, *request)
+            except sqlite3.Error:
+                hit = None
+            request = preview.send(hit)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
     finally:
         connection.close()
+
+
+async def _preview_on_postgres(
+    preview: Generator[tuple[str, float | None], Any, dict[str, str]], dsn: str
+) -> dict[str, str]:
+    from durable.journal.postgres import PgJournal
+
+    try:
+        journal = await PgJournal.open(dsn, create=False, readonly=True)
+    except DurableError:
+        return {}
+    try:
+        request = next(preview)
+        while True:
+            try:
+                hit = await journal.cached_async(*request)
+            except DurableError:
+                hit = None
+            request = preview.send(hit)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        await journal.close()
+
+
+def _preview(
+    plan: Plan, params: dict[str, Any], cache: bool
+) -> Generator[tuple[str, float | None], Any, dict[str, str]]:
+    """`cache_preview`'s walk, for either journal: it yields each (fingerprint, oldest
+    entry allowed) to look up, is sent back the hit or None, and returns what it found."""
+    scope = Scope(params, "", {})
+    found: dict[str, str] = {}
+    for level in plan.levels:
+        for task_id in level:
+            task = plan.tasks[task_id]
+            if not cache_index.caches(task, cache or plan.workflow.cache):
+                continue
+            if task.spec.foreach is not None or task.spec.when is not None:
+                continue  # decided at run time
+            try:
+                value = task.template.render(scope)
+                mark = fingerprint(tool_identity(task.tool), value)
+            except (DurableError, TypeError, ValueError):
+                continue
+            hit = yield mark, cache_index.newer_than(task, plan.workflow, time.time())
+            if hit is not None:
+                scope.outputs[task_id] = hit.output  # type: ignore[index]
+                found[task_id] = hit.describe()
     return found
 
 

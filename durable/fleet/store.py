@@ -31,7 +31,7 @@ import msgspec
 from durable import graph, tools
 from durable.advance import Advance, Steps
 from durable.attempt import AttemptFailed
-from durable.engine import RUN_CANCELLED
+from durable.engine import MAX_DEATHS, RUN_CANCELLED
 from durable.errors import DurableError, JournalDamaged
 from durable.events import (
     Event,
@@ -126,14 +126,19 @@ class _Writes:
         self.notify = False
 
 
-#: The runs with claimable work, oldest work first (each index range read in order).
+#: The fleet's runs with claimable work, oldest work first: each run's oldest ready
+#: row (an index range read in order) or lease run out. Every run is listed, not
+#: just those of the oldest rows: a backlog this worker cannot take (a tool it
+#: lacks, a run at its limit) must not hide the runs behind it.
 _CLAIMABLE_RUNS = """SELECT run_id FROM (
-        (SELECT run_id, queued FROM durable.work WHERE state = 'ready' AND not_before <= clock_timestamp()
-            ORDER BY queued LIMIT 256)
-        UNION ALL
-        (SELECT run_id, queued FROM durable.work WHERE state = 'running'
-            AND lease_until < clock_timestamp() ORDER BY queued LIMIT 256)
-        ORDER BY queued) AS claimable"""
+        SELECT f.run_id, least(
+            (SELECT w.queued FROM durable.work w WHERE w.run_id = f.run_id
+                AND w.state = 'ready' AND w.not_before <= clock_timestamp()
+                ORDER BY w.queued LIMIT 1),
+            (SELECT min(w.queued) FROM durable.work w WHERE w.run_id = f.run_id
+                AND w.state = 'running' AND w.lease_until < clock_timestamp())) AS oldest
+        FROM durable.fleet_runs f) AS runs
+    WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 64"""
 _RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
 #: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
 #: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
@@ -171,7 +176,8 @@ _WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt
                 * interval '1 second',
             tries = tries + ($25::integer[])[array_position($23::text[], task_id)]
         WHERE run_id = $9 AND task_id = ANY($23::text[])),
-    d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[]))
+    d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[])),
+    f AS (DELETE FROM durable.fleet_runs WHERE run_id = $9 AND $26)
     SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END"""
 
 
@@ -355,8 +361,8 @@ class FleetStore:
         settings = await self.conn.fetchrow(
             "SELECT max_concurrency, max_deaths FROM durable.fleet_runs WHERE run_id = $1", run_id
         )
-        if settings is None:
-            raise DurableError(f"run '{run_id}' was not handed to the workers")
+        if settings is None:  # it ended (or was cancelled): nothing to claim, all fenced
+            settings = (0, MAX_DEATHS)
         plan, missing = worker_plan(workflow, record.base_dir, f"run '{run_id}'")
         if last_seq:
             head = await self.conn.fetchval(
@@ -433,6 +439,7 @@ class FleetStore:
             [task_id for task_id, _, _ in plan.retried],
             [delay for _, delay, _ in plan.retried],
             [counted for _, _, counted in plan.retried],
+            any(isinstance(event, RunFinished) for event in events),
         )
         if events:
             run.verifier.previous = heads[run_id]
@@ -516,8 +523,7 @@ class FleetStore:
 
     async def claimable_runs(self) -> list[str]:
         """Runs with work a worker could take now, oldest work first."""
-        rows = await self.conn.fetch(_CLAIMABLE_RUNS)
-        return list(dict.fromkeys(row[0] for row in rows))
+        return [row[0] for row in await self.conn.fetch(_CLAIMABLE_RUNS)]
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
         """Take up to `free` of the run's claimable tasks, within its limits."""

@@ -133,6 +133,11 @@ async def resubmit(
     journal = await PgJournal.open(dsn, create=False)
     try:
         run_id = await resolve_run_id(journal, run_id)  # type: ignore[arg-type]
+        if held := await journal.fleet_work(run_id):
+            raise DurableError(
+                f"run '{run_id}' is with the workers already ({held} of its tasks ready or "
+                f"running): nothing to resume; `durable watch {run_id}` follows it"
+            )
         async with journal.lock(run_id):  # no process of its own drives it, nor the fleet
             record = await journal.get_run(run_id)
             workflow, state, _ = await fold_run(journal, record)  # type: ignore[arg-type]

@@ -602,15 +602,18 @@ class PgJournal(EventReading, EventQueue):
         Called only with nothing queued: each run's state is then the fold of exactly
         its committed events. A failure loses nothing (the runs are folded instead)."""
         behind, self._behind = self._behind, {}
+        # Encoded before the first await, as `_due_summaries` does: the engine may
+        # append (and fold) more events while the lock or BEGIN is awaited.
+        summaries = {
+            run_id: (last, self._encode_summary(source()))
+            for run_id, last in behind.items()
+            if (source := self._summaries.get(run_id)) is not None
+        }
         asyncpg = _driver()
         conn = self._writable
         try:
             async with self._write_lock, conn.transaction():
-                for run_id, last in behind.items():
-                    source = self._summaries.get(run_id)
-                    if source is None:
-                        continue
-                    data = self._encode_summary(source())
+                for run_id, (last, data) in summaries.items():
                     await conn.execute(
                         _SAVE_SUMMARY, run_id, last, data, summary_crc(run_id, last, data)
                     )

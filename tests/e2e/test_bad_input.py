@@ -37,14 +37,10 @@ def assert_refused(result: subprocess.CompletedProcess[str], code: int, *culprit
         assert culprit in lines[0], lines[0]
 
 
-def digest(db: Path) -> str:
+def digest(journal_rows: Any, db: Path) -> str:
     """A hash of everything the journal holds: every run row and every event row."""
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        runs = connection.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
-        events = connection.execute("SELECT * FROM events ORDER BY seq").fetchall()
-    finally:
-        connection.close()
+    runs = journal_rows(db, "SELECT * FROM runs ORDER BY run_id")
+    events = journal_rows(db, "SELECT * FROM events ORDER BY seq")
     return hashlib.sha256(repr((runs, events)).encode()).hexdigest()
 
 
@@ -221,13 +217,13 @@ def test_timeout_fails_the_task(failing: dict[str, dict[str, Any]]) -> None:
 
 
 @pytest.mark.parametrize("command", ["resume", "status", "log", "output"])
-def test_unknown_run_id(durable, journal: dict[str, Path], command: str) -> None:
+def test_unknown_run_id(durable, journal_rows, journal: dict[str, Path], command: str) -> None:
     db = journal["db"]
-    before = digest(db)
+    before = digest(journal_rows, db)
     result = durable(command, "no-such-run", "--db", str(db), cwd=journal["folder"])
     assert_refused(result, 2, "no-such-run")
     assert result.stdout == ""
-    assert digest(db) == before
+    assert digest(journal_rows, db) == before
 
 
 @pytest.mark.parametrize(
@@ -238,20 +234,22 @@ def test_unknown_run_id(durable, journal: dict[str, Path], command: str) -> None
     ],
     ids=["undeclared-param", "malformed-param"],
 )
-def test_bad_param(durable, journal: dict[str, Path], args: tuple[str, ...], culprit: str) -> None:
+def test_bad_param(
+    durable, journal_rows, journal: dict[str, Path], args: tuple[str, ...], culprit: str
+) -> None:
     db = journal["db"]
-    before = digest(db)
+    before = digest(journal_rows, db)
     result = durable("run", str(journal["workflow"]), *args, "--db", str(db), cwd=journal["folder"])
     assert_refused(result, 2, culprit)
-    assert digest(db) == before
+    assert digest(journal_rows, db) == before
 
 
-def test_missing_workflow_file(durable, journal: dict[str, Path]) -> None:
+def test_missing_workflow_file(durable, journal_rows, journal: dict[str, Path]) -> None:
     db = journal["db"]
-    before = digest(db)
+    before = digest(journal_rows, db)
     result = durable("run", "does-not-exist.yaml", "--db", str(db), cwd=journal["folder"])
     assert_refused(result, 2, "does-not-exist.yaml")
-    assert digest(db) == before
+    assert digest(journal_rows, db) == before
 
 
 # A command that would create the journal, one that reads it, one that would drive a run.
@@ -262,6 +260,7 @@ def _command(args: tuple[str, ...], workflow: Path) -> list[str]:
     return [str(workflow) if arg == "WORKFLOW" else arg for arg in args]
 
 
+@pytest.mark.sqlite_only("a --db file that is not SQLite")
 @pytest.mark.parametrize("args", JOURNAL_COMMANDS, ids=lambda args: args[0])
 def test_journal_that_is_not_sqlite(durable, write, tmp_path: Path, args: tuple[str, ...]) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
@@ -288,6 +287,7 @@ def newer_journal(journal: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     return db.read_bytes()
 
 
+@pytest.mark.sqlite_only("a journal file whose PRAGMA user_version is newer")
 @pytest.mark.parametrize("args", JOURNAL_COMMANDS, ids=lambda args: args[0])
 def test_journal_of_a_newer_schema(
     durable, write, tmp_path: Path, newer_journal: bytes, args: tuple[str, ...]
@@ -310,7 +310,7 @@ tasks:
 
 
 def test_second_resume_of_a_live_run_is_refused(
-    durable, start, stop, write, wait_for_events, tmp_path: Path
+    durable, start, stop, write, wait_for_events, journal_rows, tmp_path: Path
 ) -> None:
     workflow = write(tmp_path, "gated.yaml", GATED)
     gate = tmp_path / "gate"
@@ -323,10 +323,10 @@ def test_second_resume_of_a_live_run_is_refused(
     driver = start("resume", "g", "--db", db, cwd=tmp_path)
     try:
         wait_for_events(db, "g", "task_started", task_id="hold", process=driver)
-        before = digest(db)
+        before = digest(journal_rows, db)
         second = durable("resume", "g", "--db", str(db), cwd=tmp_path)
         assert_refused(second, 2, "'g'", "another live process")
-        assert digest(db) == before
+        assert digest(journal_rows, db) == before
         assert driver.poll() is None
         driver.send_signal(signal.SIGINT)
         driver.communicate(timeout=30)

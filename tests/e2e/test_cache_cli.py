@@ -8,12 +8,12 @@ command ran. `$CACHE_TOOL_SLEEP` makes each call slow, for the crash test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 TOOLS = """\
@@ -223,6 +223,7 @@ def test_a_killed_cached_run_resumes_without_rerunning_committed_work(
     durable("check", cwd=tmp_path, env=env, check=0)
 
 
+@pytest.mark.sqlite_only("`durable cache clear` is SQLite-only")
 def test_cache_clear_forgets_all_or_one_tools_entries(durable, write, tmp_path, count_events):
     env = setup(tmp_path, write)
     db = Path(env["DURABLE_DB"])
@@ -250,12 +251,12 @@ def test_cache_clear_forgets_all_or_one_tools_entries(durable, write, tmp_path, 
 
 
 def test_cache_true_on_an_uncacheable_tool_is_refused_before_the_journal(
-    durable, write, tmp_path, no_traceback
+    durable, write, tmp_path, no_traceback, journal_digest, journal_exists
 ):
     env = setup(tmp_path, write)
     db = Path(env["DURABLE_DB"])
     durable("run", "wf.yaml", cwd=tmp_path, env=env, check=0)  # a journal to leave alone
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    before = journal_digest(db)
     bad = {
         "name": "pays",
         "imports": ["tools"],
@@ -275,8 +276,8 @@ def test_cache_true_on_an_uncacheable_tool_is_refused_before_the_journal(
         assert "field 'cache'" in naming[0] and "charge" in naming[0]
         assert not [line for line in output if "quote" in line], output
     assert calls(env) == []
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before, "the journal changed"
+    assert journal_digest(db) == before, "the journal changed"
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
     fresh = tmp_path / "fresh.db"
     durable("run", "bad.yaml", "--db", fresh, cwd=tmp_path, env=env, check=2)
-    assert not fresh.exists()
+    assert not journal_exists(fresh)

@@ -271,6 +271,7 @@ def test_safe_durability_does_not_warn(tmp_path, durable, write, durability):
 # -- durability, through the command line ------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("reads PRAGMA synchronous of durable's SQLite connections")
 @pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2), ("off", 0)])
 def test_durability_flag_reaches_the_connection_that_writes(
     tmp_path, durable, write, durability, synchronous

@@ -45,6 +45,8 @@ import pytest
 from click.testing import CliRunner
 from durable_cli.main import cli
 
+pytestmark = pytest.mark.sqlite_only("damages copies of the SQLite journal file")
+
 RUNS = ("dia1", "fail1", "kill1")
 COMMANDS: tuple[tuple[str, ...], ...] = (
     ("runs", "--json"),

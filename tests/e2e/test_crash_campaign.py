@@ -73,6 +73,7 @@ def wal_pages(wal: bytes) -> tuple[int, dict[int, bytes]]:
     return page_size, pages
 
 
+@pytest.mark.sqlite_only("copies part of the SQLite WAL into the file")
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 def test_a_checkpoint_cut_short_leaves_a_journal_durable_reads_and_resumes(
     tmp_path: Path,
@@ -111,6 +112,7 @@ def test_a_checkpoint_cut_short_leaves_a_journal_durable_reads_and_resumes(
 # -- seeded kills of runs long enough to checkpoint -------------------------------
 
 
+@pytest.mark.sqlite_only("aimed at SQLite's WAL checkpoints")
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kills_around_checkpoints(
     tmp_path: Path, durable: Any, start: Any, stop: Any, wait_for_events: Any, seed: int
@@ -132,6 +134,7 @@ def test_kills_around_checkpoints(
     assert_whole_and_resumable(durable, db, "ck", tmp_path)
 
 
+@pytest.mark.sqlite_only("aimed at SQLite's last checkpoint, as the journal closes")
 def test_kill_as_the_run_closes(
     tmp_path: Path, durable: Any, start: Any, stop: Any, wait_for_events: Any
 ) -> None:
@@ -155,6 +158,7 @@ def test_kill_as_the_run_closes(
 # -- the creation of a run ---------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("watches sqlite_master for the run's table")
 @pytest.mark.parametrize("attempt", range(3))
 def test_kill_as_a_large_run_is_created(
     tmp_path: Path, durable: Any, start: Any, stop: Any, journal_rows: Any, attempt: int

@@ -366,6 +366,7 @@ def test_kill_a_resume_then_resume_again(
     assert_sessions([Session(log) for log in logs], [first, second, third])
 
 
+@pytest.mark.sqlite_only("stalls the commits with SQLite's write lock (BEGIN IMMEDIATE)")
 def test_kill_while_commits_stall(
     launch: Any,
     wait_for_events: Callable[..., int],

@@ -19,7 +19,6 @@ for byte as it was.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import re
 import subprocess
@@ -195,6 +194,7 @@ class Base:
     workflow: Path
     dag: Dag
     durable: Any
+    journal_digest: Any
 
     def cmd(self, *args: str | Path, check: int | None = None) -> subprocess.CompletedProcess[str]:
         return self.durable(*args, "--db", self.db, cwd=self.folder, check=check)
@@ -228,24 +228,17 @@ class Base:
         return json.loads(self.cmd("output", run_id, check=0).stdout)
 
     def journal_bytes(self) -> str:
-        """A hash of the journal's bytes: the file and its write-ahead log.
-
-        A missing WAL and an empty one are the same journal (a read-only reader
-        creates an empty one; a writer's last close deletes it).
-        """
-        digest = hashlib.sha256(self.db.read_bytes())
-        wal = Path(f"{self.db}-wal")
-        digest.update(wal.read_bytes() if wal.exists() else b"")
-        return digest.hexdigest()
+        """A hash of the journal: the file and its write-ahead log (`journal_digest`)."""
+        return self.journal_digest(self.db)
 
 
 @pytest.fixture
-def base(durable, write, tmp_path: Path) -> Base:
+def base(durable, write, journal_digest, tmp_path: Path) -> Base:
     """The 50-task DAG run once to success in this test's folder; the call log cleared."""
     write(tmp_path, "tools.py", tools_source())
     dag = make_dag()
     workflow = write(tmp_path, "workflow.yaml", render(dag))
-    run = Base(tmp_path, tmp_path / "journal.db", workflow, dag, durable)
+    run = Base(tmp_path, tmp_path / "journal.db", workflow, dag, durable, journal_digest)
     run.cmd("run", workflow, "--run-id", RUN_ID, "-q", check=0)
     assert sorted(run.calls()) == sorted(dag), "the first run calls every task once"
     run.clear_calls()

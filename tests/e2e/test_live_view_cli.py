@@ -138,7 +138,7 @@ def terminal(start, stop):  # type: ignore[no-untyped-def]
 
 
 def test_live_view_shows_running_tasks_on_a_timer_then_failures_and_the_summary(
-    tmp_path, write, terminal
+    tmp_path, write, terminal, journal_target
 ):
     write(tmp_path, "tools.py", TOOLS)
     wf = write(tmp_path, "wf.yaml", GATES)
@@ -162,12 +162,13 @@ def test_live_view_shows_running_tasks_on_a_timer_then_failures_and_the_summary(
     # Printed once each: the failure stays in the scrollback, and the summary ends it.
     assert screen.count("✗ broken failed (attempt 1)") == 1
     summary = screen[screen.index("run live-1 failed in") :]
+    db = re.escape(journal_target("j.db", tmp_path))  # j.db, or its database's DSN
     assert re.match(
         r"run live-1 failed in \d+\.\ds · 5/5 finished: 4 succeeded, 1 failed\n"
         r"(  slowest: .*\n)?"
         r"  failed: broken \(attempt 1\): RuntimeError: no gate yet\n"
-        r"  resume:  durable resume live-1 --db j\.db\n"
-        r"  inspect: durable status live-1 --db j\.db\n",
+        rf"  resume:  durable resume live-1 --db {db}\n"
+        rf"  inspect: durable status live-1 --db {db}\n",
         summary,
     ), summary
     # Not the pipe's log.

@@ -161,18 +161,20 @@ def test_export_of_a_run_with_a_failed_task(durable, write, as_json, tmp_path):
 
 
 def test_export_of_an_unknown_run_is_one_error_and_writes_nothing(
-    durable, write, no_traceback, tmp_path
+    durable, write, no_traceback, journal_target, tmp_path
 ):
     workflow = write(tmp_path, "wf.yaml", FANOUT)
     run(durable, tmp_path, workflow, "exp-1")
     for extra in ([], ["-o", "out.json"]):
         result = durable("export", "nope", "--db", "j.db", *extra, cwd=tmp_path, check=2)
         no_traceback(result)
-        assert first_line(result.stderr) == "error: run 'nope' not found in j.db"
+        where = journal_target("j.db", tmp_path)  # j.db, or its database's DSN
+        assert first_line(result.stderr) == f"error: run 'nope' not found in {where}"
         assert result.stdout == ""
     assert not (tmp_path / "out.json").exists()
 
 
+@pytest.mark.sqlite_only("damages the run by dropping a trigger of the SQLite file")
 def test_export_of_a_damaged_run_names_the_damage_and_writes_nothing(
     durable, write, no_traceback, tmp_path
 ):
@@ -210,6 +212,7 @@ def four_runs(durable, write, tmp_path) -> dict[str, Any]:
     return {"folder": tmp_path, "db": tmp_path / "j.db", "workflow": workflow}
 
 
+@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_by_id_deletes_those_runs_whole_and_nothing_else(
     durable, journal_rows, count_events, four_runs
 ):
@@ -262,6 +265,7 @@ def test_prune_by_id_deletes_those_runs_whole_and_nothing_else(
     durable("check", "--db", "j.db", cwd=folder, check=0)
 
 
+@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_by_age_takes_the_runs_created_before_then(durable, write, journal_rows, tmp_path):
     workflow = write(tmp_path, "wf.yaml", FANOUT)
     run(durable, tmp_path, workflow, "old-1")
@@ -287,6 +291,7 @@ def test_prune_by_age_takes_the_runs_created_before_then(durable, write, journal
     durable("check", "--db", "j.db", cwd=tmp_path, check=0)
 
 
+@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_dry_run_lists_and_changes_nothing(durable, journal_rows, four_runs):
     folder, db = four_runs["folder"], four_runs["db"]
     before = hashlib.sha256(db.read_bytes()).hexdigest()
@@ -316,6 +321,7 @@ def test_prune_dry_run_lists_and_changes_nothing(durable, journal_rows, four_run
     assert len(listed(durable, folder)) == 4
 
 
+@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_refuses_a_running_run(
     durable, write, start, stop, wait_for_events, journal_rows, no_traceback, tmp_path
 ):
@@ -353,6 +359,7 @@ def test_prune_refuses_a_running_run(
     durable("check", "--db", "j.db", cwd=tmp_path, check=0)
 
 
+@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_beside_a_live_run_leaves_it_whole(
     durable, start, stop, write, wait_for_events, journal_rows, as_json, four_runs
 ):
@@ -378,6 +385,7 @@ def test_prune_beside_a_live_run_leaves_it_whole(
     durable("check", "--db", "j.db", cwd=folder, check=0)
 
 
+@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_refuses_an_unknown_run_and_prunes_nothing(
     durable, write, journal_rows, no_traceback, tmp_path
 ):

@@ -158,13 +158,6 @@ def forget_calls(folder: Path) -> None:
     (folder / "calls.log").unlink(missing_ok=True)
 
 
-def journal_bytes(db: Path) -> tuple[bytes, bytes]:
-    """The journal file and its WAL, as bytes. A WAL that is not there reads as empty:
-    SQLite may create an empty one for a read-only connection, which changes nothing."""
-    wal = Path(f"{db}-wal")
-    return db.read_bytes(), wal.read_bytes() if wal.exists() else b""
-
-
 def status(durable, as_json, folder: Path, db: Path, run_id: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return as_json(durable("status", run_id, "--db", db, "--json", cwd=folder))
 
@@ -262,9 +255,11 @@ def test_rerun_is_refused_while_another_process_drives_the_run(
         stop(driver)
 
 
-def test_rerun_of_a_task_the_run_does_not_have_changes_nothing(durable, no_traceback, chain):
+def test_rerun_of_a_task_the_run_does_not_have_changes_nothing(
+    durable, no_traceback, journal_digest, chain
+):
     folder, db = chain
-    before = journal_bytes(db)
+    before = journal_digest(db)
     for tasks in (["zz"], ["a", "zz"], ["fetch[7]"]):
         result = durable("rerun", "r1", *tasks, "--db", db, cwd=folder)
         no_traceback(result)
@@ -274,7 +269,7 @@ def test_rerun_of_a_task_the_run_does_not_have_changes_nothing(durable, no_trace
         assert result.stderr.splitlines()[0] == (
             f"error: run 'r1': the run has no task '{unknown}'"
         ), result.stderr
-        assert journal_bytes(db) == before, f"a refused rerun of {tasks} wrote to the journal"
+        assert journal_digest(db) == before, f"a refused rerun of {tasks} wrote to the journal"
         assert calls(folder) == []
 
 
@@ -359,12 +354,12 @@ def test_cancel_stops_the_driver_and_resume_finishes_the_run(
 
 
 def test_cancel_of_a_run_no_process_drives_is_refused(
-    durable, write, journal_rows, no_traceback, tmp_path
+    durable, write, journal_rows, journal_digest, no_traceback, tmp_path
 ):
     workflow = write(tmp_path, "wf.yaml", BUSY.replace("seconds: 60", "seconds: 0"))
     db = tmp_path / "j.db"
     durable("run", workflow, "--db", db, "--run-id", "idle", "-q", cwd=tmp_path, check=0)
-    before = journal_bytes(db)
+    before = journal_digest(db)
 
     result = durable("cancel", "idle", "--db", db, cwd=tmp_path, timeout=20)
     no_traceback(result)
@@ -372,7 +367,7 @@ def test_cancel_of_a_run_no_process_drives_is_refused(
     assert result.stdout == ""
     assert result.stderr.startswith("error: run 'idle' is not running: "), result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert journal_bytes(db) == before
+    assert journal_digest(db) == before
     assert journal_rows(db, "SELECT count(*) FROM requests") == [(0,)]
 
     result = durable("cancel", "nosuchrun", "--db", db, cwd=tmp_path, timeout=20)
@@ -437,7 +432,9 @@ def cached_section(stdout: str) -> dict[str, str]:
     return found
 
 
-def test_run_dry_run_says_what_would_run_and_writes_nothing(durable, write, no_traceback, tmp_path):
+def test_run_dry_run_says_what_would_run_and_writes_nothing(
+    durable, write, no_traceback, journal_digest, journal_exists, tmp_path
+):
     workflow = setup(write, tmp_path, DRY)
     db = tmp_path / "j.db"
 
@@ -468,14 +465,14 @@ def test_run_dry_run_says_what_would_run_and_writes_nothing(durable, write, no_t
     assert document["concurrency"] == 1
     assert document["critical_path"] == ["a", "b", "c"]
     assert document["cached"] == {}
-    assert not db.exists()
+    assert not journal_exists(db)
 
     # After a run with --cache, the dry run says the cache answers every task.
     result = durable("run", workflow, "--cache", "--db", db, "--run-id", "warm", "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(calls(tmp_path)) == ["a", "b", "c", "d", "e"]
     forget_calls(tmp_path)
-    before = journal_bytes(db)
+    before = journal_digest(db)
     result = durable("run", workflow, "--dry-run", "--cache", "--db", db, cwd=tmp_path, check=0)
     no_traceback(result)
     answered = cached_section(result.stdout)
@@ -487,11 +484,13 @@ def test_run_dry_run_says_what_would_run_and_writes_nothing(durable, write, no_t
         "run", workflow, "--dry-run", "--cache", "--json", "--db", db, cwd=tmp_path, check=0
     )
     assert sorted(json.loads(result.stdout)["cached"]) == ["a", "b", "c", "d", "e"]
-    assert journal_bytes(db) == before, "a dry run wrote to the journal"
+    assert journal_digest(db) == before, "a dry run wrote to the journal"
     assert calls(tmp_path) == []
 
 
-def test_run_dry_run_of_a_cyclic_workflow_is_refused(durable, write, no_traceback, tmp_path):
+def test_run_dry_run_of_a_cyclic_workflow_is_refused(
+    durable, write, no_traceback, journal_exists, tmp_path
+):
     workflow = write(tmp_path, "loop.yaml", CYCLE)
     db = tmp_path / "j.db"
     for extra in ([], ["--json"], ["--cache"]):
@@ -503,4 +502,4 @@ def test_run_dry_run_of_a_cyclic_workflow_is_refused(durable, write, no_tracebac
         assert len(errors) == 1 and result.stderr.startswith(errors[0]), result.stderr
         assert "loop.yaml" in errors[0], result.stderr
         assert re.search(r"cycle: (a -> b -> a|b -> a -> b)", result.stderr), result.stderr
-        assert not db.exists()
+        assert not journal_exists(db)

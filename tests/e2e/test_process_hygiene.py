@@ -194,13 +194,15 @@ if __name__ == "__main__":
 """
 
 
-def test_a_script_exits_right_after_a_sync_tool_times_out(tmp_path: Path, marker: str) -> None:
+def test_a_script_exits_right_after_a_sync_tool_times_out(
+    tmp_path: Path, marker: str, journal_target: Any
+) -> None:
     path = workflow(tmp_path, "- {id: stuck, tool: sleepy, input: {seconds: 60}, timeout: 1}\n")
     script = tmp_path / "script.py"
     script.write_text(API_SCRIPT)
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, script, path, tmp_path / "journal.db"],
+        [sys.executable, script, path, journal_target(tmp_path / "journal.db")],
         env={**os.environ, **env(tmp_path, marker)},
         capture_output=True,
         text=True,
@@ -288,14 +290,14 @@ print(result.tasks["crunch"].error, flush=True)
 
 
 def test_a_script_without_the_main_guard_does_not_start_a_second_run(
-    tmp_path: Path, marker: str, journal_rows: Any
+    tmp_path: Path, marker: str, journal_rows: Any, journal_target: Any
 ) -> None:
     path = workflow(tmp_path, "- {id: crunch, tool: crunch, input: {seconds: 0.1}}\n")
     db = tmp_path / "journal.db"
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED)
     done = subprocess.run(
-        [sys.executable, script, path, db],
+        [sys.executable, script, path, journal_target(db)],
         env={**os.environ, **env(tmp_path, marker)},
         capture_output=True,
         text=True,

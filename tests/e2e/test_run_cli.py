@@ -313,13 +313,15 @@ tasks:
     assert status["tasks"]["after_slow"]["state"] != "succeeded"
 
 
-def test_durable_db_environment_variable(durable, write, as_json, tmp_path: Path) -> None:
+def test_durable_db_environment_variable(
+    durable, write, as_json, journal_exists, tmp_path: Path
+) -> None:
     workflow = write(tmp_path, "simple.yaml", SIMPLE)
     db = tmp_path / "elsewhere" / "env.db"
     env = {"DURABLE_DB": str(db)}
     result = durable("run", str(workflow), "--run-id", "env", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert db.exists()
+    assert journal_exists(db)
     assert not (tmp_path / ".durable").exists()
     runs = as_json(durable("runs", "--json", env=env, cwd=tmp_path))
     assert [(entry["run_id"], entry["status"]) for entry in runs] == [("env", "succeeded")]

@@ -108,6 +108,7 @@ def test_a_segfaulting_tool_does_not_strand_the_run(tmp_path, durable, write, as
     assert status["tasks"]["fine"]["state"] == "succeeded"
 
 
+@pytest.mark.sqlite_only("plants a run row in the file with sqlite3")
 def test_a_run_whose_row_has_no_first_event_resumes(tmp_path, durable, write):
     """A journal written by an older durable that died between creating the run's row
     and its first commit: resume treats that session as the run's first."""
@@ -134,6 +135,7 @@ def test_a_run_whose_row_has_no_first_event_resumes(tmp_path, durable, write):
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
 
 
+@pytest.mark.sqlite_only("reads the journal file with sqlite3")
 def test_creating_a_run_commits_its_row_and_first_event_together(tmp_path, durable, write):
     """SIGKILL the moment the run's row exists (a stalled journal makes the window
     wide): either the run does not exist, or it has its first event."""
@@ -164,6 +166,7 @@ def test_creating_a_run_commits_its_row_and_first_event_together(tmp_path, durab
     assert runs == 1 and firsts == [("run_started",)]
 
 
+@pytest.mark.sqlite_only("checkpoints the file's WAL under the readers")
 def test_many_readers_during_a_checkpoint_never_see_a_malformed_journal(
     tmp_path, durable, write, as_json
 ):
@@ -208,6 +211,7 @@ def test_many_readers_during_a_checkpoint_never_see_a_malformed_journal(
         assert "malformed" not in result.stderr
 
 
+@pytest.mark.sqlite_only("a journal file in a read-only folder")
 def test_reading_commands_work_in_a_read_only_folder(tmp_path, durable, write, as_json):
     """`runs`, `status`, `log`, `output` and `check` never write; they work on a journal
     whose folder (and file) they cannot write, WAL left behind by a crash included."""
@@ -262,6 +266,7 @@ def _as_nobody(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.sqlite_only("deletes the journal file under the run")
 def test_a_journal_deleted_during_a_run_stops_the_run(
     tmp_path, start, stop, write, wait_for_events
 ):
@@ -284,6 +289,7 @@ def test_a_journal_deleted_during_a_run_stops_the_run(
     assert "Traceback" not in err
 
 
+@pytest.mark.sqlite_only("a file-size limit stands in for a full disk")
 def test_a_full_disk_is_named_and_the_run_resumes_once_there_is_room(
     tmp_path, durable, write, as_json
 ):
@@ -319,6 +325,7 @@ def test_a_full_disk_is_named_and_the_run_resumes_once_there_is_room(
     assert {task["state"] for task in status["tasks"].values()} == {"succeeded"}
 
 
+@pytest.mark.sqlite_only("plants a run row in the file with sqlite3")
 def test_a_run_id_read_from_a_journal_is_checked_before_it_names_a_file(
     tmp_path, durable, write, no_traceback
 ):
@@ -386,6 +393,7 @@ def test_durable_check_reports_a_healthy_journal(tmp_path, durable, write):
     assert missing.returncode == 2 and "run 'nope' not found" in missing.stderr
 
 
+@pytest.mark.sqlite_only("flips a byte inside the journal file")
 def test_a_damaged_event_is_reported_and_only_its_run_is_refused(
     tmp_path, durable, write, no_traceback
 ):

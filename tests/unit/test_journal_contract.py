@@ -264,3 +264,80 @@ def test_the_cache_answers_a_second_run_on_either_backend(target: str) -> None:
         "m[2]",
     }
     assert second.outputs == first.outputs
+
+
+def test_a_summary_covers_exactly_the_events_of_its_commit(target: str) -> None:
+    """The engine appends (and folds) events while a batch is being written; the
+    summary saved with that batch must be the fold of its events, not of later ones
+    (else a crash before the next commit leaves a summary ahead of the journal)."""
+
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        try:
+            await journal.create_run(_record("x"), RunStarted(at=1.0))
+            state = RunState.new(["a", "b"])
+            state.apply(RunStarted(at=1.0))
+            journal.keep_summary("x", lambda: summarize("wf", 1.0, state))
+            first = TaskStarted(task_id="a", attempt=1, at=2.0)
+            state.apply(first)
+            journal.append("x", first)
+            for _ in range(3):  # the writer, woken on the next turn, takes the batch
+                await asyncio.sleep(0)
+            later = TaskStarted(task_id="b", attempt=1, at=3.0)
+            state.apply(later)
+            journal.append("x", later)
+            await journal.flush()
+            (row,) = [row for row in await journal.list_summaries() if row.run_id == "x"]
+            assert row.summary is not None and row.last_seq is not None
+            fold = RunState.new(["a", "b"])
+            for seq, event in await journal.events("x"):
+                if seq <= row.last_seq:
+                    fold.apply(event)
+            assert row.summary == summarize("wf", 1.0, fold)
+        finally:
+            await journal.close()
+
+    _run(main())
+
+
+def test_a_summary_caught_up_later_covers_exactly_the_events_it_names(target: str) -> None:
+    """PostgreSQL's catch-up of a summary the rate limit left behind (`_write_summaries`)
+    encodes it before awaiting its lock and its BEGIN: events appended meanwhile belong
+    to the next commit, not to the summary saved with the last one."""
+    if not target.startswith("postgresql://"):
+        pytest.skip("SQLite writes the summaries it catches up without awaiting anything")
+
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        phase = ["before"]
+        encoded: list[tuple[str, Any]] = []
+        encode = journal._encode_summary
+        journal._encode_summary = lambda summary: (
+            encoded.append((phase[0], summary)) or encode(summary)
+        )
+        try:
+            await journal.create_run(_record("x"), RunStarted(at=1.0))
+            state = RunState.new(["a", "b"])
+            state.apply(RunStarted(at=1.0))
+            journal.keep_summary("x", lambda: summarize("wf", 1.0, state))
+            journal._summary_due["x"] = float("inf")  # every summary left to the catch-up
+            started = TaskStarted(task_id="a", attempt=1, at=2.0)
+            state.apply(started)
+            journal.append("x", started)
+            await journal.flush()
+            expected = summarize("wf", 1.0, state)
+            async with journal._write_lock:  # the catch-up, once the writer idles, waits here
+                phase[0] = "locked"
+                await asyncio.sleep(0.5)
+                phase[0] = "appended"
+                later = TaskSucceeded(task_id="a", attempt=1, at=3.0, output=1)
+                state.apply(later)
+                journal.append("x", later)
+            await journal.flush()
+            assert [summary for when, summary in encoded if when == "locked"] == [expected]
+        finally:
+            await journal.close()
+
+    _run(main())
