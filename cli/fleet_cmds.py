@@ -95,8 +95,8 @@ def workers(db: str | None, as_json: bool) -> None:
     """List the live workers: host, pid, slots, tasks held, last heartbeat."""
     from durable_cli.journal_cmds import _with_journal
 
-    from durable.fleet.store import live_workers
     from durable.fleet.submit import needs_postgres
+    from durable.fleet.workers import live_workers
 
     needs_postgres(db)
 

@@ -26,8 +26,8 @@ import msgspec
 
 from durable.benchmark import make_workflow
 from durable.errors import DurableError
-from durable.fleet.store import live_workers
 from durable.fleet.submit import submit, submit_plan
+from durable.fleet.workers import live_workers
 from durable.journal.postgres import PgJournal
 from durable.loader import plan_workflow
 from durable.spec import from_data

@@ -18,8 +18,6 @@ nothing: it is refused, in the same transaction that would have committed it.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -45,7 +43,7 @@ from durable.events import (
     kind_of,
 )
 from durable.fingerprint import fingerprint, tool_identity
-from durable.fleet.tables import FLEET_LOCK_SPACE
+from durable.fleet.tables import CLAIMABLE_RUNS, FLEET_LOCK_SPACE, OPEN, RESERVE, WRITE
 from durable.graph import Plan, TaskPlan
 from durable.inspection import fold_run
 from durable.integrity import ChainVerifier, summary_crc
@@ -126,59 +124,9 @@ class _Writes:
         self.notify = False
 
 
-#: The fleet's runs with claimable work, oldest work first: each run's oldest ready
-#: row (an index range read in order) or lease run out. Every run is listed, not
-#: just those of the oldest rows: a backlog this worker cannot take (a tool it
-#: lacks, a run at its limit) must not hide the runs behind it.
-_CLAIMABLE_RUNS = """SELECT run_id FROM (
-        SELECT f.run_id, least(
-            (SELECT w.queued FROM durable.work w WHERE w.run_id = f.run_id
-                AND w.state = 'ready' AND w.not_before <= clock_timestamp()
-                ORDER BY w.queued LIMIT 1),
-            (SELECT min(w.queued) FROM durable.work w WHERE w.run_id = f.run_id
-                AND w.state = 'running' AND w.lease_until < clock_timestamp())) AS oldest
-        FROM durable.fleet_runs f) AS runs
-    WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 64"""
-_RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
-#: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
-#: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
-_OPEN = "SELECT * FROM durable.fleet_open($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-
-
 def _want(free: int) -> int:
     """Claimable rows to read for `free` slots (-1: none, and no counts either)."""
     return free if free > 0 else -1
-
-
-#: Every write of a transaction in one statement. Rows are reached by primary key
-#: (`task_id = ANY(...)`) and per-row values looked up by position, not joined:
-#: the work table's statistics are always stale (it fills and empties with every
-#: run), and a join planned on them scanned it once per outcome.
-_WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt, kind, at, data, crc)
-        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::text[],
-            $6::double precision[], $7::bytea[], $8::bigint[])),
-    s AS (INSERT INTO durable.summaries (run_id, last_seq, data, crc)
-        SELECT $9::text, $10, $11, $12 WHERE $10::bigint > 0
-        ON CONFLICT (run_id) DO UPDATE SET last_seq = excluded.last_seq,
-        data = excluded.data, crc = excluded.crc),
-    q AS (INSERT INTO durable.work (run_id, task_id, tool, state, attempt, owner, lease_until)
-        SELECT $9, t, u, CASE WHEN a > 0 THEN 'running' ELSE 'ready' END, a,
-            CASE WHEN a > 0 THEN $13::uuid END,
-            CASE WHEN a > 0 THEN clock_timestamp() + $14 * interval '1 second' END
-        FROM unnest($15::text[], $16::text[], $17::integer[]) AS x (t, u, a)),
-    c AS (UPDATE durable.work SET state = 'running', owner = $13,
-            attempt = ($19::integer[])[array_position($18::text[], task_id)],
-            losses = ($20::integer[])[array_position($18::text[], task_id)],
-            lease_until = clock_timestamp() + $14 * interval '1 second'
-        WHERE run_id = $9 AND task_id = ANY($18::text[])),
-    b AS (UPDATE durable.work SET state = 'ready', owner = NULL, lease_until = NULL,
-            not_before = clock_timestamp() + ($24::double precision[])[array_position($23::text[], task_id)]
-                * interval '1 second',
-            tries = tries + ($25::integer[])[array_position($23::text[], task_id)]
-        WHERE run_id = $9 AND task_id = ANY($23::text[])),
-    d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[])),
-    f AS (DELETE FROM durable.fleet_runs WHERE run_id = $9 AND $26)
-    SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END"""
 
 
 class FleetRun:
@@ -223,10 +171,6 @@ def worker_plan(workflow: Workflow, base_dir: str, source: str) -> tuple[Plan, d
             return None
 
     return graph.build_trusted(workflow, resolve, source), missing
-
-
-def new_worker_id() -> str:
-    return str(uuid.uuid4())
 
 
 class FleetStore:
@@ -342,7 +286,7 @@ class FleetStore:
     ) -> list[Any]:
         me = uuid.UUID(self.worker_id) if self.worker_id else None
         return await self.conn.fetch(
-            _OPEN,
+            OPEN,
             FLEET_LOCK_SPACE,
             _lock_key(run_id),
             run_id,
@@ -384,7 +328,7 @@ class FleetStore:
             self.runs.pop(run_id, None)
 
     async def _reserve(self, count: int) -> list[int]:
-        rows = await self.conn.fetch(_RESERVE, count)
+        rows = await self.conn.fetch(RESERVE, count)
         return [row[0] for row in rows]
 
     async def _write(self, run: FleetRun, plan: _Writes) -> None:
@@ -419,7 +363,7 @@ class FleetStore:
         )
         tasks = run.advance.plan.tasks
         await self.conn.execute(
-            _WRITE,
+            WRITE,
             seqs[: len(events)],
             *columns,
             run_id,
@@ -523,7 +467,7 @@ class FleetStore:
 
     async def claimable_runs(self) -> list[str]:
         """Runs with work a worker could take now, oldest work first."""
-        return [row[0] for row in await self.conn.fetch(_CLAIMABLE_RUNS)]
+        return [row[0] for row in await self.conn.fetch(CLAIMABLE_RUNS)]
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
         """Take up to `free` of the run's claimable tasks, within its limits."""
@@ -695,75 +639,3 @@ class FleetStore:
             writes.losses[task_id] = losses
             claims.append(Claim(run.record.run_id, task_id, number, plan, value, tries))
         return claims
-
-
-# -- workers: who is alive, and their leases ----------------------------------------
-
-
-async def register(
-    conn: Any, worker_id: str, slots: int, tool_names: list[str], lease: float
-) -> None:
-    """Record this worker process (a new id per start: never a dead one's), and
-    forget workers silent for an hour."""
-    await conn.execute(
-        "DELETE FROM durable.workers WHERE heartbeat_at < clock_timestamp() - interval '1 hour'"
-    )
-    await conn.execute(
-        "INSERT INTO durable.workers VALUES ($1, $2, $3, $4, $5, clock_timestamp(), clock_timestamp(), $6)"
-        " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = clock_timestamp()",
-        uuid.UUID(worker_id),
-        socket.gethostname(),
-        os.getpid(),
-        slots,
-        tool_names,
-        lease,
-    )
-
-
-async def renew(conn: Any, worker_id: str, lease: float) -> set[tuple[str, str, int]]:
-    """Extend every lease this worker holds, and its heartbeat; return the attempts
-    it still holds (one missing was claimed again: the worker must drop it)."""
-    me = uuid.UUID(worker_id)
-    rows = await conn.fetch(
-        "UPDATE durable.work SET lease_until = clock_timestamp() + $2 * interval '1 second'"
-        " WHERE owner = $1 AND state = 'running' RETURNING run_id, task_id, attempt",
-        me,
-        lease,
-    )
-    await conn.execute(
-        "UPDATE durable.workers SET heartbeat_at = clock_timestamp() WHERE worker_id = $1", me
-    )
-    return {(row[0], row[1], row[2]) for row in rows}
-
-
-async def unregister(conn: Any, worker_id: str) -> None:
-    await conn.execute("DELETE FROM durable.workers WHERE worker_id = $1", uuid.UUID(worker_id))
-
-
-class WorkerRow(msgspec.Struct):
-    """A live worker as `durable workers` lists it."""
-
-    worker_id: str
-    host: str
-    pid: int
-    slots: int
-    held: int
-    heartbeat_age: float
-    started_at: float
-    tools: list[str]
-
-
-async def live_workers(conn: Any) -> list[WorkerRow]:
-    """Workers whose last heartbeat is within their lease: alive, as far as anyone can tell."""
-    rows = await conn.fetch(
-        "SELECT w.worker_id, w.host, w.pid, w.slots,"
-        " (SELECT count(*) FROM durable.work k WHERE k.owner = w.worker_id"
-        "  AND k.state = 'running'),"
-        " extract(epoch from clock_timestamp() - w.heartbeat_at), extract(epoch from w.started_at), w.tools"
-        " FROM durable.workers w WHERE w.heartbeat_at >= clock_timestamp() - w.lease * interval '1 second'"
-        " ORDER BY w.started_at"
-    )
-    return [
-        WorkerRow(str(r[0]), r[1], r[2], r[3], r[4], float(r[5]), float(r[6]), list(r[7]))
-        for r in rows
-    ]

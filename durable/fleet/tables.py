@@ -1,4 +1,5 @@
-"""The fleet's tables in the PostgreSQL journal (schema `durable`), beside the journal's own.
+"""The fleet's SQL: its tables in the PostgreSQL journal (schema `durable`), beside the
+journal's own, and the statements its transactions run (`store.py`).
 
 - `fleet_runs`: a run handed to the workers, and the limits every worker applies
   to it together (`max_concurrency`; per-tool limits are the workflow's own).
@@ -98,3 +99,53 @@ FLEET_SCHEMA = [
 CHANNEL = "durable_work"
 #: The namespace of the fleet's per-run transaction locks (apart from the drivers').
 FLEET_LOCK_SPACE = 0x6476
+
+
+# -- the statements of the transactions (`store.py`) -----------------------------
+
+#: The fleet's runs with claimable work, oldest work first: each run's oldest ready
+#: row (an index range read in order) or lease run out. Every run is listed, not
+#: just those of the oldest rows: a backlog this worker cannot take (a tool it
+#: lacks, a run at its limit) must not hide the runs behind it.
+CLAIMABLE_RUNS = """SELECT run_id FROM (
+        SELECT f.run_id, least(
+            (SELECT w.queued FROM durable.work w WHERE w.run_id = f.run_id
+                AND w.state = 'ready' AND w.not_before <= clock_timestamp()
+                ORDER BY w.queued LIMIT 1),
+            (SELECT min(w.queued) FROM durable.work w WHERE w.run_id = f.run_id
+                AND w.state = 'running' AND w.lease_until < clock_timestamp())) AS oldest
+        FROM durable.fleet_runs f) AS runs
+    WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 64"""
+RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
+#: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
+#: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
+OPEN = "SELECT * FROM durable.fleet_open($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+#: Every write of a transaction in one statement. Rows are reached by primary key
+#: (`task_id = ANY(...)`) and per-row values looked up by position, not joined:
+#: the work table's statistics are always stale (it fills and empties with every
+#: run), and a join planned on them scanned it once per outcome.
+WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt, kind, at, data, crc)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::text[],
+            $6::double precision[], $7::bytea[], $8::bigint[])),
+    s AS (INSERT INTO durable.summaries (run_id, last_seq, data, crc)
+        SELECT $9::text, $10, $11, $12 WHERE $10::bigint > 0
+        ON CONFLICT (run_id) DO UPDATE SET last_seq = excluded.last_seq,
+        data = excluded.data, crc = excluded.crc),
+    q AS (INSERT INTO durable.work (run_id, task_id, tool, state, attempt, owner, lease_until)
+        SELECT $9, t, u, CASE WHEN a > 0 THEN 'running' ELSE 'ready' END, a,
+            CASE WHEN a > 0 THEN $13::uuid END,
+            CASE WHEN a > 0 THEN clock_timestamp() + $14 * interval '1 second' END
+        FROM unnest($15::text[], $16::text[], $17::integer[]) AS x (t, u, a)),
+    c AS (UPDATE durable.work SET state = 'running', owner = $13,
+            attempt = ($19::integer[])[array_position($18::text[], task_id)],
+            losses = ($20::integer[])[array_position($18::text[], task_id)],
+            lease_until = clock_timestamp() + $14 * interval '1 second'
+        WHERE run_id = $9 AND task_id = ANY($18::text[])),
+    b AS (UPDATE durable.work SET state = 'ready', owner = NULL, lease_until = NULL,
+            not_before = clock_timestamp() + ($24::double precision[])[array_position($23::text[], task_id)]
+                * interval '1 second',
+            tries = tries + ($25::integer[])[array_position($23::text[], task_id)]
+        WHERE run_id = $9 AND task_id = ANY($23::text[])),
+    d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[])),
+    f AS (DELETE FROM durable.fleet_runs WHERE run_id = $9 AND $26)
+    SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END"""

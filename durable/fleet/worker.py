@@ -47,16 +47,9 @@ from durable.events import (
     TaskSucceeded,
 )
 from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
-from durable.fleet.store import (
-    Claim,
-    FleetStore,
-    Outcome,
-    new_worker_id,
-    register,
-    renew,
-    unregister,
-)
+from durable.fleet.store import Claim, FleetStore, Outcome
 from durable.fleet.tables import CHANNEL
+from durable.fleet.workers import new_worker_id, register, renew, unregister
 from durable.journal.postgres import PgJournal, connection_lost
 from durable.state import RUNNING, TaskState
 
