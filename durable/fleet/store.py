@@ -499,6 +499,8 @@ class FleetStore:
                 )
                 writes = self._settle_outcomes(run, group, fenced, opened)
                 claims += await self._claim_in(run, room, writes, opened)
+            if run.advance.state.status is not None:
+                self.forget(run_id)  # it ended: nothing more to keep of it
         return Committed(fenced, claims)
 
     def _settle_outcomes(

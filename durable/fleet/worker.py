@@ -397,6 +397,11 @@ class Worker:
             task = held.tasks.get(key[1])
             if task is not None and task.attempts == key[2]:
                 del held.tasks[key[1]]
+            if not held.tasks:  # nothing of the run runs here: forget its reports
+                del self._held[key[0]]
+                reports = self._reports.pop(key[0], None)
+                if reports is not None:
+                    reports.close()
         if wake:
             self._wake.set()
 
