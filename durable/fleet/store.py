@@ -476,7 +476,7 @@ class FleetStore:
         ):
             return []
         async with self._transaction(run_id):
-            run, opened = await self._open(run_id, (), _want(free), 2 * free + 8)
+            run, opened = await self._open(run_id, (), _want(free), free)
             return await self._claim_in(run, free, _Writes([], {}, opened.seqs), opened)
 
     async def commit(self, outcomes: Sequence[Outcome], free: int) -> Committed:
@@ -495,7 +495,7 @@ class FleetStore:
                     run_id,
                     [outcome.task_id for outcome in group],
                     _want(room),
-                    2 * len(group) + 2 * max(room, 0) + 16,
+                    2 * len(group),  # a nextval costs: more, if needed, in `_write`
                 )
                 writes = self._settle_outcomes(run, group, fenced, opened)
                 claims += await self._claim_in(run, room, writes, opened)

@@ -11,6 +11,11 @@ journal's own, and the statements its transactions run (`store.py`).
 - `workers`: each worker process start (its own id, never reused), its host, pid,
   slots and heartbeat.
 
+The work table churns (every task inserts, updates and deletes its row): it is
+vacuumed after every 1,000 dead rows rather than after a fifth of the table, as a
+queue table must be, or its indexes fill with dead entries that every claim walks.
+This needs PostgreSQL's autovacuum on (its default).
+
 Work rows are never needed to know what a run did: the events say it. They say only
 who may do what next.
 
@@ -30,7 +35,9 @@ FLEET_SCHEMA = [
         attempt integer NOT NULL DEFAULT 0, owner uuid, lease_until timestamptz,
         not_before timestamptz NOT NULL DEFAULT clock_timestamp(),
         tries integer NOT NULL DEFAULT 0, losses integer NOT NULL DEFAULT 0,
-        queued bigserial, PRIMARY KEY (run_id, task_id)) WITH (fillfactor = 70)""",
+        queued bigserial, PRIMARY KEY (run_id, task_id))
+        WITH (fillfactor = 70, autovacuum_vacuum_scale_factor = 0,
+              autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0)""",
     "CREATE INDEX IF NOT EXISTS work_by_owner ON durable.work (owner) WHERE owner IS NOT NULL",
     # A run's ready rows in queue order; its running ones (counted by every claim);
     # the oldest ready rows of all runs (which runs have work).
