@@ -28,7 +28,7 @@ from durable.events import (
     TaskSkipped,
     TaskSucceeded,
 )
-from durable.fanout import DEFAULT_MAX_ITEMS, digest, group_outcome, group_output, items_problem
+from durable.fanout import digest, group_outcome, group_output, render_items
 from durable.graph import Plan, TaskPlan
 from durable.refs import Scope, instance_id
 from durable.state import EXPANDED, FAILED, PENDING, SKIPPED, SUCCEEDED, TERMINAL, RunState
@@ -121,14 +121,7 @@ class Advance:
 
     def items(self, plan: TaskPlan) -> tuple[list[Any] | None, str | None]:
         """A `foreach` task's list rendered from committed outputs, or what is wrong."""
-        assert plan.foreach is not None
-        try:
-            items = plan.foreach.render(self.scope)
-        except DurableError as exc:
-            return None, f"foreach: {exc.message}"
-        max_items = plan.spec.max_items
-        problem = items_problem(items, DEFAULT_MAX_ITEMS if max_items is None else max_items)
-        return (None, f"foreach: {problem}") if problem else (items, None)
+        return render_items(plan, self.scope)
 
     # -- deciding ----------------------------------------------------------------
 

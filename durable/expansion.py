@@ -21,9 +21,8 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from durable.errors import DurableError
 from durable.events import TaskExpanded, TaskFailed, TaskSkipped, TaskSucceeded
-from durable.fanout import DEFAULT_MAX_ITEMS, digest, group_outcome, group_output, items_problem
+from durable.fanout import digest, group_outcome, group_output, render_items
 from durable.graph import TaskPlan
 from durable.refs import Scope
 from durable.state import PENDING, SKIPPED, SUCCEEDED
@@ -58,14 +57,7 @@ class Expansion:
 
     def _items(self, plan: TaskPlan) -> tuple[list[Any] | None, str | None]:
         """Render a `foreach` task's list from committed outputs: the items, or what is wrong."""
-        assert plan.foreach is not None
-        try:
-            items = plan.foreach.render(self.scope)
-        except DurableError as exc:
-            return None, f"foreach: {exc.message}"
-        max_items = plan.spec.max_items
-        problem = items_problem(items, DEFAULT_MAX_ITEMS if max_items is None else max_items)
-        return (None, f"foreach: {problem}") if problem else (items, None)
+        return render_items(plan, self.scope)
 
     def _expand(self, plan: TaskPlan) -> None:
         """Journal the expansion; the instances start once it is committed, so that a

@@ -29,12 +29,16 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from durable.refs import instance_id
+from durable.errors import DurableError
+from durable.refs import Scope, instance_id
 from durable.state import CANCELLED, FAILED, SKIPPED, SUCCEEDED, UPSTREAM_FAILED, TaskState
+
+if TYPE_CHECKING:
+    from durable.graph import TaskPlan
 
 #: Instances a `foreach` task may expand into unless it sets `max_items`.
 DEFAULT_MAX_ITEMS = 10_000
@@ -110,3 +114,16 @@ def group_outcome(tasks: Mapping[str, TaskState], task_id: str, count: int) -> t
     if states and all(state == SKIPPED for state in states):
         return SKIPPED, f"all {count} instances were skipped"
     return SUCCEEDED, ""
+
+
+def render_items(plan: TaskPlan, scope: Scope) -> tuple[list[Any] | None, str | None]:
+    """A `foreach` task's list rendered from committed outputs (`scope`): the items,
+    or what is wrong with them (for its `task_failed`)."""
+    assert plan.foreach is not None
+    try:
+        items = plan.foreach.render(scope)
+    except DurableError as exc:
+        return None, f"foreach: {exc.message}"
+    max_items = plan.spec.max_items
+    problem = items_problem(items, DEFAULT_MAX_ITEMS if max_items is None else max_items)
+    return (None, f"foreach: {problem}") if problem else (items, None)

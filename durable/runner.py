@@ -115,6 +115,29 @@ def new_run_id() -> str:
     return secrets.token_hex(5)
 
 
+def new_run(
+    plan: Plan,
+    folder: str | os.PathLike[str],
+    params: dict[str, Any],
+    run_id: str,
+    source: str | None,
+) -> tuple[RunRecord, RunStarted]:
+    """A new run's row and first event: its workflow's snapshot, params, folder (where
+    its `imports:` are found) and working directory, created now."""
+    opening = RunStarted(at=time.time(), source=source)
+    record = RunRecord(
+        run_id=run_id,
+        workflow=plan.workflow.name,
+        spec=spec_module.encode(plan.workflow),
+        spec_hash=spec_module.spec_hash(plan.workflow),
+        params=params,
+        base_dir=str(folder),
+        created_at=opening.at,
+        cwd=os.getcwd(),
+    )
+    return record, opening
+
+
 def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """The workflow's params with overrides applied; an undeclared name is an error.
 
@@ -181,17 +204,7 @@ async def arun(
     try:
         async with journal.lock(run_id):
             source = None if isinstance(workflow, Workflow) else str(Path(workflow).resolve())
-            opening = RunStarted(at=time.time(), source=source)
-            record = RunRecord(
-                run_id=run_id,
-                workflow=plan.workflow.name,
-                spec=spec_module.encode(plan.workflow),
-                spec_hash=spec_module.spec_hash(plan.workflow),
-                params=effective,
-                base_dir=str(folder),
-                created_at=opening.at,
-                cwd=os.getcwd(),
-            )
+            record, opening = new_run(plan, folder, effective, run_id, source)
             await journal.create_run(record, opening)
             session = Session(
                 max_concurrency, fail_fast, handle_signals, hooks or Hooks(), max_deaths, cache

@@ -9,25 +9,21 @@ from the journal, as `durable watch` does; killing it changes nothing for the ru
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from durable import spec as spec_module
 from durable.advance import Advance
 from durable.engine import MAX_DEATHS
 from durable.errors import DurableError
-from durable.events import RunStarted
 from durable.fleet.store import FleetStore
 from durable.graph import Plan
 from durable.inspection import fold_run, resolve_run_id
-from durable.journal import RunRecord
 from durable.journal.file import is_postgres
 from durable.journal.postgres import PgJournal
 from durable.loader import plan_file, plan_workflow
 from durable.runlock import check_run_id
-from durable.runner import merge_params, new_run_id
+from durable.runner import merge_params, new_run, new_run_id
 from durable.spec import Workflow
 from durable.state import SUCCEEDED, RunState
 
@@ -94,17 +90,7 @@ async def submit_plan(
     """`submit` on an open journal, of a validated plan."""
     effective = merge_params(plan.workflow, params)
     run_id = check_run_id(run_id) if run_id is not None else new_run_id()
-    opening = RunStarted(at=time.time(), source=source)
-    record = RunRecord(
-        run_id=run_id,
-        workflow=plan.workflow.name,
-        spec=spec_module.encode(plan.workflow),
-        spec_hash=spec_module.spec_hash(plan.workflow),
-        params=effective,
-        base_dir=str(folder),
-        created_at=opening.at,
-        cwd=os.getcwd(),
-    )
+    record, opening = new_run(plan, folder, effective, run_id, source)
     state = RunState.new(plan.tasks)
     state.apply(opening)
     advance = Advance(plan, state, effective, run_id, max_deaths)
