@@ -415,29 +415,32 @@ def count_events(
         return _pg_count_events(db, run_id, kind, task_id)
     if not db.exists():
         return 0
-    sql = "SELECT count(*) FROM events WHERE 1"
-    params: list[Any] = []
-    for column, value in (("run_id", run_id), ("kind", kind), ("task_id", task_id)):
-        if value is not None:
-            sql += f" AND {column} = ?"
-            params.append(value)
+    sql, params = _count_query(run_id, kind, task_id)
     try:
-        return journal_rows(db, sql, tuple(params), timeout=0)[0][0]
+        return journal_rows(db, sql, params, timeout=0)[0][0]
     except sqlite3.OperationalError:  # the schema or the WAL index is not there yet
         return 0
 
 
-def _pg_count_events(db: Path, run_id: str | None, kind: str | None, task_id: str | None) -> int:
-    import asyncpg
-
+def _count_query(
+    run_id: str | None, kind: str | None, task_id: str | None
+) -> tuple[str, tuple[Any, ...]]:
+    """The count of events `count_events` asks either backend (`?` placeholders)."""
     sql = "SELECT count(*) FROM events WHERE TRUE"
     params: list[Any] = []
     for column, value in (("run_id", run_id), ("kind", kind), ("task_id", task_id)):
         if value is not None:
             sql += f" AND {column} = ?"
             params.append(value)
+    return sql, tuple(params)
+
+
+def _pg_count_events(db: Path, run_id: str | None, kind: str | None, task_id: str | None) -> int:
+    import asyncpg
+
+    sql, params = _count_query(run_id, kind, task_id)
     try:
-        return _pg_rows(db, sql, tuple(params), timeout=0)[0][0]
+        return _pg_rows(db, sql, params, timeout=0)[0][0]
     except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
         return 0  # durable has not made the journal's tables yet
 

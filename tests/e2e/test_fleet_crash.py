@@ -755,8 +755,7 @@ import time
 import durable
 
 
-@durable.tool
-def slow(k: str, deps: list) -> dict:
+def _started(k: str) -> None:
     context = durable.current_context()
     path = os.path.join(os.environ["FLEET_DIR"], "calls.log")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -764,8 +763,20 @@ def slow(k: str, deps: list) -> dict:
         os.write(fd, f"start {k} {context.attempt} {os.getpid()}\\n".encode())
     finally:
         os.close(fd)
+
+
+@durable.tool
+def slow(k: str, deps: list) -> dict:
+    _started(k)
     time.sleep(0.05)
     return {"k": k, "n": 1 + sum(dep["n"] for dep in deps)}
+
+
+@durable.tool
+def nap(k: str, s: float) -> dict:
+    _started(k)
+    time.sleep(s)
+    return {"k": k}
 """
 
 
@@ -1125,27 +1136,6 @@ class StaleLeaseBug(AssertionError):
     """A lease was lost with no worker killed nor paused."""
 
 
-NAP_TOOLS = """\
-import os
-import time
-
-import durable
-
-
-@durable.tool
-def nap(k: str, s: float) -> dict:
-    context = durable.current_context()
-    path = os.path.join(os.environ["FLEET_DIR"], "calls.log")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"start {k} {context.attempt} {os.getpid()}\\n".encode())
-    finally:
-        os.close(fd)
-    time.sleep(s)
-    return {"k": k}
-"""
-
-
 def test_no_lease_is_lost_when_no_worker_dies(
     tmp_path: Path,
     durable: Callable[..., subprocess.CompletedProcess[str]],
@@ -1155,14 +1145,16 @@ def test_no_lease_is_lost_when_no_worker_dies(
     depend on it. The worker that commits `a` claims 4 of them in the same
     transaction; no lease may run out (nobody stops renewing), so nothing is taken
     over, and every task runs once."""
-    (tmp_path / "naptools.py").write_text(NAP_TOOLS)
+    (tmp_path / "slowtools.py").write_text(SLOW_TOOLS)
     tasks = [{"id": "a", "tool": "nap", "input": {"k": "a", "s": 2.0}}]
     tasks += [
         {"id": f"f{i}", "tool": "nap", "input": {"k": f"f{i}", "s": 0.6}, "dependencies": ["a"]}
         for i in range(8)
     ]
     workflow = tmp_path / "workflow.yaml"
-    workflow.write_text(yaml.safe_dump({"name": "leases", "imports": ["naptools"], "tasks": tasks}))
+    workflow.write_text(
+        yaml.safe_dump({"name": "leases", "imports": ["slowtools"], "tasks": tasks})
+    )
     env = {"FLEET_DIR": str(tmp_path)}
     with fresh_database() as dsn:
         fleet = Fleet(launch, ["--db", dsn, "-j", 4, "--lease", 1], tmp_path, env, 2)
