@@ -76,7 +76,7 @@ def worker(
     from durable.fleet.submit import needs_postgres
     from durable.fleet.worker import Worker
 
-    dsn = needs_postgres(db).strip()
+    dsn = needs_postgres(db, "durable worker").strip()
     tools.add_search_path(os.getcwd())
     for module in modules:
         try:
@@ -98,7 +98,7 @@ def workers(db: str | None, as_json: bool) -> None:
     from durable.fleet.submit import needs_postgres
     from durable.fleet.workers import live_workers
 
-    needs_postgres(db)
+    needs_postgres(db, "durable workers")
 
     async def read(journal: Any) -> Any:
         return await live_workers(journal._conn)

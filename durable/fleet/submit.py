@@ -28,12 +28,13 @@ from durable.spec import Workflow
 from durable.state import SUCCEEDED, RunState
 
 
-def needs_postgres(db: str | None) -> str:
-    """The fleet's journal: a `postgresql://` DSN, from `--db` or `DURABLE_DB`."""
+def needs_postgres(db: str | None, what: str = "--workers") -> str:
+    """The fleet's journal: a `postgresql://` DSN, from `--db` or `DURABLE_DB`.
+    `what` names the option or command that needs it, in the refusal."""
     target = db or os.environ.get("DURABLE_DB")
     if not is_postgres(target):
         raise DurableError(
-            "--workers needs a PostgreSQL journal that the workers share: give "
+            f"{what} needs a PostgreSQL journal that the workers share: give "
             "--db postgresql://... (or set DURABLE_DB)"
         )
     return target  # type: ignore[return-value]
