@@ -324,17 +324,19 @@ class Worker:
             reports = TaskReports(
                 run_id,
                 self._held[run_id],  # type: ignore[arg-type]
-                self._noted,
+                partial(self._noted, run_id),
                 asyncio.get_running_loop(),
             ).open()
             self._reports[run_id] = reports
         return reports
 
-    def _noted(self, event: Event) -> None:
-        if isinstance(event, TaskLog):  # progress is only worth its moment: not kept
-            for key in self._active:
-                if key[1] == event.task_id and key[2] == event.attempt:
-                    self._notes.setdefault(key, []).append(event)
+    def _noted(self, run_id: str, event: Event) -> None:
+        """A run's reports hand over a log line: kept with its attempt, committed with
+        its outcome. (Progress is only worth its moment: not kept.)"""
+        if isinstance(event, TaskLog):
+            key = (run_id, event.task_id, event.attempt)
+            if key in self._active:
+                self._notes.setdefault(key, []).append(event)
 
     async def _attempt(self, attempt: _Attempt) -> None:
         claim = attempt.claim
