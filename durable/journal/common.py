@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from durable.errors import JournalDamaged, JournalError
 from durable.events import Event, encode_data, from_row, kind_of
-from durable.integrity import event_crc
+from durable.integrity import event_crc, run_crc
+
+if TYPE_CHECKING:
+    from durable.journal.reader import RunRecord
 
 #: A row as `_checked` yields it: its seq, and its event or what is wrong with it.
 Checked = tuple[int, "Event | None", "str | None"]
@@ -68,6 +71,34 @@ def chain_batch(
         ends[run_id] = position
         values += (run_id, task_id, attempt, kind, at, data, crc)
     return values, heads, ends
+
+
+class FirstRows(NamedTuple):
+    """A new run's row and its first event as both journals write them, with their
+    checksums: the event's chains from the run's (`create_run`)."""
+
+    columns: tuple[Any, ...]  # run_id, workflow, spec, spec_hash, params, base_dir, created_at, cwd
+    crc: int
+    kind: str
+    data: bytes | None
+    first: int
+
+
+def first_rows(record: RunRecord, opening: Event) -> FirstRows:
+    columns = (
+        record.run_id,
+        record.workflow,
+        record.spec,
+        record.spec_hash,
+        msgspec.json.encode(record.params),
+        record.base_dir,
+        record.created_at,
+        record.cwd,
+    )
+    crc = run_crc(*columns)
+    kind, data = kind_of(opening), encode_data(opening)
+    first = event_crc(crc, record.run_id, None, None, kind, opening.at, data)
+    return FirstRows(columns, crc, kind, data, first)
 
 
 class EventReading:

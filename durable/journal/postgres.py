@@ -40,11 +40,11 @@ from durable.errors import (
     RunLocked,
     RunNotFound,
 )
-from durable.events import Event, encode_data, kind_of
+from durable.events import Event
 from durable.fleet.tables import FLEET_SCHEMA
-from durable.integrity import ChainVerifier, event_crc, run_crc, summary_crc
+from durable.integrity import ChainVerifier, summary_crc
 from durable.journal.cache import LOOKUP, CacheHit, judge
-from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row
+from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row, first_rows
 from durable.journal.reader import RunRecord, SummaryRow, run_record, run_records, summary_row
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
@@ -382,20 +382,7 @@ class PgJournal(EventReading, EventQueue):
 
         `then(connection, checksum of the first event)` is awaited inside that
         transaction: the fleet hands the run to its workers in it (`fleet/submit.py`)."""
-        params = msgspec.json.encode(record.params)
-        columns = (
-            record.run_id,
-            record.workflow,
-            record.spec,
-            record.spec_hash,
-            params,
-            record.base_dir,
-            record.created_at,
-            record.cwd,
-        )
-        crc = run_crc(*columns)
-        kind, data = kind_of(opening), encode_data(opening)
-        first = event_crc(crc, record.run_id, None, None, kind, opening.at, data)
+        columns, crc, kind, data, first = first_rows(record, opening)
         asyncpg = _driver()
         conn = self._writable
         try:

@@ -21,11 +21,11 @@ import aiosqlite
 import msgspec
 
 from durable.errors import JournalError, RunExists
-from durable.events import Event, encode_data, kind_of
-from durable.integrity import event_crc, run_crc, summary_crc
+from durable.events import Event
+from durable.integrity import summary_crc
 from durable.journal import cache
 from durable.journal.cache import CacheHit
-from durable.journal.common import EventQueue, chain_batch
+from durable.journal.common import EventQueue, chain_batch, first_rows
 from durable.journal.file import (
     READ_ERRORS,
     FileAccess,
@@ -175,19 +175,7 @@ class Journal(JournalReader, EventQueue):
         no resume could open and whose id would be taken for good.
         """
         conn = self._writable
-        columns = (
-            record.run_id,
-            record.workflow,
-            record.spec,
-            record.spec_hash,
-            msgspec.json.encode(record.params),
-            record.base_dir,
-            record.created_at,
-            record.cwd,
-        )
-        crc = run_crc(*columns)
-        kind, data = kind_of(opening), encode_data(opening)
-        first = event_crc(crc, record.run_id, None, None, kind, opening.at, data)
+        columns, crc, kind, data, first = first_rows(record, opening)
         try:
             with immediate(conn):
                 conn.execute(
