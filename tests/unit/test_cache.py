@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_reads import journal_events
 
 from durable import engine as engine_module
 from durable import spec
@@ -32,7 +33,6 @@ from durable.events import (
     encode_output,
     kind_of,
 )
-from durable.journal import Journal
 from durable.journal import cache as cache_index
 from durable.prune import by_id, delete_runs
 from durable.runner import RunResult, aresume, arun
@@ -111,17 +111,6 @@ def resume(run_id: str, db: Path, **options: Any) -> RunResult:
     return asyncio.run(
         asyncio.wait_for(aresume(run_id, db=db, durability="off", **options), timeout=30)
     )
-
-
-def journal_events(db: Path, run_id: str) -> list:
-    async def main():
-        journal = await Journal.open(db, create=False)
-        try:
-            return [event for _, event in await journal.events(run_id)]
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
 
 
 def kinds(events: list) -> list[tuple[str | None, str]]:

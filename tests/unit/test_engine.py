@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from journal_reads import journal_events
 
 from durable import spec
 from durable.events import (
@@ -167,17 +168,6 @@ def run(
 
 def resume(run_id: str, db: Path, **options: Any) -> RunResult:
     return asyncio.run(aresume(run_id, db=db, durability="off", **options))
-
-
-def journal_events(db: Path, run_id: str) -> list:
-    async def main():
-        journal = await Journal.open(db, create=False)
-        try:
-            return [event for _, event in await journal.events(run_id)]
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
 
 
 def assert_fold_matches(result: RunResult, db: Path) -> list:

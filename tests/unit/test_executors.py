@@ -21,11 +21,11 @@ from typing import Any
 
 import msgspec
 import pytest
+from journal_reads import journal_events
 
 import durable
 from durable import runner
 from durable.executors import Executors, TaskContext, call_args, current_context, idempotency_key
-from durable.journal import Journal
 from durable.runner import RunResult
 from durable.spec import Task, Workflow
 from durable.state import RunState
@@ -445,20 +445,9 @@ def kind_module(tmp_path: Path) -> str:
     return name
 
 
-def journaled_events(db: Path, run_id: str) -> list[Any]:
-    async def main() -> list[Any]:
-        journal = await Journal.open(db, create=False)
-        try:
-            return [event for _, event in await journal.events(run_id)]
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
-
-
 def assert_fold_matches(result: RunResult, db: Path) -> None:
     """What the live run returned is exactly the fold of what it journaled."""
-    folded = RunState.fold(result.tasks, journaled_events(db, result.run_id))
+    folded = RunState.fold(result.tasks, journal_events(db, result.run_id))
     assert folded.tasks == result.tasks
     assert folded.status == result.status
 

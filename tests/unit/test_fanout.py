@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_reads import journal_events
 
 from durable import spec
 from durable.errors import ValidationError
@@ -25,7 +26,6 @@ from durable.events import (
 )
 from durable.fanout import DEFAULT_MAX_ITEMS, digest, group_outcome, group_output, instances
 from durable.graph import build
-from durable.journal import Journal
 from durable.runner import RunResult, aresume, arun
 from durable.state import (
     EXPANDED,
@@ -249,19 +249,8 @@ def _run(tasks: list[dict[str, Any]], db: Path, **fields: Any) -> RunResult:
     return asyncio.run(arun(workflow, db=db, durability="off"))
 
 
-def _events(db: Path, run_id: str) -> list[Any]:
-    async def main() -> list[Any]:
-        journal = await Journal.open(db, create=False)
-        try:
-            return [event for _, event in await journal.events(run_id)]
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
-
-
 def _assert_fold_matches(result: RunResult, db: Path, static: list[str]) -> list[Any]:
-    events = _events(db, result.run_id)
+    events = journal_events(db, result.run_id)
     assert RunState.fold(static, events).tasks == result.tasks
     return events
 

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from durable_cli.main import cli
+from journal_reads import journal_events
 
 from durable import spec
 from durable.errors import DurableError
 from durable.events import TaskRetrying, TaskStarted
 from durable.executors import current_context
-from durable.journal import Journal
 from durable.runner import RunResult, arun
 from durable.tools import REGISTRY
 
@@ -189,17 +189,6 @@ def event_count(db: Path, run_id: str) -> int:
         ).fetchone()[0]
     finally:
         connection.close()
-
-
-def journal_events(db: Path, run_id: str) -> list[Any]:
-    async def main() -> list[Any]:
-        journal = await Journal.open(db, create=False)
-        try:
-            return [event for _, event in await journal.events(run_id)]
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
 
 
 # -- durability: the pragma on the connection that writes ------------------------------------

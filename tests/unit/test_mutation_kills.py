@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from journal_reads import journal_events
 
 from durable import graph, loader, spec, tools
 from durable.errors import DurableError, ExpressionError, ValidationError
@@ -32,7 +33,6 @@ from durable.events import (
 from durable.executors import current_context
 from durable.expr import MAX_DEPTH, MAX_LENGTH
 from durable.expr import parse as parse_expression
-from durable.journal import Journal
 from durable.refs import Scope, Template, referenced_tasks
 from durable.runner import Hooks, aresume, arun
 from durable.state import IllegalTransition, RunState
@@ -428,17 +428,6 @@ def engine_run(tasks: list[dict], db: Path, **options: Any):  # type: ignore[no-
     return asyncio.run(arun(workflow(tasks, **fields), db=db, durability="off", **options))
 
 
-def events_of(db: Path, run_id: str) -> list[Any]:
-    async def main() -> list[Any]:
-        journal = await Journal.open(db, create=False)
-        try:
-            return [event for _, event in await journal.events(run_id)]
-        finally:
-            await journal.close()
-
-    return asyncio.run(main())
-
-
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_a_retry_frees_its_slot_exactly_once(tmp_path: Path, jobs: int) -> None:
     # _release mutmut_1/2/3, _free_tool_slot mutmut_3/5, _occupy mutmut_9: after a
@@ -498,7 +487,7 @@ def test_attempts_are_recorded_in_every_event_and_the_context(tmp_path: Path) ->
     assert result.outputs["ok"] == {"attempt": 2, "run": result.run_id}
     outcomes = {
         (type(e).__name__, e.task_id): e.attempt
-        for e in events_of(db, result.run_id)
+        for e in journal_events(db, result.run_id)
         if isinstance(e, TaskSucceeded | TaskFailed)
     }
     assert outcomes == {("TaskSucceeded", "ok"): 2, ("TaskFailed", "bad"): 2}
@@ -523,7 +512,7 @@ def test_fail_fast_cancels_a_task_waiting_to_retry(tmp_path: Path) -> None:
     assert time.time() - started < 10  # did not sit out the 30 s backoff
     assert result.status == "failed"
     assert result.tasks["r"].state == "cancelled"
-    (cancelled,) = [e for e in events_of(db, result.run_id) if isinstance(e, TaskCancelled)]
+    (cancelled,) = [e for e in journal_events(db, result.run_id) if isinstance(e, TaskCancelled)]
     assert cancelled.task_id == "r" and cancelled.attempt == 1
     assert started <= cancelled.at <= time.time()
 
