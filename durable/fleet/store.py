@@ -470,11 +470,8 @@ class FleetStore:
         return [row[0] for row in await self.conn.fetch(CLAIMABLE_RUNS)]
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
-        """Take up to `free` of the run's claimable tasks, within its limits."""
-        if not await self.conn.fetchval(
-            "SELECT 1 FROM durable.fleet_runs WHERE run_id = $1", run_id
-        ):
-            return []
+        """Take up to `free` of the run's claimable tasks, within its limits (none of a
+        run that ended meanwhile: it has no work rows left, and no limits)."""
         async with self._transaction(run_id):
             run, opened = await self._open(run_id, (), _want(free), free)
             return await self._claim_in(run, free, _Writes([], {}, opened.seqs), opened)
