@@ -85,6 +85,13 @@ class JournalReader(EventReading):
         """Whether a live process drives the run now (holds its lock)."""
         return RunLock(self.path, run_id).is_held_elsewhere()
 
+    async def latest_run_id(self) -> str | None:
+        """The run created last (`durable watch` without an id), None if there is none."""
+        rows = await self.query(
+            "SELECT run_id FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1"
+        )
+        return str(rows[0][0]) if rows else None
+
     async def fleet_work(self, run_id: str) -> int:
         """Tasks of the run that workers hold: none, on SQLite (the fleet needs PostgreSQL)."""
         return 0

@@ -37,13 +37,7 @@ class Watched(NamedTuple):
 
 async def latest_run(journal: Journal) -> str:
     """The run created last: what `durable watch` follows when given no id."""
-    if isinstance(journal, Journal):
-        rows = await journal.query(
-            "SELECT run_id FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1"
-        )
-        latest = rows[0][0] if rows else None
-    else:  # PostgreSQL (`journal/postgres.py`): no rowid there
-        latest = await journal.latest_run_id()
+    latest = await journal.latest_run_id()
     if latest is None:
         raise DurableError(f"no runs yet in {journal.path}")
     return str(latest)
