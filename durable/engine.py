@@ -87,6 +87,8 @@ EventSink = Callable[[Event], None]
 class Engine(Expansion):
     """Drives one session of one run. Create it, then `await engine.run()` once."""
 
+    _loop: asyncio.AbstractEventLoop  # the running loop, from `run()` on
+
     def __init__(
         self,
         plan: Plan,
@@ -150,9 +152,9 @@ class Engine(Expansion):
 
     async def run(self) -> str:
         """Run until every task is finished or the run is stopped; return the run status."""
-        self.reports = TaskReports(
-            self.run_id, self.state, self.emit, asyncio.get_running_loop()
-        ).open()
+        # Kept: asking for it costs a system call per task on Python 3.11 (getpid).
+        self._loop = asyncio.get_running_loop()
+        self.reports = TaskReports(self.run_id, self.state, self.emit, self._loop).open()
         self._start()
         # Everything alive now (the plan, the state) lives until the end of the run:
         # moved out of the GC's generations, it is not walked by every full collection.
@@ -313,9 +315,7 @@ class Engine(Expansion):
         task_id = plan.id
         # The task is scheduled before `task_started` wakes the writer, so a tool
         # that finishes in its first step gets both events into one commit.
-        task = asyncio.get_running_loop().create_task(
-            self._attempt(plan, attempt, value), name=task_id
-        )
+        task = self._loop.create_task(self._attempt(plan, attempt, value), name=task_id)
         started = self.emit(
             TaskStarted(task_id=task_id, attempt=attempt, at=time.time(), fingerprint=mark)
         )
@@ -441,9 +441,7 @@ class Engine(Expansion):
                     task_id=task_id, attempt=attempt, at=time.time(), error=error, delay=delay
                 )
             )
-            self._backoff[task_id] = asyncio.get_running_loop().call_later(
-                delay, self._retry, task_id
-            )
+            self._backoff[task_id] = self._loop.call_later(delay, self._retry, task_id)
             self._release(task_id)  # no slot is held through the backoff
             return
         # --fail-fast stops dispatch before this slot can go to a queued task.
@@ -482,16 +480,17 @@ class Engine(Expansion):
         """
         batch = self.emit(event, data, remember)
         if batch is not self._batch:
-            # One callback per group commit, not per event.
+            # One listener per group commit, not per event; called in the writer's
+            # step, so what the commit releases starts without a turn of the loop.
             self._batch, self._batch_items = batch, []
-            batch.add_done_callback(partial(self._committed, self._batch_items))
+            self.journal.when_committed(partial(self._committed, self._batch_items))
         self._batch_items.append((event, holds_slot))
 
-    def _committed(self, items: list[tuple[Any, bool]], batch: asyncio.Future[None]) -> None:
+    def _committed(self, items: list[tuple[Any, bool]], error: BaseException | None) -> None:
         """A group commit landed: hand its outputs on and decide what it unblocked."""
         try:
-            if batch.exception() is not None:
-                self._crash(batch.exception())  # type: ignore[arg-type]
+            if error is not None:
+                self._crash(error)
                 return
             remaining = self._remaining
             tasks = self.plan.tasks

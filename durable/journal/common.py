@@ -168,7 +168,11 @@ class EventQueue:
         # (position in `_queue`, fingerprint, tool): successes the cache remembers.
         self._remember: list[tuple[int, str, str]] = []
         self._batch: asyncio.Future[None] | None = None
+        # Called, in the writer's own step, once the batch being appended commits.
+        self._listeners: list[Callable[[BaseException | None], None]] = []
         self._wakeup = asyncio.Event()
+        # The writer waits for `_wakeup` (and is woken when a batch begins).
+        self._idle = True
 
     def append(
         self,
@@ -201,11 +205,56 @@ class EventQueue:
         if self._batch is None:
             loop = asyncio.get_running_loop()
             self._batch = loop.create_future()
-            # Wake the writer on the next turn of the loop, not this one: the tasks
-            # started in this turn take their first step in the next, and a tool
-            # that finishes in it gets its events into the same commit.
-            loop.call_soon(self._wakeup.set)
+            if self._idle:
+                # Wake the writer on the next turn of the loop, not this one: the
+                # tasks started in this turn take their first step in the next, and
+                # a tool that finishes in it gets its events into the same commit.
+                loop.call_soon(self._wakeup.set)
         return self._batch
+
+    def when_committed(self, listener: Callable[[BaseException | None], None]) -> None:
+        """Call `listener` once the batch being appended now has committed (with
+        None) or failed (with the error), in the writer's step, before anything
+        else runs: what the commit releases (a chain's next task) starts at once,
+        not a turn or two of the loop later as a future's callback would. The
+        batch's future still resolves for those who await it."""
+        self._listeners.append(listener)
+
+    def _settle(
+        self,
+        batch: asyncio.Future[None],
+        listeners: list[Callable[[BaseException | None], None]],
+        error: BaseException | None,
+    ) -> None:
+        """A batch committed (or failed): tell its listeners, then resolve its future."""
+        if error is None:
+            batch.set_result(None)
+        else:
+            batch.set_exception(error)
+            batch.exception()  # marked retrieved: listeners hear of it
+        for listener in listeners:
+            try:
+                listener(error)
+            except Exception as exc:  # a listener's bug must not stop the writer
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "a commit listener failed", "exception": exc}
+                )
+
+    async def _wait_for_work(self) -> None:
+        """The writer's wait for the next batch, woken by `append`."""
+        self._wakeup.clear()
+        self._idle = True
+        try:
+            await self._wakeup.wait()
+        finally:
+            self._idle = False
+
+    async def _let_released_start(self) -> None:
+        """After a commit whose listeners appended a new batch (a chain's next
+        `task_started`): let the tasks they started take their first step before
+        that batch is taken, so that an outcome ready in it joins the same commit."""
+        if self._batch is not None:
+            await asyncio.sleep(0)
 
     async def flush(self) -> None:
         """Wait until everything appended so far is committed (raising if a write failed)."""
@@ -214,9 +263,14 @@ class EventQueue:
 
     def _take(
         self,
-    ) -> tuple[list[tuple[Any, ...]], asyncio.Future[None], list[tuple[int, str, str]]]:
+    ) -> tuple[
+        list[tuple[Any, ...]],
+        asyncio.Future[None],
+        list[tuple[int, str, str]],
+        list[Callable[[BaseException | None], None]],
+    ]:
         """Everything queued, for one commit; appends from now on make a new batch."""
         assert self._batch is not None
-        taken = self._queue, self._batch, self._remember
-        self._queue, self._batch, self._remember = [], None, []
+        taken = self._queue, self._batch, self._remember, self._listeners
+        self._queue, self._batch, self._remember, self._listeners = [], None, [], []
         return taken

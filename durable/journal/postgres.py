@@ -502,10 +502,9 @@ class PgJournal(EventReading, EventQueue):
                 if self._behind:
                     # Summaries left behind by the rate limit are caught up once the
                     # writer has been idle for `SUMMARY_EVERY`, as on SQLite.
-                    self._wakeup.clear()
                     if not self._closing:
                         try:
-                            await asyncio.wait_for(self._wakeup.wait(), SUMMARY_EVERY)
+                            await asyncio.wait_for(self._wait_for_work(), SUMMARY_EVERY)
                         except TimeoutError:
                             pass
                     if self._batch is None:
@@ -513,10 +512,9 @@ class PgJournal(EventReading, EventQueue):
                     continue
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._wait_for_work()
                 continue
-            rows, batch, remember = self._take()
+            rows, batch, remember, listeners = self._take()
             summaries = self._due_summaries(rows)
             try:
                 async with self._write_lock:
@@ -524,10 +522,10 @@ class PgJournal(EventReading, EventQueue):
             except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
                 self._summaries.clear()  # the state holds what did not commit
                 error = JournalError(_shown(self.dsn), f"cannot write: {_reason(exc)}")
-                batch.set_exception(error)
-                batch.exception()
+                self._settle(batch, listeners, error)
             else:
-                batch.set_result(None)
+                self._settle(batch, listeners, None)
+            await self._let_released_start()
 
     def _due_summaries(self, rows: list[tuple[Any, ...]]) -> dict[str, bytes]:
         """The summaries due with this batch, encoded now, as it is taken: the engine

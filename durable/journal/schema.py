@@ -124,8 +124,9 @@ _MIGRATIONS = {1: _MIGRATE_FROM_1 + _MIGRATE_FROM_2, 2: _MIGRATE_FROM_2}
 _INSERT_EVENTS = "INSERT INTO events (run_id, task_id, attempt, kind, at, data, crc) VALUES "
 # Multi-row INSERTs bind a batch in one call: about a third cheaper per row than
 # `executemany`, which binds row by row from Python. Chunk sizes are fixed so that
-# only these few statements are ever prepared (the sqlite3 module caches them).
-CHUNKS = (256, 32, 4, 1)
+# only these few statements are ever prepared (the sqlite3 module caches them);
+# 2 is a chain's commit: a task's `task_started` and its outcome.
+CHUNKS = (256, 32, 4, 2, 1)
 INSERT_CHUNK = {
     size: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size) for size in CHUNKS
 }

@@ -218,10 +218,9 @@ class Journal(JournalReader, EventQueue):
                     self._write_summaries()
                 if self._closing:
                     return
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                await self._wait_for_work()
                 continue
-            rows, batch, remember = self._take()
+            rows, batch, remember, listeners = self._take()
             try:
                 self._write(rows, remember)
             except sqlite3.Error as exc:
@@ -230,13 +229,13 @@ class Journal(JournalReader, EventQueue):
                 self._summaries.clear()
                 self._behind.clear()
                 error = JournalError(str(self.path), f"cannot write: {describe(exc, self.path)}")
-                batch.set_exception(error)
-                batch.exception()  # marked retrieved: the engine learns of it in its callback
+                self._settle(batch, listeners, error)
             else:
-                batch.set_result(None)
                 self._uncheckpointed += len(rows)
                 if self._uncheckpointed >= CHECKPOINT_EVERY and self._checkpoint is None:
                     self._start_checkpoint(loop)
+                self._settle(batch, listeners, None)
+            await self._let_released_start()
 
     def _start_checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
         """Copy the WAL back into the database on a thread of its own.
