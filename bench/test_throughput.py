@@ -220,3 +220,35 @@ def test_scale_100k(benchmark, kit, durable_exe: str, shape: str) -> None:
         readme=f"a 100k-task workflow runs in {'under' if shape == 'wide' else 'about'} {readme_mb} MB ({shape})",
     )
     guard_journal(kit, report, shape)
+
+
+# Issue 12's rows, as `durable bench --json -j 64` runs them: shape, tasks, durability.
+TARGETS = {
+    "wide-10000": ("wide", 10_000, "normal"),
+    "layered-10000": ("layered", 10_000, "normal"),
+    "chain-2000": ("chain", 2_000, "normal"),
+    "chain-2000-full": ("chain", 2_000, "full"),
+}
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_target(benchmark, kit, target: str) -> None:
+    """One row of the per-task cost table (bench/README.md, "Per-task cost"), at -j 64,
+    beside the bare prototype of the same shape (`bench/prototype.py`) measured in the
+    same process: `extra_info` carries both and their ratio, so a regression shows as
+    a ratio, whatever the machine. No time is asserted."""
+    from prototype import measure as prototype  # bench/ is on sys.path, as for every test here
+
+    shape, full, durability = TARGETS[target]
+    size = kit.size(full, 200)
+    workflow = make_workflow(shape, size, 64)
+    bench_runs(benchmark, kit, workflow, size, 5, durability)
+    floor = kit.median(prototype(shape, size, 64, durability) for _ in range(kit.rounds(3)))
+    durable = benchmark.extra_info["tasks_per_s"]
+    benchmark.extra_info.update(
+        shape=shape,
+        prototype_tasks_per_s=round(floor, 1),
+        ratio_to_prototype=round(durable / floor, 3) if durable else None,
+    )
+    if size >= GUARD_MIN_TASKS:
+        guard_journal(kit, benchmark.extra_info, shape)
