@@ -11,9 +11,12 @@ from typing import Any
 
 import msgspec
 
+from durable.errors import DurableError
 from durable.events import decode_output, encode_output
 from durable.executors import Executors, TaskContext
+from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import TaskPlan
+from durable.refs import Scope
 
 
 class AttemptFailed(Exception):
@@ -25,6 +28,33 @@ class AttemptFailed(Exception):
         super().__init__(error)
         self.error = error
         self.retryable = retryable
+
+
+def render_input(plan: TaskPlan, scope: Scope) -> tuple[Any, str | None]:
+    """An attempt's input, rendered from committed outputs, and the fingerprint of its
+    work (`fingerprint.py`), which its `task_started` carries.
+
+    An input that cannot be rendered gives the `AttemptFailed` the attempt raises
+    (trying again cannot help) and no fingerprint; so does an input that a tool's
+    `prepare` made unencodable, which still runs. A constant input renders to the
+    same value every time: its fingerprint is computed once per plan.
+    """
+    template = plan.template
+    try:
+        value = template.render(scope)
+    except DurableError as exc:
+        return AttemptFailed(f"input: {exc.message}", retryable=False), None
+    constant = template.is_constant
+    if constant and plan.mark is not None:
+        return value, plan.mark
+    assert plan.tool is not None
+    try:
+        mark = fingerprint(tool_identity(plan.tool), value)
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return value, None
+    if constant:
+        plan.mark = mark
+    return value, mark
 
 
 async def call_tool(

@@ -39,11 +39,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import msgspec
-
-from durable.attempt import AttemptFailed, call_tool
+from durable.attempt import AttemptFailed, call_tool, render_input
 from durable.decide import EXPAND, RUN, Ending, decide
-from durable.errors import DurableError
 from durable.events import (
     Event,
     RunFinished,
@@ -59,7 +56,6 @@ from durable.events import (
 from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
 from durable.expansion import Expansion
 from durable.fanout import group_output
-from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import Plan, TaskPlan
 from durable.journal import Journal
 from durable.journal.cache import CacheHit, caches, newer_than
@@ -289,18 +285,7 @@ class Engine(Expansion):
         plan = self.plan.tasks[task_id]
         # The input is rendered now, from committed outputs, so that `task_started`
         # can carry the fingerprint of the work (`fingerprint.py`).
-        value: Any
-        mark: str | None = None
-        try:
-            value = plan.template.render(self._scope(plan))
-        except DurableError as exc:
-            value = AttemptFailed(f"input: {exc.message}", retryable=False)
-        else:
-            assert plan.tool is not None
-            try:
-                mark = fingerprint(tool_identity(plan.tool), value)
-            except (TypeError, ValueError, msgspec.EncodeError):
-                pass  # an input a `prepare` made unencodable: no fingerprint, same run
+        value, mark = render_input(plan, self._scope(plan))
         if mark is not None and self._caches(plan):
             if self.journal.remote_cache:
                 self._look_up(plan, attempt, value, mark)

@@ -28,7 +28,7 @@ import msgspec
 
 from durable import graph, tools
 from durable.advance import Advance, Steps
-from durable.attempt import AttemptFailed
+from durable.attempt import render_input
 from durable.engine import MAX_DEATHS, RUN_CANCELLED
 from durable.errors import DurableError, JournalDamaged
 from durable.events import (
@@ -42,7 +42,6 @@ from durable.events import (
     encode_data,
     kind_of,
 )
-from durable.fingerprint import fingerprint, tool_identity
 from durable.fleet.tables import CLAIMABLE_RUNS, FLEET_LOCK_SPACE, OPEN, RESERVE, WRITE
 from durable.graph import Plan, TaskPlan
 from durable.inspection import fold_run
@@ -620,17 +619,7 @@ class FleetStore:
                 events.append(lost)
             plan = tasks[task_id]
             number = states[task_id].attempts + 1
-            value: Any
-            mark = None
-            try:
-                value = plan.template.render(advance.scope_of(plan))
-            except DurableError as exc:
-                value = AttemptFailed(f"input: {exc.message}", retryable=False)
-            else:
-                try:
-                    mark = fingerprint(tool_identity(plan.tool), value)  # type: ignore[arg-type]
-                except (TypeError, ValueError, msgspec.EncodeError):
-                    pass
+            value, mark = render_input(plan, advance.scope_of(plan))
             started = TaskStarted(task_id=task_id, attempt=number, at=now, fingerprint=mark)
             advance.apply(started)
             events.append(started)
