@@ -2,7 +2,7 @@
 
 `export` only reads, as `status` does: the journal is opened read-only. `prune` is
 the one command that removes history; the journal side of it, and why it may, is
-`durable/prune.py`.
+`durable/prune.py` (one interface, `Pruning`, for SQLite and PostgreSQL alike).
 """
 
 from __future__ import annotations
@@ -115,43 +115,52 @@ def _older_than(what: str) -> Any:
 def prune(run_ids: tuple[str, ...], before: float | None, db: str | None, dry_run: bool) -> None:
     """Delete finished runs (their row, events and summary) and reclaim the space.
 
-    Give whole run ids, or --older-than AGE. A run that a live process drives is
-    refused, and so is an id that no run has: then nothing is pruned. A pruned
-    interrupted run can no longer be resumed. The other runs are never touched.
+    Give whole run ids, or --older-than AGE. A run that a live process drives (or,
+    on PostgreSQL, that the workers hold) is refused, and so is an id that no run
+    has: then nothing is pruned. A pruned interrupted run can no longer be resumed.
+    The other runs are never touched.
     """
-    from durable import prune as pruning
-    from durable.journal import default_path
+    import asyncio
 
-    _sqlite_only(db, "prune")
     if bool(run_ids) == (before is not None):
         raise click.UsageError("give either RUN_ID... or --older-than AGE")
-    path = Path(db or default_path())
-    connection = pruning.connect(path, readonly=dry_run)
+    # asyncio's own loop, not uvloop's: see `journal_cmds._with_journal` (a long list
+    # of pruned runs is a large write to stdout).
+    asyncio.run(_prune(db, run_ids, before, dry_run))
+
+
+async def _prune(
+    db: str | None, run_ids: tuple[str, ...], before: float | None, dry_run: bool
+) -> None:
+    from durable.prune import open_pruning
+
+    pruning = await open_pruning(db, readonly=dry_run)
     try:
         if before is not None:
-            candidates = pruning.created_before(connection, path, before)
+            candidates = await pruning.created_before(before)
         else:
-            candidates = pruning.by_id(connection, path, run_ids)
-        size = pruning.journal_size(path)
+            candidates = await pruning.by_id(run_ids)
+        size = await pruning.size()
         if dry_run:
-            pruning.refuse_running(path, candidates)
+            await pruning.refuse_running(candidates)
             for candidate in candidates:
                 click.echo(f"would prune {_describe(candidate)}")
             click.echo(
-                f"would prune {_count(candidates)}; the journal is {_megabytes(size)}; "
+                f"would prune {_count(candidates)}; {pruning.size_of} is {_megabytes(size)}; "
                 "nothing was changed"
             )
             return
-        pruned = pruning.delete_runs(connection, path, candidates) if candidates else []
+        pruned = await pruning.delete_runs(candidates) if candidates else []
         for candidate in pruned:
             click.echo(f"pruned {_describe(candidate)}")
         if pruned:
-            pruning.reclaim(connection, path)
+            await pruning.reclaim()
+        after = await pruning.size()
     finally:
-        connection.close()
-    after = pruning.journal_size(path)
+        await pruning.close()
     click.echo(
-        f"pruned {_count(pruned)}; the journal went from {_megabytes(size)} to {_megabytes(after)}"
+        f"pruned {_count(pruned)}; {pruning.size_of} went from {_megabytes(size)} "
+        f"to {_megabytes(after)}"
     )
 
 
@@ -191,18 +200,20 @@ def clear(before: float | None, tool: str | None, db: str | None) -> None:
     Only the cache's index is cleared: the runs whose successes it pointed to keep
     their events and outputs, as history. A task the cache no longer answers runs.
     """
-    from durable import prune as pruning
-    from durable.journal import cache as cache_index
-    from durable.journal import default_path
+    import asyncio
 
-    _sqlite_only(db, "cache clear")
-    path = Path(db or default_path())
-    connection = pruning.connect(path)
+    asyncio.run(_clear(db, before, tool))
+
+
+async def _clear(db: str | None, before: float | None, tool: str | None) -> None:
+    from durable.prune import open_pruning
+
+    pruning = await open_pruning(db)
     try:
-        forgotten = cache_index.clear(connection, older_than=before, tool=tool)
-        left = cache_index.count(connection)
+        forgotten = await pruning.clear_cache(older_than=before, tool=tool)
+        left = await pruning.cache_count()
     finally:
-        connection.close()
+        await pruning.close()
     click.echo(f"forgot {forgotten} cache entr{'y' if forgotten == 1 else 'ies'}; {left} left")
 
 
@@ -259,13 +270,3 @@ async def _cancel(db: str | None, run_id: str) -> None:
             f"run '{run_id}' stopped before it took the request: it is {view.status}"
         )
     click.echo(f"run {run_id} cancelled; `durable resume {run_id}` goes on with it")
-
-
-def _sqlite_only(db: str | None, command: str) -> None:
-    """The commands that work on the SQLite file itself refuse a PostgreSQL journal."""
-    from durable.errors import DurableError
-    from durable.journal import default_path
-    from durable.journal.file import is_postgres
-
-    if is_postgres(db or default_path()):
-        raise DurableError(f"`durable {command}` works on a SQLite journal only, for now")

@@ -90,18 +90,25 @@ def judge(row: tuple[Any, ...], newer_than: float | None) -> CacheHit | None:
     return CacheHit(run_id, task_id, attempt, at, output)
 
 
+def forgetting(
+    older_than: float | None = None, tool: str | None = None, mark: str = "?"
+) -> tuple[str, list[Any]]:
+    """`cache clear`'s condition on the entries: a WHERE clause ("" for all of them)
+    and its values. `mark` is the backend's placeholder: "?" for SQLite, "$" for
+    PostgreSQL (numbered `$1`, `$2`)."""
+    clauses, parameters = [], []
+    for clause, value in (("at <", older_than), ("tool =", tool)):
+        if value is not None:
+            parameters.append(value)
+            clauses.append(f"{clause} {mark}{len(parameters) if mark == '$' else ''}")
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), parameters
+
+
 def clear(
     conn: sqlite3.Connection, *, older_than: float | None = None, tool: str | None = None
 ) -> int:
     """Forget entries (all; or committed before `older_than`; or of one tool)."""
-    clauses, parameters = [], []
-    if older_than is not None:
-        clauses.append("at < ?")
-        parameters.append(older_than)
-    if tool is not None:
-        clauses.append("tool = ?")
-        parameters.append(tool)
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    where, parameters = forgetting(older_than, tool)
     with conn:
         return conn.execute(f"DELETE FROM cache{where}", parameters).rowcount
 

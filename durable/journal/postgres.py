@@ -19,8 +19,8 @@ use too; the same checksums and chains (`integrity.py`), the same fold. What dif
   own, released by the server when that connection ends, however the process died.
 
 The driver is asyncpg, chosen by measurement (`bench/README.md`, "PostgreSQL
-driver"). `prune` and `cache clear`, which work on the SQLite file itself, are
-SQLite-only for now.
+driver"). `prune`, the one sanctioned deletion of whole runs, sets the append-only
+triggers aside inside its own transaction only (`pg_prune.py`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
 SCHEMA_VERSION = 2
+#: table -> the row trigger that refuses its UPDATE and DELETE. `durable prune`
+#: disables them inside its own transaction, and enables them before it commits.
+APPEND_ONLY_TRIGGERS = {"runs": "runs_append_only", "events": "events_append_only"}
 _SCHEMA = [
     "CREATE SCHEMA IF NOT EXISTS durable",
     "CREATE TABLE IF NOT EXISTS durable.schema_version (version integer NOT NULL)",
@@ -73,15 +76,15 @@ _SCHEMA = [
     """CREATE OR REPLACE FUNCTION durable.append_only() RETURNS trigger AS $$
         BEGIN RAISE EXCEPTION 'the durable journal is append-only'; END $$ LANGUAGE plpgsql""",
     *(
-        f"""CREATE OR REPLACE TRIGGER {table}_append_only
+        f"""CREATE OR REPLACE TRIGGER {trigger}
         BEFORE UPDATE OR DELETE ON durable.{table}
         FOR EACH ROW EXECUTE FUNCTION durable.append_only()"""
-        for table in ("runs", "events")
+        for table, trigger in APPEND_ONLY_TRIGGERS.items()
     ),
     *(
         f"""CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON durable.{table}
         FOR EACH STATEMENT EXECUTE FUNCTION durable.append_only()"""
-        for table in ("runs", "events")
+        for table in APPEND_ONLY_TRIGGERS
     ),
     *FLEET_SCHEMA,  # schema 2: the workers' tables (`fleet/tables.py`)
 ]

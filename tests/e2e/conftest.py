@@ -52,7 +52,7 @@ helpers hide the difference where a test needs it:
 - `journal_exists(db)`: the file exists; the database holds durable's schema.
 
 A test about the SQLite file itself (it opens it with sqlite3, damages it, checks its
-locks or WAL, or runs `prune` or `cache clear`, which are SQLite-only) is marked
+locks or WAL, or the space `prune` gives back to the file system) is marked
 `@pytest.mark.sqlite_only("why")` and skipped on PostgreSQL; one a known bug fails
 there, `@pytest.mark.postgres_bug("why")`, a strict xfail. Whole files that open no
 journal, or choose PostgreSQL themselves, are skipped there too (`NOT_ON_POSTGRES`).

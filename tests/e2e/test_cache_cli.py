@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 TOOLS = """\
@@ -223,7 +222,6 @@ def test_a_killed_cached_run_resumes_without_rerunning_committed_work(
     durable("check", cwd=tmp_path, env=env, check=0)
 
 
-@pytest.mark.sqlite_only("`durable cache clear` is SQLite-only")
 def test_cache_clear_forgets_all_or_one_tools_entries(durable, write, tmp_path, count_events):
     env = setup(tmp_path, write)
     db = Path(env["DURABLE_DB"])

@@ -3,14 +3,15 @@ as one JSON document, to stdout or atomically to a file) and `prune` (deleting w
 finished runs, by id or by age, and reclaiming their space).
 
 What prune must never do is the point of most of these tests: touch another run's
-rows (compared byte for byte), leave the file unsound (SQLite's integrity check,
-`durable check`), leave the journal without its append-only triggers, or delete a
-run that a live process drives.
+rows (compared byte for byte), leave the journal unsound (`durable check`; SQLite's
+integrity check), leave it without its append-only triggers (also after a prune that
+failed half-way), or delete a run that a live process drives or the workers hold.
+They run on PostgreSQL too (`DURABLE_TEST_BACKEND=postgres`); only what is about the
+SQLite file (its size after VACUUM, its integrity check) is asserted on SQLite alone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sqlite3
@@ -18,7 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pg
 import pytest
+from journal_tables import append_only_refuses, fail_deleting_summaries
 
 FANOUT = """\
 name: fanout
@@ -64,8 +67,11 @@ tasks:
 
 EVENTS = "SELECT seq, run_id, task_id, attempt, kind, at, data, crc FROM events"
 TASK_FIELDS = {"state", "attempts", "output", "error", "started_at", "finished_at", "duration"}
+#: What the sizes measure: the file and its WAL, or the tables in PostgreSQL.
+SIZE_OF = r"the journal(?: \(its tables in PostgreSQL\))?"
 FINAL = re.compile(
-    r"pruned (\d+) runs? \((\d+) events?\); the journal went from (\d+\.\d\d) MB to (\d+\.\d\d) MB"
+    rf"pruned (\d+) runs? \((\d+) events?\); {SIZE_OF} went from (\d+\.\d\d) MB to "
+    r"(\d+\.\d\d) MB"
 )
 
 
@@ -82,7 +88,26 @@ def size(db: Path) -> int:
     return db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def others(journal_rows, db: Path, gone: tuple[str, ...]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def on_postgres(journal_target, db: Path) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the test's journal `db` is a PostgreSQL database (postgres mode)."""
+    return journal_target(db) != str(db)
+
+
+def schema(journal_rows, db: Path, postgres: bool) -> list[tuple[Any, ...]]:  # type: ignore[no-untyped-def]
+    """The journal's schema: SQLite's SQL of it; PostgreSQL's triggers, with whether each
+    is enabled, and its tables' columns."""
+    if not postgres:
+        return journal_rows(db, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+    return journal_rows(
+        db, "SELECT tgname, tgenabled::text FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1"
+    ) + journal_rows(
+        db,
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = 'durable' ORDER BY 1, 2",
+    )
+
+
+def others(journal_rows, db: Path, gone: tuple[str, ...], postgres: bool) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """Every row of the runs not in `gone`, as stored, and the schema."""
     marks = ", ".join("?" * len(gone))
     return {
@@ -93,9 +118,7 @@ def others(journal_rows, db: Path, gone: tuple[str, ...]) -> dict[str, Any]:  # 
         "summaries": journal_rows(
             db, f"SELECT * FROM summaries WHERE run_id NOT IN ({marks}) ORDER BY run_id", gone
         ),
-        "schema": journal_rows(
-            db, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
-        ),
+        "schema": schema(journal_rows, db, postgres),
     }
 
 
@@ -212,16 +235,16 @@ def four_runs(durable, write, tmp_path) -> dict[str, Any]:
     return {"folder": tmp_path, "db": tmp_path / "j.db", "workflow": workflow}
 
 
-@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_by_id_deletes_those_runs_whole_and_nothing_else(
-    durable, journal_rows, count_events, four_runs
+    durable, journal_rows, journal_target, count_events, four_runs
 ):
     folder, db = four_runs["folder"], four_runs["db"]
+    postgres = on_postgres(journal_target, db)
     gone = ("drop-1", "drop-2")
-    kept_before = others(journal_rows, db, gone)
+    kept_before = others(journal_rows, db, gone, postgres)
     listed_before = listed(durable, folder)
     counts = {run_id: count_events(db, run_id) for run_id in gone}
-    size_before = size(db)
+    size_before = None if postgres else size(db)
 
     result = durable("prune", "drop-1", "drop-2", "--db", "j.db", cwd=folder, check=0)
     lines = result.stdout.splitlines()
@@ -235,44 +258,43 @@ def test_prune_by_id_deletes_those_runs_whole_and_nothing_else(
     final = FINAL.fullmatch(lines[2])
     assert final, lines[2]
     assert int(final[1]) == 2 and int(final[2]) == sum(counts.values())
-    size_after = size(db)
-    assert size_after < size_before * 0.75, (size_before, size_after)
-    assert final[3] == f"{size_before / 1e6:.2f}" and final[4] == f"{size_after / 1e6:.2f}"
+    assert ("(its tables in PostgreSQL)" in lines[2]) == postgres
+    if size_before is not None:  # the file and its WAL, VACUUMed
+        size_after = size(db)
+        assert size_after < size_before * 0.75, (size_before, size_after)
+        assert final[3] == f"{size_before / 1e6:.2f}" and final[4] == f"{size_after / 1e6:.2f}"
+        assert journal_rows(db, "PRAGMA integrity_check") == [("ok",)]
 
     # The pruned runs are gone whole; every other row is as it was, byte for byte,
-    # and the schema (the append-only triggers included) is the one it had.
+    # and the schema (the append-only triggers included, enabled) is the one it had.
     for table in ("runs", "events", "summaries"):
         marks = ", ".join("?" * len(gone))
         assert journal_rows(
             db, f"SELECT count(*) FROM {table} WHERE run_id IN ({marks})", gone
         ) == [(0,)]
-    assert others(journal_rows, db, gone) == kept_before
-    assert journal_rows(db, "PRAGMA integrity_check") == [("ok",)]
+    assert others(journal_rows, db, gone, postgres) == kept_before
     durable("check", "--db", "j.db", cwd=folder, check=0)
     assert listed(durable, folder) == [doc for doc in listed_before if doc["run_id"] not in gone]
-    connection = sqlite3.connect(db, isolation_level=None)
-    try:
-        for sql in ("DELETE FROM events WHERE run_id = 'keep-1'", "DELETE FROM runs"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                connection.execute(sql)
-    finally:
-        connection.close()
+    append_only_refuses(journal_target(db))
 
     # A pruned run's id is free again.
     run(durable, folder, four_runs["workflow"], "drop-1")
     assert [doc["run_id"] for doc in listed(durable, folder)] == ["keep-1", "keep-2", "drop-1"]
-    assert others(journal_rows, db, ("drop-1",))["events"] == kept_before["events"]
+    assert others(journal_rows, db, ("drop-1",), postgres)["events"] == kept_before["events"]
     durable("check", "--db", "j.db", cwd=folder, check=0)
 
 
-@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
-def test_prune_by_age_takes_the_runs_created_before_then(durable, write, journal_rows, tmp_path):
+def test_prune_by_age_takes_the_runs_created_before_then(
+    durable, write, journal_rows, journal_target, tmp_path
+):
     workflow = write(tmp_path, "wf.yaml", FANOUT)
+    db = tmp_path / "j.db"
+    postgres = on_postgres(journal_target, db)
     run(durable, tmp_path, workflow, "old-1")
     run(durable, tmp_path, workflow, "old-2")
-    (then,) = journal_rows(tmp_path / "j.db", "SELECT max(at) FROM events")[0]
+    (then,) = journal_rows(db, "SELECT max(at) FROM events")[0]
     run(durable, tmp_path, workflow, "new-1")
-    kept_before = others(journal_rows, tmp_path / "j.db", ("old-1", "old-2"))
+    kept_before = others(journal_rows, db, ("old-1", "old-2"), postgres)
 
     # An age that no run is older than: nothing to do, and nothing done.
     result = durable("prune", "--older-than", "1w", "--db", "j.db", cwd=tmp_path, check=0)
@@ -287,15 +309,13 @@ def test_prune_by_age_takes_the_runs_created_before_then(durable, write, journal
     assert [line.split()[:2] for line in lines[:-1]] == [["pruned", "old-1"], ["pruned", "old-2"]]
     assert lines[-1].startswith("pruned 2 runs (")
     assert [doc["run_id"] for doc in listed(durable, tmp_path)] == ["new-1"]
-    assert others(journal_rows, tmp_path / "j.db", ("old-1", "old-2")) == kept_before
+    assert others(journal_rows, db, ("old-1", "old-2"), postgres) == kept_before
     durable("check", "--db", "j.db", cwd=tmp_path, check=0)
 
 
-@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
-def test_prune_dry_run_lists_and_changes_nothing(durable, journal_rows, four_runs):
+def test_prune_dry_run_lists_and_changes_nothing(durable, journal_rows, journal_digest, four_runs):
     folder, db = four_runs["folder"], four_runs["db"]
-    before = hashlib.sha256(db.read_bytes()).hexdigest()
-    rows = journal_rows(db, f"{EVENTS} ORDER BY seq")
+    before = journal_digest(db)
     events = sum(
         journal_rows(db, "SELECT count(*) FROM events WHERE run_id = ?", (run_id,))[0][0]
         for run_id in ("drop-1", "keep-1")
@@ -308,7 +328,7 @@ def test_prune_dry_run_lists_and_changes_nothing(durable, journal_rows, four_run
         ["would", "prune", "keep-1"],
     ]
     assert re.fullmatch(
-        rf"would prune 2 runs \({events} events\); the journal is \d+\.\d\d MB; nothing was changed",
+        rf"would prune 2 runs \({events} events\); {SIZE_OF} is \d+\.\d\d MB; nothing was changed",
         lines[-1],
     ), lines[-1]
     result = durable(
@@ -316,14 +336,20 @@ def test_prune_dry_run_lists_and_changes_nothing(durable, journal_rows, four_run
     )
     assert result.stdout.splitlines()[-1].startswith("would prune 4 runs (")
 
-    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
-    assert journal_rows(db, f"{EVENTS} ORDER BY seq") == rows
+    assert journal_digest(db) == before
     assert len(listed(durable, folder)) == 4
 
 
-@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_refuses_a_running_run(
-    durable, write, start, stop, wait_for_events, journal_rows, no_traceback, tmp_path
+    durable,
+    write,
+    start,
+    stop,
+    wait_for_events,
+    journal_rows,
+    journal_target,
+    no_traceback,
+    tmp_path,
 ):
     run(durable, tmp_path, write(tmp_path, "done.yaml", FANOUT), "done-1")
     sleepy = write(tmp_path, "sleepy.yaml", SLEEPY)
@@ -349,55 +375,76 @@ def test_prune_refuses_a_running_run(
     finally:
         stop(driver)
 
-    # Killed, the run is interrupted: that may be pruned (giving up its resume).
-    assert [doc["status"] for doc in listed(durable, tmp_path)] == ["succeeded", "interrupted"]
+    # Killed, the run is interrupted (once PostgreSQL has seen its connection go, its
+    # lock with it): that may be pruned, giving up its resume.
+    assert wait_until(lambda: [doc["status"] for doc in listed(durable, tmp_path)]) == [
+        "succeeded",
+        "interrupted",
+    ]
     result = durable("prune", "live-1", "--db", "j.db", cwd=tmp_path, check=0)
     assert result.stdout.startswith("pruned live-1 (sleepy, created ")
     assert [doc["run_id"] for doc in listed(durable, tmp_path)] == ["done-1"]
     resumed = durable("resume", "live-1", "--db", "j.db", cwd=tmp_path, check=2)
-    assert first_line(resumed.stderr) == "error: run 'live-1' not found in j.db"
+    where = journal_target("j.db", tmp_path)
+    assert first_line(resumed.stderr) == f"error: run 'live-1' not found in {where}"
     durable("check", "--db", "j.db", cwd=tmp_path, check=0)
 
 
-@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
+def wait_until(look: Any, timeout: float = 10.0) -> Any:
+    """`look()` once it stops saying `running` (a status list), or at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while "running" in (seen := look()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return seen
+
+
 def test_prune_beside_a_live_run_leaves_it_whole(
-    durable, start, stop, write, wait_for_events, journal_rows, as_json, four_runs
+    durable, start, stop, write, wait_for_events, journal_rows, journal_target, as_json, four_runs
 ):
-    """VACUUM rewrites the file under a live driver's connections: it must go on unharmed."""
+    """The prune goes on beside a live driver: on SQLite VACUUM rewrites the file under
+    its connections; on PostgreSQL the prune's lock on the tables holds its commits
+    back for a moment. Either way it goes on unharmed."""
     folder, db = four_runs["folder"], four_runs["db"]
+    postgres = on_postgres(journal_target, db)
     gate = write(folder, "gate.yaml", GATE)
     driver = start("run", gate, "--db", "j.db", "--run-id", "live-1", "-q", cwd=folder)
     try:
         wait_for_events(db, "live-1", "task_started", 2, process=driver)
-        size_before = size(db)
-        kept = others(journal_rows, db, ("drop-1", "drop-2", "live-1"))
+        size_before = None if postgres else size(db)
+        kept = others(journal_rows, db, ("drop-1", "drop-2", "live-1"), postgres)
         result = durable("prune", "drop-1", "drop-2", "--db", "j.db", cwd=folder, check=0)
         assert result.stdout.splitlines()[-1].startswith("pruned 2 runs (")
-        assert size(db) < size_before
+        if size_before is not None:
+            assert size(db) < size_before
         (folder / "release").touch()
         assert driver.wait(timeout=30) == 0, driver.stderr.read()
     finally:
         (folder / "release").touch()
         stop(driver)
-    assert others(journal_rows, db, ("drop-1", "drop-2", "live-1"))["events"] == kept["events"]
+    assert (
+        others(journal_rows, db, ("drop-1", "drop-2", "live-1"), postgres)["events"]
+        == kept["events"]
+    )
     assert as_json(durable("output", "live-1", "last", "--db", "j.db", cwd=folder)) == "released\n"
     assert [doc["run_id"] for doc in listed(durable, folder)] == ["keep-1", "keep-2", "live-1"]
     durable("check", "--db", "j.db", cwd=folder, check=0)
 
 
-@pytest.mark.sqlite_only("`durable prune` is SQLite-only")
 def test_prune_refuses_an_unknown_run_and_prunes_nothing(
-    durable, write, journal_rows, no_traceback, tmp_path
+    durable, write, journal_rows, journal_target, no_traceback, tmp_path
 ):
     workflow = write(tmp_path, "wf.yaml", FANOUT)
     run(durable, tmp_path, workflow, "done-1")
     db = tmp_path / "j.db"
+    where = journal_target("j.db", tmp_path)
     before = journal_rows(db, f"{EVENTS} ORDER BY seq")
     # Whole ids only: what is named is deleted, so a prefix names nothing.
     for ids in (["nope"], ["done-1", "nope"], ["done-"]):
         result = durable("prune", *ids, "--db", "j.db", cwd=tmp_path, check=2)
         no_traceback(result)
-        assert first_line(result.stderr) == f"error: run '{ids[-1]}' not found in j.db"
+        assert first_line(result.stderr) == f"error: run '{ids[-1]}' not found in {where}"
         assert result.stdout == ""
     assert journal_rows(db, f"{EVENTS} ORDER BY seq") == before
 
@@ -409,3 +456,69 @@ def test_prune_refuses_an_unknown_run_and_prunes_nothing(
     result = durable("prune", "--older-than", "soon", "--db", "j.db", cwd=tmp_path, check=2)
     assert "neither an age" in result.stderr
     assert journal_rows(db, f"{EVENTS} ORDER BY seq") == before
+
+
+def test_prune_that_fails_half_way_prunes_nothing_and_leaves_the_triggers_on(
+    durable, write, journal_rows, journal_target, journal_digest, no_traceback, tmp_path
+):
+    """Another program's trigger refuses to let summaries go: the prune fails after it
+    has set the append-only triggers aside and deleted the run's events, inside its
+    transaction. It says so in one line, and the journal is as it was, triggers on."""
+    workflow = write(tmp_path, "wf.yaml", FANOUT)
+    run(durable, tmp_path, workflow, "done-1")
+    run(durable, tmp_path, workflow, "done-2")
+    db = tmp_path / "j.db"
+    fail_deleting_summaries(journal_target(db))
+    before = journal_digest(db)
+
+    result = durable("prune", "done-1", "--db", "j.db", cwd=tmp_path, check=2)
+    no_traceback(result)
+    where = journal_target("j.db", tmp_path)
+    assert result.stderr.strip() == (
+        f"error: {where}: cannot prune: boom: summaries stay; nothing was pruned"
+    )
+    assert result.stdout == ""
+    assert journal_digest(db) == before
+    append_only_refuses(journal_target(db))
+    assert [doc["run_id"] for doc in listed(durable, tmp_path)] == ["done-1", "done-2"]
+    durable("check", "--db", "j.db", cwd=tmp_path, check=0)
+
+
+FLEET = """\
+name: fleet
+tasks:
+  - {id: a, tool: echo, input: 1}
+  - {id: b, tool: echo, input: 2}
+"""
+
+
+def test_prune_refuses_a_run_the_workers_hold(durable, write, no_traceback, tmp_path):
+    """A run handed to the workers (`run --workers --detach`, no worker alive yet) is
+    theirs while it has work: refused, dry run too. Cancelled, it may go. The fleet
+    needs PostgreSQL: the test has a database of its own, on either pass."""
+    write(tmp_path, "fleet.yaml", FLEET)
+    with pg.fresh_database() as dsn:
+        durable("run", "fleet.yaml", "--db", dsn, "--run-id", "done-1", "-q", cwd=tmp_path, check=0)
+        submitted = durable(
+            "run", "fleet.yaml", "--db", dsn, "--workers", "--detach", "--run-id", "fleet-1",
+            cwd=tmp_path, check=0,
+        )  # fmt: skip
+        assert "fleet-1" in submitted.stdout
+        before = pg.fetch(dsn, "SELECT seq, run_id, kind FROM durable.events ORDER BY seq")
+        for args in (["fleet-1"], ["done-1", "fleet-1", "--dry-run"], ["--older-than", "0s"]):
+            result = durable("prune", *args, "--db", dsn, cwd=tmp_path, check=2)
+            no_traceback(result)
+            assert result.stderr.strip() == (
+                "error: run 'fleet-1' is running (the workers hold 2 of its tasks, ready or "
+                "running): nothing was pruned"
+            ), args
+        assert pg.fetch(dsn, "SELECT seq, run_id, kind FROM durable.events ORDER BY seq") == before
+
+        durable("cancel", "fleet-1", "--db", dsn, cwd=tmp_path, check=0)
+        result = durable("prune", "fleet-1", "--db", dsn, cwd=tmp_path, check=0)
+        assert result.stdout.startswith("pruned fleet-1 (fleet, created ")
+        for table in ("runs", "events", "summaries", "work", "fleet_runs"):
+            assert pg.fetch(
+                dsn, f"SELECT count(*) FROM durable.{table} WHERE run_id = 'fleet-1'"
+            ) == [(0,)], table
+        assert pg.fetch(dsn, "SELECT run_id FROM durable.runs") == [("done-1",)]

@@ -34,7 +34,7 @@ from durable.events import (
     kind_of,
 )
 from durable.journal import cache as cache_index
-from durable.prune import by_id, delete_runs
+from durable.prune import SqlitePruning
 from durable.runner import RunResult, aresume, arun
 from durable.state import FAILED, PENDING, SUCCEEDED, IllegalTransition, RunState
 from durable.tools import REGISTRY
@@ -494,7 +494,8 @@ def test_an_entry_whose_run_was_pruned_is_a_miss(db):
     stale = entries(db)
     connection = sqlite3.connect(db)
     try:
-        delete_runs(connection, db, by_id(connection, db, [first.run_id]))
+        pruning = SqlitePruning(connection, db)
+        asyncio.run(pruning.delete_runs(asyncio.run(pruning.by_id([first.run_id]))))
         assert cache_index.count(connection) == 0
         # an entry left behind (by an older prune, say) names events that are gone
         connection.executemany("INSERT INTO cache VALUES (?, ?, ?, ?, ?, ?, ?)", stale)

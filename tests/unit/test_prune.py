@@ -1,9 +1,13 @@
-"""durable/prune.py, called directly: which runs a prune selects, that a dry run writes
-nothing, that a prune deletes whole runs and nothing else, inside one transaction that
-leaves the append-only triggers in place for everyone else (and restores everything
-when it fails half-way), and that a run a live process drives is refused.
+"""durable/prune.py on SQLite, called directly: what is SQLite's own. A dry run writes
+nothing to the file (not even a lock file); the deletion drops and re-creates the
+append-only triggers inside one transaction, under the runs' lock files, so that no
+other connection sees the journal without them (and restores everything when it
+fails half-way, at any statement); SQLite's integrity check comes first; VACUUM
+gives the space back; a run whose lock another process holds is refused.
 
-The journals are real ones, written by `durable.runner.arun`. The `durable prune`
+What a prune does on either backend (which runs it selects, that it deletes whole
+runs and nothing else, refusals, the cache) is `test_prune_contract.py`. The
+journals are real ones, written by `durable.runner.arun`. The `durable prune`
 command itself (its output, VACUUM beside a live driver) is `e2e/test_operator_cli.py`.
 """
 
@@ -15,34 +19,25 @@ import math
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
+from journal_tables import make_runs, rows_of, tables_with_run_id
 
 from durable import prune
 from durable.check import check_journal
-from durable.errors import JournalError, RunNotFound
+from durable.errors import JournalError
 from durable.journal import Journal
 from durable.journal.schema import APPEND_ONLY_TRIGGERS
-from durable.prune import Candidate, RunIsRunning
+from durable.prune import Candidate, RunIsRunning, SqlitePruning
 from durable.runlock import RunLock
-from durable.runner import arun
-from durable.spec import Workflow, from_data
+from durable.spec import from_data
 
-SMALL = from_data(
-    {
-        "name": "small",
-        "params": {"n": 1},
-        "tasks": [
-            {"id": "a", "tool": "echo", "input": {"n": "${params.n}"}},
-            {"id": "fan", "tool": "echo", "foreach": [1, 2], "input": {"i": "${item}"}},
-            {"id": "b", "tool": "echo", "dependencies": ["a"], "input": "${a.output}"},
-        ],
-    }
-)
+T = TypeVar("T")
+
 # About 0.1 MB of outputs per run: enough for VACUUM to give pages back.
 BULKY = from_data(
     {
@@ -57,30 +52,22 @@ BULKY = from_data(
         ],
     }
 )
-# The same work with the cache across runs on (`durable run --cache`).
-CACHED = from_data(
-    {
-        "name": "cached",
-        "cache": True,
-        "params": {"n": 1},
-        "tasks": [{"id": "a", "tool": "echo", "input": {"n": "${params.n}"}}],
-    }
-)
-
-
-def make_journal(
-    db: Path, run_ids: Sequence[str], workflow: Workflow = SMALL, params: Any = None
-) -> Path:
-    for run_id in run_ids:
-        result = asyncio.run(arun(workflow, params, db=db, run_id=run_id, durability="off"))
-        assert result.status == "succeeded"
-    return db
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """Four small finished runs, created in this order."""
-    return make_journal(tmp_path / "j.db", ["r1", "r2", "r3", "r4"])
+    return make_runs(tmp_path / "j.db", ["r1", "r2", "r3", "r4"])
+
+
+def done(coroutine: Coroutine[Any, Any, T]) -> T:
+    """A `Pruning` method's result: SQLite's run at once, on a loop of their own."""
+    return asyncio.run(coroutine)
+
+
+def pruning(connection: Any, db: Path) -> SqlitePruning:
+    """The prune's side of the journal, on `connection` (a `Spy`, or a real one)."""
+    return SqlitePruning(cast(sqlite3.Connection, connection), db)
 
 
 def query(db: Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -90,39 +77,6 @@ def query(db: Path, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[An
 
 def schema(db: Path) -> list[tuple[Any, ...]]:
     return query(db, "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
-
-
-def tables_with_run_id(db: Path) -> list[str]:
-    """Every table that has a `run_id` column: whatever the schema holds today."""
-    names = [row[0] for row in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return [
-        name
-        for name in names
-        if "run_id" in [column[1] for column in query(db, f"PRAGMA table_info({name})")]
-    ]
-
-
-def rows_of(db: Path, run_ids: Sequence[str] | None = None, *, but: Sequence[str] = ()) -> Any:
-    """Every row of every table that has a run_id, as stored: of `run_ids` (all if None),
-    leaving out those of `but`."""
-    found = {}
-    for table in tables_with_run_id(db):
-        rows = query(db, f"SELECT * FROM {table}")
-        found[table] = sorted(
-            (
-                row
-                for row in rows
-                if (run_ids is None or row_run_id(db, table, row) in run_ids)
-                and row_run_id(db, table, row) not in but
-            ),
-            key=repr,
-        )
-    return found
-
-
-def row_run_id(db: Path, table: str, row: tuple[Any, ...]) -> str:
-    columns = [column[1] for column in query(db, f"PRAGMA table_info({table})")]
-    return cast(str, row[columns.index("run_id")])
 
 
 def everything(db: Path) -> dict[str, Any]:
@@ -155,9 +109,10 @@ def lock_is_free(db: Path, run_id: str) -> bool:
 def pruned(db: Path, run_ids: Sequence[str]) -> list[Candidate]:
     """What `durable prune RUN_ID...` does, without the command."""
     with closing(prune.connect(db)) as connection:
-        done = prune.delete_runs(connection, db, prune.by_id(connection, db, run_ids))
-        prune.reclaim(connection, db)
-    return done
+        journal = pruning(connection, db)
+        deleted = done(journal.delete_runs(done(journal.by_id(run_ids))))
+        done(journal.reclaim())
+    return deleted
 
 
 class Spy:
@@ -233,52 +188,6 @@ def driven_elsewhere(db: Path, run_id: str) -> Iterator[None]:
         process.wait(timeout=30)
 
 
-# -- selection ----------------------------------------------------------------------------
-
-
-def test_by_id_takes_whole_ids_in_the_order_given_each_once(db: Path) -> None:
-    with closing(prune.connect(db, readonly=True)) as connection:
-        found = prune.by_id(connection, db, ["r3", "r1", "r3"])
-        assert [candidate.run_id for candidate in found] == ["r3", "r1"]
-        for candidate in found:
-            ((workflow, created_at),) = query(
-                db, "SELECT workflow, created_at FROM runs WHERE run_id = ?", (candidate.run_id,)
-            )
-            assert candidate == Candidate(
-                candidate.run_id, workflow, created_at, count(db, "events", candidate.run_id)
-            )
-            assert workflow == "small" and candidate.events > 4
-
-        # A prefix names nothing; one unknown id refuses the whole list.
-        for ids in (["nope"], ["r"], ["r1", "nope", "r2"], [""]):
-            with pytest.raises(RunNotFound) as raised:
-                prune.by_id(connection, db, ids)
-            assert raised.value.run_id == next(i for i in ids if i not in ("r1", "r2"))
-        assert prune.by_id(connection, db, []) == []
-
-
-def test_created_before_takes_the_older_runs_oldest_first(tmp_path: Path) -> None:
-    # Ids in an order that is not the order of creation.
-    db = make_journal(tmp_path / "j.db", ["c-old", "a-mid", "b-new"])
-    created = dict(query(db, "SELECT run_id, created_at FROM runs"))
-    assert created["c-old"] < created["a-mid"] < created["b-new"]
-
-    def ids(before: float) -> list[str]:
-        with closing(prune.connect(db, readonly=True)) as connection:
-            found = prune.created_before(connection, db, before)
-        for candidate in found:
-            assert candidate.created_at == created[candidate.run_id]
-            assert candidate.events == count(db, "events", candidate.run_id)
-            assert candidate.workflow == "small"
-        return [candidate.run_id for candidate in found]
-
-    assert ids(0.0) == []
-    assert ids(created["c-old"]) == []  # strictly before
-    assert ids(created["a-mid"]) == ["c-old"]
-    assert ids(math.nextafter(created["a-mid"], math.inf)) == ["c-old", "a-mid"]
-    assert ids(math.inf) == ["c-old", "a-mid", "b-new"]
-
-
 # -- a dry run ----------------------------------------------------------------------------
 
 
@@ -294,11 +203,10 @@ def test_a_dry_run_writes_nothing(db: Path) -> None:
     size = db.stat().st_size
 
     with closing(prune.connect(db, readonly=True)) as connection:
-        candidates = prune.by_id(connection, db, ["r2", "r4"]) + prune.created_before(
-            connection, db, math.inf
-        )
-        prune.refuse_running(db, candidates)
-        assert prune.journal_size(db) == size
+        journal = pruning(connection, db)
+        candidates = done(journal.by_id(["r2", "r4"])) + done(journal.created_before(math.inf))
+        done(journal.refuse_running(candidates))
+        assert done(journal.size()) == size
         for sql in ("DELETE FROM summaries", "INSERT INTO summaries VALUES ('x', 1, x'00', 1)"):
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
                 connection.execute(sql)
@@ -327,23 +235,12 @@ def test_connect_refuses_what_is_not_a_journal_and_creates_nothing(tmp_path: Pat
 # -- deleting -----------------------------------------------------------------------------
 
 
-def test_a_prune_deletes_whole_runs_and_nothing_else(db: Path) -> None:
-    gone = ("r2", "r4")
-    kept = rows_of(db, but=gone)
+def test_a_prune_leaves_the_file_sound_its_schema_and_its_lock_files(db: Path) -> None:
     schema_before = schema(db)
-    counts = {run_id: count(db, "events", run_id) for run_id in gone}
-    assert all(count(db, "summaries", run_id) == 1 for run_id in ("r1", "r2", "r3", "r4"))
 
-    done = pruned(db, ["r4", "r2"])
+    pruned(db, ["r4", "r2"])
 
-    assert [(c.run_id, c.events) for c in done] == [("r4", counts["r4"]), ("r2", counts["r2"])]
-    for table in tables_with_run_id(db):
-        for run_id in gone:
-            assert count(db, table, run_id) == 0, (table, run_id)
-    # Every row of the other runs, their summaries included, is as it was, byte for
-    # byte; and the schema SQL (the triggers' too) is the very same.
-    assert rows_of(db, but=gone) == kept
-    assert [count(db, "summaries", run_id) for run_id in ("r1", "r3")] == [1, 1]
+    # The schema SQL (the triggers' too) is the very same; the file is sound.
     assert schema(db) == schema_before
     assert query(db, "PRAGMA integrity_check") == [("ok",)]
     assert query(db, "PRAGMA foreign_key_check") == []
@@ -359,7 +256,7 @@ def test_a_prune_deletes_whole_runs_and_nothing_else(db: Path) -> None:
     asyncio.run(check())
     # Lock files stay, as they always do; the locks themselves are free.
     assert sorted(p.name for p in Path(f"{db}.locks").iterdir()) == ["r1", "r2", "r3", "r4"]
-    assert all(lock_is_free(db, run_id) for run_id in gone)
+    assert all(lock_is_free(db, run_id) for run_id in ("r2", "r4"))
 
 
 def test_the_triggers_are_back_after_a_prune_and_refuse_as_before(db: Path) -> None:
@@ -399,8 +296,8 @@ def test_the_triggers_are_dropped_only_inside_the_transaction_under_the_locks(
 
     with closing(prune.connect(db)) as connection:
         spy = Spy(connection, on=look)
-        candidates = prune.by_id(connection, db, ["r3", "r1"])
-        prune.delete_runs(cast(sqlite3.Connection, spy), db, candidates)
+        candidates = done(pruning(connection, db).by_id(["r3", "r1"]))
+        done(pruning(spy, db).delete_runs(candidates))
         assert not connection.in_transaction
         assert trigger_names(connection) == set(APPEND_ONLY_TRIGGERS)
     assert sorted(seen) == sorted(
@@ -416,32 +313,24 @@ def test_the_triggers_are_dropped_only_inside_the_transaction_under_the_locks(
     assert all(lock_is_free(db, run_id) for run_id in ("r1", "r3"))
 
 
-def test_a_prune_reports_the_events_it_really_deleted(db: Path) -> None:
-    """A resume may append between the listing and the lock: the count is the deletion's."""
-    with closing(prune.connect(db)) as connection:
-        stale = [c._replace(events=0) for c in prune.by_id(connection, db, ["r2", "r3"])]
-        real = {run_id: count(db, "events", run_id) for run_id in ("r2", "r3")}
-        done = prune.delete_runs(connection, db, stale)
-    assert [(c.run_id, c.events) for c in done] == [("r2", real["r2"]), ("r3", real["r3"])]
-
-
 def test_reclaim_gives_the_space_back(tmp_path: Path) -> None:
-    db = make_journal(tmp_path / "j.db", ["b1", "b2", "b3", "b4"], BULKY)
+    db = make_runs(tmp_path / "j.db", ["b1", "b2", "b3", "b4"], BULKY)
     before = prune.journal_size(db)
     assert before == db.stat().st_size  # a journal closed cleanly has no WAL
     kept = rows_of(db, but=("b1", "b2", "b3"))
 
     wal = Path(f"{db}-wal")
     with closing(prune.connect(db)) as connection:
-        prune.delete_runs(connection, db, prune.by_id(connection, db, ["b1", "b2", "b3"]))
+        journal = pruning(connection, db)
+        done(journal.delete_runs(done(journal.by_id(["b1", "b2", "b3"]))))
         # Committed to the WAL, not yet in the file: the size counts both.
         assert wal.stat().st_size > 0
-        assert prune.journal_size(db) == db.stat().st_size + wal.stat().st_size
-        prune.reclaim(connection, db)
+        assert done(journal.size()) == db.stat().st_size + wal.stat().st_size
+        done(journal.reclaim())
         # VACUUMed through the WAL, which was then checkpointed into the file and
         # truncated, with this connection still open.
         assert wal.stat().st_size == 0
-        after = prune.journal_size(db)
+        after = done(journal.size())
         assert after == db.stat().st_size
         assert after < before * 0.5, (before, after)
 
@@ -483,12 +372,12 @@ def test_a_failure_after_the_deletes_rolls_everything_back(
 ) -> None:
     before = everything(db)
     with closing(prune.connect(db)) as connection:
-        candidates = prune.by_id(connection, db, ["r1", "r3"])
+        candidates = done(pruning(connection, db).by_id(["r1", "r3"]))
         if breaking is not None:
             breaking(monkeypatch)
         spy = Spy(connection, fail_at=fail_at, error=error)
         with pytest.raises(expected) as raised:
-            prune.delete_runs(cast(sqlite3.Connection, spy), db, candidates)
+            done(pruning(spy, db).delete_runs(candidates))
         if expected is JournalError:
             assert "nothing was pruned" in str(raised.value)
         # It failed after the rows had gone, inside the transaction...
@@ -514,9 +403,9 @@ def test_a_damaged_file_is_not_pruned(db: Path) -> None:
     before = everything(db)
     with closing(prune.connect(db)) as connection:
         spy = Spy(connection, answer={"PRAGMA integrity_check": [("row 3 missing",)]})
-        candidates = prune.by_id(connection, db, ["r2"])
+        candidates = done(pruning(connection, db).by_id(["r2"]))
         with pytest.raises(JournalError, match=r"damaged.*nothing was pruned"):
-            prune.delete_runs(cast(sqlite3.Connection, spy), db, candidates)
+            done(pruning(spy, db).delete_runs(candidates))
         assert spy.statements == ["PRAGMA integrity_check"]
     assert everything(db) == before
     assert lock_is_free(db, "r2")
@@ -529,17 +418,18 @@ def test_a_run_driven_by_a_live_process_is_refused_and_nothing_is_pruned(db: Pat
     before = everything(db)
     with driven_elsewhere(db, "r3"):
         with closing(prune.connect(db)) as connection:
-            candidates = prune.by_id(connection, db, ["r1", "r3", "r4"])
+            journal = pruning(connection, db)
+            candidates = done(journal.by_id(["r1", "r3", "r4"]))
             # The dry run's check: no lock taken.
             with pytest.raises(RunIsRunning) as raised:
-                prune.refuse_running(db, candidates)
+                done(journal.refuse_running(candidates))
             assert raised.value.run_id == "r3"
             assert "run 'r3' is running" in str(raised.value)
-            prune.refuse_running(db, [c for c in candidates if c.run_id != "r3"])
+            done(journal.refuse_running([c for c in candidates if c.run_id != "r3"]))
             # The prune itself: refused at r3's lock, after r1's was taken.
             spy = Spy(connection)
             with pytest.raises(RunIsRunning) as raised:
-                prune.delete_runs(cast(sqlite3.Connection, spy), db, candidates)
+                done(pruning(spy, db).delete_runs(candidates))
             assert raised.value.run_id == "r3"
             assert spy.statements == []
             assert not connection.in_transaction
@@ -551,39 +441,3 @@ def test_a_run_driven_by_a_live_process_is_refused_and_nothing_is_pruned(db: Pat
     # The driver gone, the same prune goes through.
     assert [c.run_id for c in pruned(db, ["r1", "r3", "r4"])] == ["r1", "r3", "r4"]
     assert [row[0] for row in query(db, "SELECT run_id FROM runs")] == ["r2"]
-
-
-def test_a_run_locked_in_this_process_is_refused_too(db: Path) -> None:
-    """`durable run` in a thread of this process holds its lock the same way."""
-    before = everything(db)
-    with RunLock(db, "r2"), closing(prune.connect(db)) as connection:
-        candidates = prune.by_id(connection, db, ["r2"])
-        with pytest.raises(RunIsRunning):
-            prune.refuse_running(db, candidates)
-        with pytest.raises(RunIsRunning):
-            prune.delete_runs(connection, db, candidates)
-    assert everything(db) == before
-
-
-# -- what a pruned run leaves behind ------------------------------------------------------
-
-
-def test_no_row_anywhere_names_a_pruned_run(tmp_path: Path) -> None:
-    """Not even a cache entry: a pruned run's seqs are free again (`events.seq` is a
-    plain INTEGER PRIMARY KEY), so an entry left behind would name whatever event a
-    later run writes there, and answer its fingerprint with that event's output."""
-    db = make_journal(tmp_path / "j.db", ["keep"], CACHED, {"n": 0})
-    make_journal(db, ["gone"], CACHED, {"n": 1})
-    assert "cache" in tables_with_run_id(db) and count(db, "cache", "gone") == 1
-    kept = rows_of(db, but=("gone",))
-
-    pruned(db, ["gone"])
-
-    assert rows_of(db, but=("gone",)) == kept
-    assert rows_of(db, ["gone"]) == {table: [] for table in tables_with_run_id(db)}
-
-    # The id, and the seqs, used again by other work; then the pruned run's work asked
-    # for again: it must run, not be answered with the other work's output.
-    make_journal(db, ["gone"], CACHED, {"n": 2})
-    again = asyncio.run(arun(CACHED, {"n": 1}, db=db, run_id="again", durability="off"))
-    assert again.outputs == {"a": {"n": 1}}
