@@ -49,6 +49,7 @@ from durable.integrity import ChainVerifier, summary_crc
 from durable.journal.common import chain_batch, checked_row
 from durable.journal.postgres import PgJournal, _lock_key
 from durable.journal.reader import RunRecord
+from durable.journal.schema import SUMMARY_EVERY
 from durable.runner import params_of
 from durable.spec import Workflow
 from durable.state import RETRYING, RUNNING, IllegalTransition
@@ -152,6 +153,10 @@ class FleetRun:
         self.missing = missing
         self.tools = {plan.spec.tool for plan in advance.plan.tasks.values()} - set(missing)
         self.runnable = sorted(self.tools)
+        #: When (monotonic) this worker next writes the run's summary with a commit,
+        #: and whether its last commits left the summary behind (`FleetStore._write`).
+        self.summary_due = 0.0
+        self.summary_behind = False
 
 
 def worker_plan(workflow: Workflow, base_dir: str, source: str) -> tuple[Plan, dict[str, str]]:
@@ -330,12 +335,19 @@ class FleetStore:
         rows = await self.conn.fetch(RESERVE, count)
         return [row[0] for row in rows]
 
-    async def _write(self, run: FleetRun, plan: _Writes) -> None:
+    async def _write(self, run: FleetRun, plan: _Writes, summary_now: bool = False) -> None:
         """Everything a transaction changes, in one statement: the events (at seqs
         reserved under the run's lock, so a run's seqs follow its commits), its
-        summary, new work rows, claims of existing ones, rows a claim ended, NOTIFY."""
+        summary, new work rows, claims of existing ones, rows a claim ended, NOTIFY.
+
+        A worker writes a run's summary with its commits at most every
+        `SUMMARY_EVERY` seconds, and always with the run's end, as the SQLite
+        journal does (it cost a chain's step a twentieth of its time); one it left
+        behind is caught up once the worker is idle (`catch_up`). Meanwhile the
+        run is live (the fleet holds its work), so `runs` takes its summary for
+        what it is: a moment behind."""
         events = plan.events
-        if not events and not plan.new and not plan.claimed and not plan.ended:
+        if not events and not plan.new and not plan.claimed and not plan.ended and not summary_now:
             return
         run_id = run.record.run_id
         seqs = plan.seqs
@@ -356,19 +368,27 @@ class FleetStore:
         values, heads, _ = chain_batch(rows, {run_id: run.verifier.previous})
         columns = [values[column::7] for column in range(7)]
         last = seqs[len(events) - 1] if events else run.last_seq
-        record = run.record
-        summary = self._encode_summary(
-            summarize(record.workflow, record.created_at, run.advance.state)
-        )
+        finished = any(isinstance(event, RunFinished) for event in events)
+        now = time.monotonic()
+        if summary_now or finished or not self.chained or now >= run.summary_due:
+            record = run.record
+            summary = self._encode_summary(
+                summarize(record.workflow, record.created_at, run.advance.state)
+            )
+            summarized, run.summary_behind = last, False
+            run.summary_due = now + SUMMARY_EVERY
+        else:  # not written: the statement skips it (`WRITE`, a last seq of 0)
+            summary, summarized = b"", 0
+            run.summary_behind = run.summary_behind or bool(events)
         tasks = run.advance.plan.tasks
         await self.conn.execute(
             WRITE,
             seqs[: len(events)],
             *columns,
             run_id,
-            last,
+            summarized,
             summary,
-            summary_crc(run_id, last, summary),
+            summary_crc(run_id, summarized, summary),
             uuid.UUID(self.worker_id) if self.worker_id else None,
             self.lease,
             [task_id for task_id, _ in plan.new],
@@ -382,11 +402,25 @@ class FleetStore:
             [task_id for task_id, _, _ in plan.retried],
             [delay for _, delay, _ in plan.retried],
             [counted for _, _, counted in plan.retried],
-            any(isinstance(event, RunFinished) for event in events),
+            finished,
         )
         if events:
             run.verifier.previous = heads[run_id]
             run.last_seq = last
+
+    def behind(self) -> list[str]:
+        """The runs whose summary this worker's commits left behind."""
+        return [run_id for run_id, run in self.runs.items() if run.summary_behind]
+
+    async def catch_up(self, run_id: str) -> None:
+        """Write a run's summary as of its last event, in a transaction of its own
+        (under the run's lock, after catching up with the other workers' events)."""
+        run = self.runs.get(run_id)
+        if run is None or not run.summary_behind:
+            return
+        async with self._transaction(run_id):
+            run, _ = await self._open(run_id)
+            await self._write(run, _Writes([], {}, []), summary_now=True)
 
     # -- handing a run to the fleet -----------------------------------------------
 

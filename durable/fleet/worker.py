@@ -51,6 +51,7 @@ from durable.fleet.store import Claim, FleetStore, Outcome
 from durable.fleet.tables import CHANNEL
 from durable.fleet.workers import new_worker_id, register, renew, unregister
 from durable.journal.postgres import PgJournal, connection_lost
+from durable.journal.schema import SUMMARY_EVERY
 from durable.state import RUNNING, TaskState
 
 #: Seconds between looks for work when no NOTIFY comes (leases that ran out, delays over).
@@ -416,10 +417,17 @@ class Worker:
     async def _commit_loop(self) -> None:
         while True:
             if not self._outcomes:
+                behind = self._store.behind() if self._store is not None else []
                 if self._done():
+                    await self._catch_up(behind)
                     return
                 self._have_outcomes.clear()
-                await self._have_outcomes.wait()
+                try:
+                    await asyncio.wait_for(
+                        self._have_outcomes.wait(), SUMMARY_EVERY if behind else None
+                    )
+                except TimeoutError:
+                    await self._catch_up(behind)  # idle: the summaries go out now
                 continue
             outcomes, self._outcomes = self._outcomes, []
             free = self._free() + len(outcomes)
@@ -444,6 +452,14 @@ class Worker:
             # this worker was full, is looked for now that it has room.
             if self._free() > 0 and self._maybe_work:
                 self._wake.set()
+
+    async def _catch_up(self, run_ids: list[str]) -> None:
+        """Write the summaries this worker's commits left behind (`FleetStore._write`)."""
+        for run_id in run_ids:
+            try:
+                await self._with_db(lambda store, run_id=run_id: store.catch_up(run_id))
+            except DurableError as exc:  # that run only (damaged, say): the next commit retries
+                self.say(f"run {run_id}: its summary was not written: {exc.message}")
 
     # -- renewing ----------------------------------------------------------------------
 

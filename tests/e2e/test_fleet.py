@@ -695,3 +695,45 @@ def test_a_backlog_for_a_missing_tool_does_not_starve_other_runs(
     (submitted / "late_tools.py").rename(elsewhere / "late_tools.py")
     fleet.worker(dsn)  # it has echo: the small run is its to finish
     wait_status(durable, dsn, run_id, tmp_path, "succeeded", timeout=5)
+
+
+def test_a_runs_summary_catches_up_once_its_worker_is_idle(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """A worker writes a run's summary with its commits at most every 50 ms. Here
+    `mid`'s commit (200 ms after the last) writes it; `quick`'s, a moment later,
+    does not: it is left behind. Once the worker is idle (`long` runs for seconds),
+    the summary is brought up to the run's last event, so `durable runs` shows what
+    runs now, not what ran 50 ms before."""
+    from durable.summary import RunSummary
+
+    workflow = write(
+        folder,
+        "catch_up.yaml",
+        """
+name: catch-up
+imports: [fleettools]
+tasks:
+  - {id: mid, tool: step, input: {key: mid, seconds: 0.2}}
+  - {id: quick, tool: echo, input: {n: 1}, dependencies: [mid]}
+  - {id: long, tool: step, input: {key: long, seconds: 4}, dependencies: [quick]}
+""",
+    )
+    worker = fleet.worker(dsn)
+    run_id = submit(durable, workflow, dsn, folder)
+    wait_executed(folder, "long", worker)
+
+    def summary_current() -> RunSummary | None:
+        rows = pg.fetch(
+            dsn,
+            "SELECT s.last_seq, s.data, (SELECT max(seq) FROM durable.events e"
+            f" WHERE e.run_id = s.run_id) FROM durable.summaries s WHERE s.run_id = '{run_id}'",
+        )
+        if not rows or rows[0][0] != rows[0][2]:
+            return None
+        return msgspec.msgpack.decode(rows[0][1], type=RunSummary)
+
+    summary = wait_until(summary_current, 1.5, "the summary caught up with the run")
+    assert summary.counts == {"succeeded": 2, "running": 1}
+    listed = json.loads(durable("runs", "--db", dsn, "--json", cwd=folder).stdout)
+    assert [run["status"] for run in listed if run["run_id"] == run_id] == ["running"]
