@@ -1,23 +1,62 @@
 """The `durable` command group and the one error boundary.
 
-Commands import the engine lazily so that `durable --help` starts fast.
+A command's module is imported only when that command runs (or `--help` lists it),
+and commands import the engine lazily, so that `durable run` pays for neither the
+other commands nor their options, and `durable --help` not for the engine.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from durable.errors import DurableError
 
+# Each command, by name, and the module of `durable_cli` that defines it (in the
+# module's `COMMANDS`, or as the attribute of that name). Listed here rather than found
+# by importing every module; `tests/unit/test_cli_main.py` checks the two agree.
+COMMANDS: dict[str, str] = {
+    "run": "run_cmds",
+    "resume": "run_cmds",
+    "rerun": "run_cmds",
+    "runs": "journal_cmds",
+    "status": "journal_cmds",
+    "log": "journal_cmds",
+    "output": "journal_cmds",
+    "check": "journal_cmds",
+    "watch": "watch_cmds",
+    "validate": "inspect_cmds",
+    "graph": "inspect_cmds",
+    "bench": "bench_cmds",
+    "timeline": "timeline_cmds",
+    "worker": "fleet_cmds",
+    "workers": "fleet_cmds",
+    "export": "operator_cmds",
+    "prune": "operator_cmds",
+    "cache": "operator_cmds",
+    "cancel": "operator_cmds",
+}
+
 
 class DurableGroup(click.Group):
     """Turns a `DurableError` into one line on stderr (then detail lines) and its exit code.
 
     Nothing else is caught: an exception that is not a `DurableError` is a bug, and
-    its traceback is what a bug report needs.
+    its traceback is what a bug report needs. Commands are loaded from `COMMANDS` on
+    first use.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"durable_cli.{COMMANDS[cmd_name]}")
+            listed = [c for c in getattr(module, "COMMANDS", ()) if c.name == cmd_name]
+            self.add_command(listed[0] if listed else getattr(module, cmd_name))
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -46,38 +85,6 @@ def cli() -> None:
       durable run examples/research/workflow.yaml
       durable runs
     """
-
-
-def _register() -> None:
-    from durable_cli import (
-        bench_cmds,
-        fleet_cmds,
-        inspect_cmds,
-        journal_cmds,
-        operator_cmds,
-        run_cmds,
-        timeline_cmds,
-        watch_cmds,
-    )
-
-    for module in (
-        run_cmds,
-        journal_cmds,
-        watch_cmds,
-        inspect_cmds,
-        bench_cmds,
-        timeline_cmds,
-        fleet_cmds,
-    ):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-    cli.add_command(operator_cmds.export)
-    cli.add_command(operator_cmds.prune)
-    cli.add_command(operator_cmds.cache)
-    cli.add_command(operator_cmds.cancel)
-
-
-_register()
 
 
 def main() -> None:

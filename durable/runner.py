@@ -32,7 +32,6 @@ from durable.executors import refuse_in_pool_worker
 from durable.fingerprint import fingerprint, tool_identity
 from durable.formats import MAX_DEPTH
 from durable.graph import Plan
-from durable.inspection import fold_run, resolve_run_id
 from durable.journal import Journal, RunRecord, default_path
 from durable.journal import cache as cache_index
 from durable.journal.file import is_postgres
@@ -240,6 +239,8 @@ async def aresume(
     what changed runs again, and why, is planned by `amend.py` and given to
     `hooks.on_plan` before anything is written; `edit.dry_run` stops there.
     """
+    from durable.inspection import fold_run, resolve_run_id
+
     refuse_in_pool_worker()
     hooks = hooks or Hooks()
     journal = await Journal.open(db, create=False, durability=durability)

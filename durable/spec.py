@@ -311,14 +311,14 @@ def _convert(
     return None, refused
 
 
-_PATH_PART = re.compile(r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\.\.\.\]")
+_PATH_PART = r"\.([A-Za-z_][\w-]*)|\[(\d+)\]|\[\.\.\.\]"  # compiled on first use
 
 
 def _error_parts(message: str) -> tuple[str, list[str | int], bool]:
     """msgspec's "Expected `int` - at `$.tasks[1].retries`" as (what, path parts, missing?)."""
     what, _, where = message.partition(" - at `")
     parts: list[str | int] = []
-    for key, index in _PATH_PART.findall(where.rstrip("`").removeprefix("$")):
+    for key, index in re.findall(_PATH_PART, where.rstrip("`").removeprefix("$")):
         parts.append(key if key else int(index) if index else "...")
     unknown = re.match(r"Object contains unknown field `(.+)`", what)
     missing = re.match(r"Object missing required field `(.+)`", what)

@@ -17,9 +17,7 @@ made; where neither is possible, the journal is read from a private copy.
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from durable.errors import JournalError
@@ -49,6 +47,8 @@ class FileAccess:
 
     def cleanup(self) -> None:
         if self.copy_dir is not None:
+            import shutil
+
             shutil.rmtree(self.copy_dir, ignore_errors=True)
             self.copy_dir = None
 
@@ -134,6 +134,9 @@ def readable(path: Path) -> FileAccess:
     if not wal.exists() or wal.stat().st_size == 0:
         # Without a WAL every committed page is in the file itself.
         return FileAccess(f"{uri}&immutable=1")
+    import shutil
+    import tempfile
+
     copy_dir = tempfile.mkdtemp(prefix="durable-read-")
     try:
         shutil.copyfile(path, os.path.join(copy_dir, "journal.db"))
@@ -178,6 +181,7 @@ def describe(exc: sqlite3.Error | UnicodeDecodeError, path: Path | None = None) 
 def _space_problem(path: Path) -> str | None:
     """Why the journal at `path` could not grow, if that is why: a size limit or a full disk."""
     import resource
+    import shutil
 
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     sizes = [p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists()]
