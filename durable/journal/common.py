@@ -173,6 +173,9 @@ class EventQueue:
         self._wakeup = asyncio.Event()
         # The writer waits for `_wakeup` (and is woken when a batch begins).
         self._idle = True
+        # The loop the writer runs on, once started: asking for the running loop
+        # costs a system call on Python 3.11 (getpid), and appends are per event.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def append(
         self,
@@ -203,7 +206,7 @@ class EventQueue:
             )
         )
         if self._batch is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             self._batch = loop.create_future()
             if self._idle:
                 # Wake the writer on the next turn of the loop, not this one: the

@@ -493,7 +493,7 @@ class PgJournal(EventReading, EventQueue):
 
     def start(self) -> None:
         if self._writer is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop = asyncio.get_running_loop()
             self._writer = loop.create_task(self._write_loop(), name="journal-writer")
             if self._summaries or self.on_request is not None:
                 self._watch = loop.create_task(self._watch_requests(), name="journal-watch")

@@ -163,7 +163,7 @@ class Journal(JournalReader, EventQueue):
     def start(self) -> None:
         """Start the writer coroutine. Appends before this are queued, not lost."""
         if self._writer is None:
-            loop = asyncio.get_running_loop()
+            loop = self._loop = asyncio.get_running_loop()
             self._writer = loop.create_task(self._write_loop(), name="journal-writer")
             if self._identity is not None:
                 self._watch = loop.call_later(WATCH_EVERY, self._check_identity)
@@ -306,7 +306,9 @@ class Journal(JournalReader, EventQueue):
         chain of tasks 14 % of its speed (one more page per commit). A summary left
         behind is caught up once the writer is idle (`_write_summaries`).
         """
-        now = asyncio.get_running_loop().time()
+        loop = self._loop
+        assert loop is not None  # the writer runs: it was started
+        now = loop.time()
         saved: dict[str, int] = {}
         for run_id, position in ends.items():
             if run_id not in self._summaries:
@@ -330,10 +332,8 @@ class Journal(JournalReader, EventQueue):
                 self._behind.add(run_id)
             else:
                 self._behind.discard(run_id)
-        if self._behind and self._catch_up is None:
-            self._catch_up = asyncio.get_running_loop().call_later(
-                SUMMARY_EVERY, self._summaries_due
-            )
+        if self._behind and self._catch_up is None and self._loop is not None:
+            self._catch_up = self._loop.call_later(SUMMARY_EVERY, self._summaries_due)
 
     def _summaries_due(self) -> None:
         self._catch_up = None
