@@ -29,6 +29,8 @@ _REF = re.compile(r"\$(\$?)\{([^{}]*)\}")
 _NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
 _ROOT = re.compile(rf"\s*({_NAME})\s*(?:\[\s*(\d+)\s*\]\s*)?(?:\.\s*({_NAME}))?")
 _STEP = re.compile(rf"\.({_NAME})|\[\s*(-?\d+)\s*\]|\[\s*\"([^\"]*)\"\s*\]|\[\s*'([^']*)'\s*\]")
+#: A reference made of dotted names alone (`t1.output.n`, `params.x`): most of them.
+_DOTTED = re.compile(rf"{_NAME}(?:\.{_NAME})+")
 
 
 #: The names a `foreach` task's input and `when` may use for their instance.
@@ -61,6 +63,15 @@ class Ref(msgspec.Struct, frozen=True):
 def parse_ref(inner: str) -> Ref:
     """Parse the text between `${` and `}`."""
     text = inner.strip()
+    if _DOTTED.fullmatch(text):  # the common shapes, without the general walk below
+        head, member, *path = text.split(".")
+        if head == "item":
+            return Ref("item", "item", (member, *path), text)
+        if head == "params":
+            return Ref("param", member, tuple(path), text)
+        if member == "output" and head != "run":
+            return Ref("task", head, tuple(path), text)
+        # anything else (`run.id`, and every error) as below
     root = _ROOT.match(text)
     # `${index.output}` is a task named `index`; `${item...}` is always the item.
     if root and (root.group(1) == "item" or (root.group(1) == "index" and not root.group(3))):
@@ -208,14 +219,19 @@ def _compile(value: Any, refs: list[Ref]) -> Any:
     """Return a function scope -> value. Constant subtrees are returned as they are."""
     if isinstance(value, str):
         return _compile_string(value, refs)
+    # A part is constant exactly when compiling it found no reference.
+    before = len(refs)
     if isinstance(value, dict):
-        parts = {k: _compile(v, refs) for k, v in value.items()}
-        if all(p.__class__ is _Const for p in parts.values()):
+        parts = {
+            k: _compile_string(v, refs) if v.__class__ is str else _compile(v, refs)
+            for k, v in value.items()
+        }
+        if len(refs) == before:
             return _Const(value)
         return lambda scope: {k: p(scope) for k, p in parts.items()}
     if isinstance(value, list):
         items = [_compile(v, refs) for v in value]
-        if all(p.__class__ is _Const for p in items):
+        if len(refs) == before:
             return _Const(value)
         return lambda scope: [p(scope) for p in items]
     return _Const(value)
@@ -236,6 +252,11 @@ class _Const:
 def _compile_string(text: str, refs: list[Ref]) -> Any:
     if "$" not in text:
         return _Const(text)
+    whole = _REF.fullmatch(text)
+    if whole is not None and not whole.group(1):  # exactly one reference: its value
+        only = parse_ref(whole.group(2))
+        refs.append(only)
+        return lambda scope: resolve(only, scope)
     pieces: list[str | Ref] = []
     pos = 0
     for match in _REF.finditer(text):
