@@ -4,7 +4,7 @@ Every attempt's `task_started` carries a fingerprint of its work (`durable/finge
 canonical msgpack of the rendered input, one BLAKE2b). The issue that brought it in
 allows it at most 10 % of `durable bench` throughput. Rounds of the two variants
 alternate on fresh journals (`wide`, 10,000 no-op tasks at `-j 64`; quick mode 2,000);
-"without" replaces the engine's `fingerprint` with a function that returns None, so
+"without" replaces `fingerprint` where attempts take it (`attempt.render_input`) with a function that returns None, so
 the rest of the path (rendering the input at launch) is the same. Each variant's best
 round counts (load only ever adds time).
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from durable import engine, eventloop, runner
+from durable import attempt, eventloop, runner
 from durable.benchmark import make_workflow
 
 TASKS, QUICK_TASKS = 10_000, 2_000
@@ -33,7 +33,7 @@ README = "fingerprints cost a run at most 10 % of its throughput"
 @contextmanager
 def _without_fingerprints(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "fingerprint", lambda identity, value: None)
+        patch.setattr(attempt, "fingerprint", lambda identity, value: None)
         yield
 
 

@@ -36,25 +36,17 @@ def render_input(plan: TaskPlan, scope: Scope) -> tuple[Any, str | None]:
 
     An input that cannot be rendered gives the `AttemptFailed` the attempt raises
     (trying again cannot help) and no fingerprint; so does an input that a tool's
-    `prepare` made unencodable, which still runs. A constant input renders to the
-    same value every time: its fingerprint is computed once per plan.
+    `prepare` made unencodable, which still runs.
     """
-    template = plan.template
     try:
-        value = template.render(scope)
+        value = plan.template.render(scope)
     except DurableError as exc:
         return AttemptFailed(f"input: {exc.message}", retryable=False), None
-    constant = template.is_constant
-    if constant and plan.mark is not None:
-        return value, plan.mark
     assert plan.tool is not None
     try:
-        mark = fingerprint(tool_identity(plan.tool), value)
+        return value, fingerprint(tool_identity(plan.tool), value)
     except (TypeError, ValueError, msgspec.EncodeError):
         return value, None
-    if constant:
-        plan.mark = mark
-    return value, mark
 
 
 async def call_tool(

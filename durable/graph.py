@@ -52,7 +52,6 @@ class TaskPlan:
         "index",
         "item",
         "level",
-        "mark",
         "spec",
         "tool",
     )
@@ -78,9 +77,6 @@ class TaskPlan:
         self.group: str | None = None
         self.item: Any = None
         self.index: int | None = None
-        #: The fingerprint of a constant input's work, once an attempt has taken it
-        #: (`attempt.render_input`).
-        self.mark: str | None = None
 
     def instance(self, index: int, item: Any) -> TaskPlan:
         """The plan of one instance of this `foreach` task: the same tool, input and
