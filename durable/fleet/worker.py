@@ -419,7 +419,7 @@ class Worker:
             if not self._outcomes:
                 behind = self._store.behind() if self._store is not None else []
                 if self._done():
-                    await self._catch_up(behind)
+                    await self._catch_up(behind, retry=False)
                     return
                 self._have_outcomes.clear()
                 try:
@@ -453,13 +453,22 @@ class Worker:
             if self._free() > 0 and self._maybe_work:
                 self._wake.set()
 
-    async def _catch_up(self, run_ids: list[str]) -> None:
-        """Write the summaries this worker's commits left behind (`FleetStore._write`)."""
+    async def _catch_up(self, run_ids: list[str], retry: bool = True) -> None:
+        """Write the summaries this worker's commits left behind (`FleetStore._write`).
+        Stopping, it tries once and does not wait for a database that went away:
+        the next worker to commit for the run writes its summary."""
         for run_id in run_ids:
             try:
-                await self._with_db(lambda store, run_id=run_id: store.catch_up(run_id))
+                if retry:
+                    await self._with_db(lambda store, run_id=run_id: store.catch_up(run_id))
+                elif self._store is not None:
+                    async with self._db:
+                        await self._store.catch_up(run_id)
             except DurableError as exc:  # that run only (damaged, say): the next commit retries
                 self.say(f"run {run_id}: its summary was not written: {exc.message}")
+            except Exception as exc:
+                if retry or not connection_lost(exc):
+                    raise
 
     # -- renewing ----------------------------------------------------------------------
 
