@@ -619,6 +619,15 @@ def pg_journals() -> Iterator[PgJournals | None]:
         journals.close()
 
 
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database, whatever the backend of the run: for the tests
+    that choose PostgreSQL themselves (the fleet, the DSN's own errors)."""
+    pg.require_pg()
+    with pg.fresh_database() as found:
+        yield found
+
+
 # -- the same helpers as fixtures ------------------------------------------------
 
 

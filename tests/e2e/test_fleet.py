@@ -91,13 +91,6 @@ def late(x):
 # -- helpers -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    pg.require_pg()
-    with pg.fresh_database() as found:
-        yield found
-
-
 class Worker:
     """A started `durable worker`, its stderr going to a file."""
 
@@ -263,6 +256,13 @@ def wait_executed(folder: Path, key: str, worker: Worker) -> None:
     )
 
 
+def wait_running(dsn: str, run_id: str, folder: Path, task_id: str, worker: Worker) -> None:
+    """Wait until `worker` has claimed `task_id` (its `task_started` committed) and
+    begun its tool call."""
+    wait_events(dsn, run_id, "task_started", task_id=task_id)
+    wait_executed(folder, task_id, worker)
+
+
 def runs_of(folder: Path) -> Counter[str]:
     return Counter(key for key, _ in executions(folder))
 
@@ -389,8 +389,7 @@ def test_a_paused_worker_loses_its_task_and_its_late_outcome_is_refused(
     workflow = write(folder, "fenced.yaml", FENCED)
     paused = fleet.worker(dsn)
     run_id = submit(durable, workflow, dsn, folder)
-    wait_events(dsn, run_id, "task_started", task_id="t")
-    wait_executed(folder, "t", paused)
+    wait_running(dsn, run_id, folder, "t", paused)
     paused.signal(signal.SIGSTOP)
     taker = fleet.worker(dsn)
     wait_events(dsn, run_id, "run_finished")
@@ -434,8 +433,7 @@ def test_sigterm_lets_the_running_task_finish_and_claims_nothing_more(
     workflow = write(folder, "chain.yaml", CHAIN)
     first = fleet.worker(dsn, "--grace", "10")
     run_id = submit(durable, workflow, dsn, folder)
-    wait_events(dsn, run_id, "task_started", task_id="t")
-    wait_executed(folder, "t", first)
+    wait_running(dsn, run_id, folder, "t", first)
     began = time.monotonic()
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 0
@@ -468,8 +466,7 @@ def test_sigint_hands_the_running_task_back_at_once(
     workflow = write(folder, "handed.yaml", HANDED)
     first = fleet.worker(dsn, "--grace", "30")
     run_id = submit(durable, workflow, dsn, folder)
-    wait_events(dsn, run_id, "task_started", task_id="t")
-    wait_executed(folder, "t", first)
+    wait_running(dsn, run_id, folder, "t", first)
     began = time.monotonic()
     first.signal(signal.SIGINT)
     code = first.wait(timeout=10)
@@ -505,8 +502,7 @@ def test_a_killed_workers_task_runs_again_elsewhere_and_committed_ones_never(
     first = fleet.worker(dsn)
     run_id = submit(durable, workflow, dsn, folder)
     wait_events(dsn, run_id, "task_succeeded", 3)
-    wait_events(dsn, run_id, "task_started", task_id="s")
-    wait_executed(folder, "s", first)
+    wait_running(dsn, run_id, folder, "s", first)
     stop(first.process)  # SIGKILL
     second = fleet.worker(dsn)
     final = wait_status(durable, dsn, run_id, folder, "succeeded")

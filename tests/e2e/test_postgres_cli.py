@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ tasks:
   - {id: c, tool: echo, foreach: [1, 2, 3], input: {i: "${item}"}}
   - {id: d, tool: echo, input: ["${b.output}", "${c.output}"]}
 """
-
-
-@pytest.fixture
-def dsn() -> Iterator[str]:
-    pg.require_pg()
-    with pg.fresh_database() as found:
-        yield found
 
 
 def test_run_and_every_reading_command(tmp_path: Path, dsn: str, durable: Any, write: Any) -> None:
