@@ -14,6 +14,8 @@
   aiohttp or networkx.
 - `plan_workflow` of a 10k-task layered workflow: validation and the graph
   (what `durable validate` and every `run` do after reading the file).
+- `plan_workflow` of 10k tasks that reference an instance of a `foreach` task
+  defined last: the reference checks stay linear.
 - `spec.load` of the same workflow as a 10k-task YAML (and JSON) file: decoding.
 """
 
@@ -32,6 +34,7 @@ import pytest
 from durable import spec
 from durable.benchmark import make_workflow
 from durable.loader import plan_workflow
+from durable.spec import from_data
 
 ONE_TASK = """\
 name: one-task
@@ -155,6 +158,34 @@ def test_plan_workflow(benchmark, kit) -> None:
     )
     assert len(plan.tasks) == tasks
     benchmark.extra_info.update(tasks=tasks, shape="layered", quick=kit.quick)
+
+
+def test_plan_instance_refs(benchmark, kit) -> None:
+    """Validate and plan 10k tasks that each reference an instance of a `foreach` task
+    defined after them (`${fan[0].output}`). Checking that the referenced task has a
+    `foreach` once scanned every task per reference: 24 s for 20k tasks here, now 0.5 s."""
+    tasks = kit.size(10000, 1000)
+    workflow = from_data(
+        {
+            "name": "instance-refs",
+            "tasks": [
+                *(
+                    {"id": f"t{i}", "tool": "echo", "input": "${fan[0].output}"}
+                    for i in range(tasks)
+                ),
+                {"id": "fan", "tool": "echo", "foreach": [1, 2, 3], "input": "${item}"},
+            ],
+        }
+    )
+    plan = benchmark.pedantic(
+        plan_workflow,
+        args=(workflow, "."),
+        rounds=kit.rounds(5),
+        warmup_rounds=kit.warmup(),
+        iterations=1,
+    )
+    assert plan.tasks["t0"].deps == ("fan",)
+    benchmark.extra_info.update(tasks=tasks + 1, quick=kit.quick)
 
 
 @pytest.mark.parametrize("suffix", ["yaml", "json"])

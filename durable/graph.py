@@ -189,12 +189,13 @@ def build(
                 f"duplicate id (used {count} times)"
             )
 
+    fanned = frozenset(task.id for task in workflow.tasks if task.foreach is not None)
     used_tools: set[str] = set()
     for position, task in enumerate(workflow.tasks):
         if task.id in tasks:
             continue
         tasks[task.id] = _plan_task(
-            task, workflow, known, seen, resolve_tool, problems, at, position
+            task, workflow, known, seen, fanned, resolve_tool, problems, at, position
         )
         used_tools.add(task.tool)
 
@@ -334,12 +335,14 @@ def _plan_task(
     workflow: Workflow,
     known: Counter[str],
     planned: Counter[str],
+    fanned: frozenset[str],
     resolve_tool: ToolResolver | None,
     problems: list[str],
     lines: _Lines,
     position: int,
 ) -> TaskPlan:
-    """Check one task and plan it. `known` ids exist in the file; only `planned` ones get edges."""
+    """Check one task and plan it. `known` ids exist in the file; only `planned` ones get
+    edges; `fanned` ones have a `foreach` (their instances may be referenced)."""
     where = f"task '{task.id}'"
     tool: ToolDef | None = None
     if resolve_tool is not None:
@@ -434,7 +437,7 @@ def _plan_task(
         elif dep in planned:
             deps[dep] = None
     for ref, field in refs:
-        problem = _check_ref(ref, task, workflow, known)
+        problem = _check_ref(ref, task, workflow, known, fanned)
         if problem:
             problems.append(f"{lines.task(position, field, str(ref))}{problem}")
         name = group_of(ref.name)
@@ -443,7 +446,9 @@ def _plan_task(
     return TaskPlan(spec=task, tool=tool, template=template, when=when, deps=tuple(deps))
 
 
-def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) -> str | None:
+def _check_ref(
+    ref: Ref, task: Task, workflow: Workflow, known: Counter[str], fanned: frozenset[str]
+) -> str | None:
     where = f"task '{task.id}'"
     if ref.kind == "param" and ref.name not in workflow.params:
         return f"{where}: reference {ref}: unknown param '{ref.name}' (declare it under params)"
@@ -453,9 +458,7 @@ def _check_ref(ref: Ref, task: Task, workflow: Workflow, known: Counter[str]) ->
             return f"{where}: reference {ref}: a task cannot reference its own output"
         if name not in known:
             return f"{where}: reference {ref}: unknown task '{name}'"
-        if name != ref.name and not any(
-            other.id == name and other.foreach is not None for other in workflow.tasks
-        ):
+        if name != ref.name and name not in fanned:
             return f"{where}: reference {ref}: task '{name}' has no foreach, so no instances"
     return None
 
