@@ -211,6 +211,9 @@ def _bench_fleet(
     )
     click.echo(f"  throughput     {median.tasks_per_s:>12,.0f} tasks/s")
     click.echo(f"  run time       {median.seconds:>12.3f} s")
+    click.echo(
+        f"  round trip     {median.round_trip_ms:>12.3f} ms (SELECT 1; a chain step is three and a commit)"
+    )
 
 
 COMMANDS = [bench]

@@ -3,7 +3,8 @@
 Worker processes are started (`durable worker`, one process each, as a user runs
 them), the benchmark run is handed to them (`fleet/submit.py`) and the clock stops
 at its committed `run_finished`. Throughput counts from just before the hand-over
-to that event's time. Latency: on an idle fleet, one-task runs are handed over one
+to that event's time; the median round trip of a `SELECT 1` just before is reported
+beside it, the unit a chain's steps are made of. Latency: on an idle fleet, one-task runs are handed over one
 after another; the time from the hand-over's commit to the task's `task_started`
 (both clocks of this machine) is the claim-to-start latency, NOTIFY included.
 """
@@ -42,6 +43,10 @@ class FleetResult(msgspec.Struct):
     sleep: float
     seconds: float
     tasks_per_s: float
+    #: The median `SELECT 1` round trip from the benchmark's process before the run: a
+    #: chain step is three of them and a commit, so this says how much a chain can do
+    #: on this machine (0.13-0.22 ms on loopback here, on a busy day).
+    round_trip_ms: float
 
 
 class Latency(msgspec.Struct):
@@ -130,6 +135,7 @@ async def measure_fleet(
             # Each round starts from a clean queue table, whatever autovacuum does
             # (or does not: it may be off) after the rounds before.
             await journal._writable.execute("VACUUM durable.work")
+            round_trip = await _round_trip_ms(journal)
             started = time.time()
             run_id, _ = await submit(workflow, None, db=dsn)
             ended, status = await _finished_at(journal, run_id, 600)
@@ -147,7 +153,18 @@ async def measure_fleet(
         sleep,
         round(seconds, 4),
         round(tasks / seconds, 1),
+        round_trip,
     )
+
+
+async def _round_trip_ms(journal: PgJournal, samples: int = 101) -> float:
+    """The median time of a `SELECT 1` on the journal's connection, in ms."""
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        await journal._conn.fetchval("SELECT 1")
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 3)
 
 
 async def measure_latency(dsn: str, workers: int = 1, samples: int = 50) -> Latency:
