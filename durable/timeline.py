@@ -223,7 +223,10 @@ def build(
     on_path = set(critical)
     for attempt in attempts:
         attempt.critical = attempt.task_id in on_path
-    running = [_running_steps([a for a in attempts if a.session == s.index]) for s in sessions]
+    by_session: list[list[Attempt]] = [[] for _ in sessions]
+    for attempt in attempts:  # one pass, not one per session: a run may be resumed often
+        by_session[attempt.session].append(attempt)
+    running = [_running_steps(session_attempts) for session_attempts in by_session]
     peak = max((count for steps in running for _, count in steps), default=0)
     return Timeline(
         run_id=run_id,

@@ -33,6 +33,7 @@ from durable.timeline import (
     RETRIED,
     RUNNING,
     SUCCEEDED,
+    Attempt,
     Timeline,
 )
 from durable.timeline_page import CATCH, DEFS, PAGE, SCRIPT, STYLE
@@ -323,7 +324,11 @@ def _critical(t: Timeline, axis: Axis, pitch: float) -> Iterator[str]:
     Each goes from the dependency's last attempt to the first attempt of the next task
     that began after it: a task cut off and resumed was released before the resume.
     """
-    path = [[a for a in t.attempts if a.task_id == task_id] for task_id in t.critical]
+    on_path: dict[str, list[Attempt]] = {task_id: [] for task_id in t.critical}
+    for a in t.attempts:  # one pass: a path as long as the run must not scan it per task
+        if a.task_id in on_path:
+            on_path[a.task_id].append(a)
+    path = [on_path[task_id] for task_id in t.critical]
     yield '<g class="critpath">'
     for before, after in itertools.pairwise(path):
         if not before or not after:
