@@ -68,6 +68,9 @@ class Advance:
         #: foreach task -> its instances not yet finished
         self._left: dict[str, int] = {}
         self._decided: set[str] = set()
+        #: task -> how many of its first dependencies are known to have finished
+        #: (`_unblocked`); only a new session or an amendment unfinishes a task.
+        self._finished_deps: dict[str, int] = {}
         for task_id, task in state.tasks.items():
             if task.instances is not None and task_id in plan.tasks:
                 self._instantiate(plan.tasks[task_id])
@@ -81,7 +84,8 @@ class Advance:
         """Fold one event; True if it finished its task (a terminal state)."""
         self.state.apply(event)
         task_id = getattr(event, "task_id", None)
-        if task_id is None:
+        if task_id is None:  # a resume or an amendment may have unfinished tasks
+            self._finished_deps.clear()
             return False
         task = self.state.tasks[task_id]
         if isinstance(event, TaskExpanded):
@@ -137,6 +141,7 @@ class Advance:
         all finished, and the unfinished instances of expanded tasks."""
         steps = self._steps()
         states = self.state.tasks
+        self._finished_deps.clear()  # its opening event may have been folded without `apply`
         for group in self._left:  # a resume made failed instances pending again
             count = states[group].instances or 0
             self._left[group] = sum(
@@ -181,8 +186,15 @@ class Advance:
         return self.state.tasks[task_id].state == EXPANDED
 
     def _unblocked(self, plan: TaskPlan) -> bool:
-        states = self.state.tasks
-        return all(states[dep].state in TERMINAL for dep in plan.deps)
+        """Whether every dependency has finished. Asked again at each one's end, so
+        it goes on from the first it last found unfinished: a task after 50,000
+        others costs a pass over them in all, not one per ending."""
+        states, deps = self.state.tasks, plan.deps
+        checked = self._finished_deps.get(plan.id, 0)
+        while checked < len(deps) and states[deps[checked]].state in TERMINAL:
+            checked += 1
+        self._finished_deps[plan.id] = checked
+        return checked == len(deps)
 
     def _decide(self, plan: TaskPlan, now: float, steps: Steps) -> None:
         if plan.id in self._decided:
