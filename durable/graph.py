@@ -227,10 +227,20 @@ def build(
 class _Lines:
     """ "line N: " prefixes for problems, when the file is YAML; found only for problems."""
 
-    __slots__ = ("lines",)
+    __slots__ = ("_positions", "lines")
 
     def __init__(self, lines: SourceLines | None) -> None:
         self.lines = lines
+        self._positions: dict[str, list[int]] | None = None
+
+    def _positions_of(self, workflow: Workflow, task_id: str) -> list[int]:
+        """Where the tasks with this id are in the file: indexed once, not searched
+        per problem (a file may have thousands of duplicates or cycles)."""
+        if self._positions is None:
+            self._positions = {}
+            for i, task in enumerate(workflow.tasks):
+                self._positions.setdefault(task.id, []).append(i)
+        return self._positions.get(task_id, [])
 
     @staticmethod
     def _prefix(line: int | None) -> str:
@@ -247,7 +257,7 @@ class _Lines:
         """The line of the second task with this id."""
         if self.lines is None:
             return ""
-        positions = [i for i, task in enumerate(workflow.tasks) if task.id == task_id]
+        positions = self._positions_of(workflow, task_id)
         return self.task(positions[1], "id") if len(positions) > 1 else ""
 
     def cycle(self, workflow: Workflow, problem: str) -> str:
@@ -255,8 +265,7 @@ class _Lines:
         if self.lines is None:
             return problem
         first = problem.removeprefix("cycle: ").split(" -> ", 1)[0]
-        position = next(i for i, task in enumerate(workflow.tasks) if task.id == first)
-        return self.task(position) + problem
+        return self.task(self._positions_of(workflow, first)[0]) + problem
 
 
 def build_trusted(
@@ -481,8 +490,10 @@ def _cycles(tasks: dict[str, TaskPlan]) -> list[str]:
         if len(component) < 2:
             continue
         sub = nx.DiGraph()
-        sub.add_nodes_from(sorted(component, key=order.__getitem__))
-        sub.add_edges_from((u, v) for u, v in graph.edges if u in component and v in component)
+        nodes = sorted(component, key=order.__getitem__)
+        sub.add_nodes_from(nodes)
+        # In `graph.edges` order, from the component's own nodes: not every edge per component.
+        sub.add_edges_from((u, v) for u in nodes for v in graph.succ[u] if v in component)
         path = [edge[0] for edge in nx.find_cycle(sub, source=next(iter(sub)))]
         start = min(range(len(path)), key=lambda i: order[path[i]])
         path = path[start:] + path[:start]
