@@ -405,9 +405,14 @@ def log(run_id: str, db: str | None, as_json: bool, follow: bool, task: str | No
         if task is not None:
             from durable import spec as spec_module
             from durable.errors import DurableError
+            from durable.inspection import fold_run, names_task
 
+            # The file's ids answer at once; an instance, or a task an edited resume
+            # added, needs the run's fold.
             if task not in {t.id for t in spec_module.decode(record.spec).tasks}:
-                raise DurableError(f"run '{resolved}' has no task '{task}'")
+                workflow, state, _ = await fold_run(journal, record)
+                if not names_task(workflow, state, task):
+                    raise DurableError(f"run '{resolved}' has no task '{task}'")
         if not follow:
             for seq, event in await journal.events(resolved):
                 show(seq, event, resolved)

@@ -418,11 +418,16 @@ class Attempt(NamedTuple):
 def attempts_of(
     task_ids: Iterable[str], events: Iterable[Event], task_id: str, view: RunView
 ) -> list[Attempt]:
-    """Every attempt of one task, replayed through the fold so the times are its own."""
+    """Every attempt of one task, replayed through the fold so the times are its own.
+    An instance of a `foreach` task (`fetch[3]`) joins the fold with its expansion."""
     state = RunState.new(task_ids)
-    task = state.tasks[task_id]
+    task = state.tasks.get(task_id)
     found: list[Attempt] = []
     for event in events:
+        if task is None:
+            state.apply(event)
+            task = state.tasks.get(task_id)
+            continue
         opened, elapsed, number = task.attempt_started_at, task.elapsed, task.attempts
         state.apply(event)
         if opened is not None and task.attempt_started_at is None:
@@ -432,13 +437,27 @@ def attempts_of(
             else:  # its session ended under it: interrupted, or its process died
                 outcome = INTERRUPTED
             found.append(Attempt(number, opened, opened + duration, duration, outcome))
-    if task.attempt_started_at is not None:
+    if task is not None and task.attempt_started_at is not None:
         end = view.clock_end()
         duration = max(0.0, end - task.attempt_started_at) if end is not None else 0.0
         found.append(
             Attempt(task.attempts, task.attempt_started_at, None, duration, view.task_state(task))
         )
     return found
+
+
+def names_task(workflow: Workflow, state: RunState, task_id: str) -> bool:
+    """Whether a run has a task of this id, or will have once its `foreach` task
+    expands (`fetch[3]`, for `durable log --follow` of a run that has not got there)."""
+    if task_id in state.tasks or any(task.id == task_id for task in workflow.tasks):
+        return True
+    group, bracket, rest = task_id.partition("[")
+    if not (bracket and rest.endswith("]") and rest[:-1].isdigit()):
+        return False
+    if not any(task.id == group and task.foreach is not None for task in workflow.tasks):
+        return False
+    expanded = state.tasks.get(group)  # once expanded, its instances are all in the fold
+    return expanded is None or expanded.instances is None
 
 
 async def task_attempts(journal: Journal, view: RunView, task_id: str) -> list[Attempt]:

@@ -20,6 +20,7 @@ from durable.events import (
     RunResumed,
     RunStarted,
     TaskCancelled,
+    TaskExpanded,
     TaskFailed,
     TaskRetrying,
     TaskStarted,
@@ -32,6 +33,7 @@ from durable.inspection import (
     RunLine,
     RunView,
     attempts_of,
+    names_task,
     resolve_run_id,
     select_runs,
     status_document,
@@ -200,6 +202,53 @@ def test_attempts_of_a_task_across_a_death():
         (3, 41.0, 2.5, "running"),
     ]
     assert found[1].ended_at == 4.0 and found[2].ended_at is None
+
+
+def test_attempts_of_an_instance_start_with_its_expansion():
+    events = [
+        RunStarted(at=0.0),
+        TaskExpanded(task_id="a", at=2.0, count=2, digest="d"),
+        TaskStarted(task_id="a[1]", attempt=1, at=3.0),
+        TaskRetrying(task_id="a[1]", attempt=1, at=4.0, error="E", delay=0.0),
+        TaskStarted(task_id="a[1]", attempt=2, at=5.0),
+        TaskSucceeded(task_id="a[1]", attempt=2, at=7.0, output=1),
+    ]
+    done = view(events, "running", observed_at=9.0)
+    found = attempts_of(IDS, events, "a[1]", done)
+    assert [(a.attempt, a.started_at, a.ended_at, a.outcome) for a in found] == [
+        (1, 3.0, 4.0, "retrying"),
+        (2, 5.0, 7.0, "succeeded"),
+    ]
+    assert attempts_of(IDS, events, "a[0]", done) == []  # expanded, never started
+
+
+FANNED = Workflow(
+    name="wf",
+    tasks=[Task(id="a", tool="echo", foreach=[1, 2]), Task(id="b", tool="echo")],
+)
+
+
+@pytest.mark.parametrize(
+    ("task_id", "before", "after"),
+    [
+        ("a", True, True),
+        ("b", True, True),
+        ("a[1]", True, True),  # before: it will be, once `a` expands (log --follow)
+        ("a[2]", True, False),  # `a` expanded into two instances: there is no third
+        ("b[0]", False, False),  # `b` has no foreach
+        ("a[x]", False, False),
+        ("a[1", False, False),
+        ("c", False, False),
+    ],
+)
+def test_names_task_knows_instances_before_and_after_their_expansion(
+    task_id: str, before: bool, after: bool
+):
+    started = [RunStarted(at=0.0)]
+    expanded = [*started, TaskExpanded(task_id="a", at=1.0, count=2, digest="d")]
+    ids = [task.id for task in FANNED.tasks]
+    assert names_task(FANNED, RunState.fold(ids, started), task_id) is before
+    assert names_task(FANNED, RunState.fold(ids, expanded), task_id) is after
 
 
 # -- the journal: prefixes, filters, following ----------------------------------------
