@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -326,7 +325,9 @@ def test_durations_read_as_people_say_them(seconds: float, text: str) -> None:
     assert timeline_html.duration(seconds) == text
 
 
-def test_ten_thousand_tasks_render_in_well_under_two_seconds() -> None:
+def test_ten_thousand_tasks_render_one_bar_each() -> None:
+    """A large run draws every attempt. Its time is a benchmark's business
+    (bench/test_scaling.py), not a unit test's."""
     count = 10_000
     plan = plan_of({f"t{i}": ([f"t{i - 64}"] if i >= 64 else []) for i in range(count)}, 64)
     events: list[Event] = [RunStarted(at=T0)]
@@ -335,11 +336,8 @@ def test_ten_thousand_tasks_render_in_well_under_two_seconds() -> None:
         events.append(succeeded(f"t{i}", i * 0.001 + 0.05))
     events.sort(key=lambda e: e.at)
     events.append(RunFinished(at=T0 + 11, status="succeeded"))
-    began = time.perf_counter()
     page = timeline_html.render(build("r", events, plan, status="succeeded"))
-    elapsed = time.perf_counter() - began
     assert bars(page) == count
-    assert elapsed < 2.0, f"{elapsed:.2f}s"
 
 
 # -- any history the fold accepts ------------------------------------------------
