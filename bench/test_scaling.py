@@ -21,6 +21,7 @@ import pytest
 
 from durable import graph, spec, timeline_html
 from durable.advance import Advance
+from durable.benchmark import make_workflow
 from durable.errors import ValidationError
 from durable.events import Event, RunFinished, RunStarted, TaskStarted, TaskSucceeded
 from durable.loader import plan_file, plan_workflow
@@ -64,13 +65,7 @@ def test_advance_join(benchmark: Any, kit: Any) -> None:
 def test_timeline_chain(benchmark: Any, kit: Any) -> None:
     """Build and render the timeline of a chain: its whole length is the critical path."""
     count = kit.size(20000, 2000)
-    workflow = spec.Workflow(
-        name="chain",
-        tasks=[
-            spec.Task(id=f"t{i}", tool="echo", dependencies=[f"t{i - 1}"] if i else [])
-            for i in range(count)
-        ],
-    )
+    workflow = make_workflow("chain", count)  # t0 <- t1 <- ...: each takes the last's output
     plan = graph.build_trusted(workflow, lambda _: None)  # type: ignore[arg-type,return-value]
     events: list[Event] = [RunStarted(at=T0)]
     for i in range(count):

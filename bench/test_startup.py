@@ -145,17 +145,21 @@ def test_startup_imports(durable_exe: str, tmp_path: Path) -> None:
     assert commands == ["durable_cli.run_cmds"]
 
 
-def test_plan_workflow(benchmark, kit) -> None:
-    """Validate and plan a layered workflow of 10k tasks (already decoded)."""
-    tasks = kit.size(10000, 1000)
-    workflow = make_workflow("layered", tasks, 64)
-    plan = benchmark.pedantic(
+def _bench_plan(benchmark, kit, workflow):  # type: ignore[no-untyped-def]
+    """`plan_workflow` of an already decoded workflow, 5 rounds (quick: 1)."""
+    return benchmark.pedantic(
         plan_workflow,
         args=(workflow, "."),
         rounds=kit.rounds(5),
         warmup_rounds=kit.warmup(),
         iterations=1,
     )
+
+
+def test_plan_workflow(benchmark, kit) -> None:
+    """Validate and plan a layered workflow of 10k tasks (already decoded)."""
+    tasks = kit.size(10000, 1000)
+    plan = _bench_plan(benchmark, kit, make_workflow("layered", tasks, 64))
     assert len(plan.tasks) == tasks
     benchmark.extra_info.update(tasks=tasks, shape="layered", quick=kit.quick)
 
@@ -177,13 +181,7 @@ def test_plan_instance_refs(benchmark, kit) -> None:
             ],
         }
     )
-    plan = benchmark.pedantic(
-        plan_workflow,
-        args=(workflow, "."),
-        rounds=kit.rounds(5),
-        warmup_rounds=kit.warmup(),
-        iterations=1,
-    )
+    plan = _bench_plan(benchmark, kit, workflow)
     assert plan.tasks["t0"].deps == ("fan",)
     benchmark.extra_info.update(tasks=tasks + 1, quick=kit.quick)
 

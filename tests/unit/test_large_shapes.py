@@ -18,6 +18,7 @@ import pytest
 
 from durable import graph, spec, timeline_html
 from durable.advance import Advance
+from durable.benchmark import make_workflow
 from durable.errors import ValidationError
 from durable.events import (
     Event,
@@ -96,13 +97,7 @@ def test_a_join_waits_again_for_a_dependency_a_resume_runs_again() -> None:
 
 def _chain_timeline(count: int) -> Any:
     """A chain in which every third task is retried once: two attempts on the path."""
-    workflow = spec.Workflow(
-        name="chain",
-        tasks=[
-            spec.Task(id=f"t{i}", tool="echo", dependencies=[f"t{i - 1}"] if i else [])
-            for i in range(count)
-        ],
-    )
+    workflow = make_workflow("chain", count)  # t0 <- t1 <- ...: each takes the last's output
     plan = graph.build_trusted(workflow, lambda _: None)  # type: ignore[arg-type,return-value]
     events: list[Event] = [RunStarted(at=T0)]
     at = T0
