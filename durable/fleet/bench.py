@@ -4,9 +4,10 @@ Worker processes are started (`durable worker`, one process each, as a user runs
 them), the benchmark run is handed to them (`fleet/submit.py`) and the clock stops
 at its committed `run_finished`. Throughput counts from just before the hand-over
 to that event's time; the median round trip of a `SELECT 1` just before is reported
-beside it, the unit a chain's steps are made of. Latency: on an idle fleet, one-task runs are handed over one
-after another; the time from the hand-over's commit to the task's `task_started`
-(both clocks of this machine) is the claim-to-start latency, NOTIFY included.
+beside it, the unit a chain's steps are made of. Latency: on an idle fleet, one-task
+runs are handed over one after another; the time from the hand-over's commit to the
+task's `task_started` (both clocks of this machine) is the claim-to-start latency,
+NOTIFY included.
 """
 
 from __future__ import annotations
