@@ -29,7 +29,6 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,7 +36,7 @@ import msgspec
 
 from durable.fanout import DEFAULT_MAX_ITEMS
 from durable.graph import Plan
-from durable.refs import group_of
+from durable.refs import group_of, split_instance
 
 #: Lines of `render` stay within this many columns (but for a very long single id).
 WIDTH = 100
@@ -47,8 +46,6 @@ _IDS = 40
 _CACHED_LINES = 10
 #: Past this many levels, the first `_LEVELS - 5` and the last 5 are shown.
 _LEVELS = 40
-
-_INSTANCE = re.compile(r"(?P<group>[^\[\]]+)\[(?P<index>0|[1-9][0-9]*)\]")
 
 
 class Level(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,8 +137,9 @@ def explain(
     whole = {task_id for task_id in answers if task_id in plan.tasks}  # answered entirely
     instances: dict[str, set[int]] = {}
     for task_id in answers:
-        if task_id not in plan.tasks:
-            instances.setdefault(group_of(task_id), set()).add(_index(task_id))
+        instance = None if task_id in plan.tasks else split_instance(task_id)
+        if instance is not None:  # an instance's answer (`_cached` checked its id)
+            instances.setdefault(instance[0], set()).add(instance[1])
 
     # Per task: the runs counted now, or None for a `foreach` over a reference.
     runs: dict[str, int | None] = {}
@@ -215,12 +213,6 @@ def explain(
     )
 
 
-def _index(task_id: str) -> int:
-    match = _INSTANCE.fullmatch(task_id)
-    assert match is not None
-    return int(match["index"])
-
-
 def _cached(plan: Plan, cached: Mapping[str, str], position: dict[str, int]) -> dict[str, str]:
     """The cache's answers checked and in plan order (a task, then its instances by
     index); an instance's answer is dropped when its whole task is answered."""
@@ -229,11 +221,11 @@ def _cached(plan: Plan, cached: Mapping[str, str], position: dict[str, int]) -> 
         if task_id in plan.tasks:
             keys[task_id] = (position[task_id], -1)
             continue
-        match = _INSTANCE.fullmatch(task_id)
-        group = plan.tasks.get(match["group"]) if match else None
-        if match is None or group is None or group.spec.foreach is None:
+        instance = split_instance(task_id)
+        group = plan.tasks.get(instance[0]) if instance else None
+        if instance is None or group is None or group.spec.foreach is None:
             raise ValueError(f"cached: '{task_id}' is no task of the workflow")
-        index = int(match["index"])
+        index = instance[1]
         items = group.spec.foreach
         if isinstance(items, list) and index >= len(items):
             raise ValueError(

@@ -26,6 +26,7 @@ from durable import spec as spec_module
 from durable.errors import DurableError, JournalDamaged, RunNotFound
 from durable.events import Event, RunFinished, RunInterrupted, kind_of
 from durable.journal import Journal, RunRecord, SummaryRow
+from durable.refs import split_instance
 from durable.spec import Workflow
 from durable.state import (
     CANCELLED,
@@ -451,9 +452,10 @@ def names_task(workflow: Workflow, state: RunState, task_id: str) -> bool:
     expands (`fetch[3]`, for `durable log --follow` of a run that has not got there)."""
     if task_id in state.tasks or any(task.id == task_id for task in workflow.tasks):
         return True
-    group, bracket, rest = task_id.partition("[")
-    if not (bracket and rest.endswith("]") and rest[:-1].isdigit()):
+    instance = split_instance(task_id)
+    if instance is None:
         return False
+    group = instance[0]
     if not any(task.id == group and task.foreach is not None for task in workflow.tasks):
         return False
     expanded = state.tasks.get(group)  # once expanded, its instances are all in the fold

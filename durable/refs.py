@@ -31,6 +31,8 @@ _ROOT = re.compile(rf"\s*({_NAME})\s*(?:\[\s*(\d+)\s*\]\s*)?(?:\.\s*({_NAME}))?"
 _STEP = re.compile(rf"\.({_NAME})|\[\s*(-?\d+)\s*\]|\[\s*\"([^\"]*)\"\s*\]|\[\s*'([^']*)'\s*\]")
 #: A reference made of dotted names alone (`t1.output.n`, `params.x`): most of them.
 _DOTTED = re.compile(rf"{_NAME}(?:\.{_NAME})+")
+#: An instance's id as `instance_id` writes it: no sign, no leading zero.
+_INSTANCE = re.compile(r"([^\[\]]+)\[(0|[1-9][0-9]*)\]")
 
 
 #: The names a `foreach` task's input and `when` may use for their instance.
@@ -40,6 +42,12 @@ ITEM_NAMES = ("item", "index")
 def instance_id(task_id: str, index: int) -> str:
     """The id of one instance of a `foreach` task: `fetch[3]`."""
     return f"{task_id}[{index}]"
+
+
+def split_instance(task_id: str) -> tuple[str, int] | None:
+    """`fetch[3]` as ("fetch", 3); None for an id that is not an instance's."""
+    match = _INSTANCE.fullmatch(task_id)
+    return (match[1], int(match[2])) if match else None
 
 
 def group_of(task_id: str) -> str:

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from durable.errors import ReferenceSyntaxError, ResolutionError
-from durable.refs import Ref, Scope, Template, as_text, find_refs, parse_ref, resolve
+from durable.refs import (
+    Ref,
+    Scope,
+    Template,
+    as_text,
+    find_refs,
+    instance_id,
+    parse_ref,
+    resolve,
+    split_instance,
+)
 
 OUTPUTS = {
     "search": {"items": [{"title": "first"}, {"title": "second"}], "count": 2, "none": None},
@@ -279,3 +289,15 @@ class TestResolutionErrors:
         assert resolve(parse_ref("search.output.items[0].title"), SCOPE) == "first"
         with pytest.raises(ResolutionError):
             resolve(parse_ref("search.output.items[0].nope"), SCOPE)
+
+
+@pytest.mark.parametrize("index", [0, 7, 12345])
+def test_split_instance_undoes_instance_id(index: int) -> None:
+    assert split_instance(instance_id("fetch-2", index)) == ("fetch-2", index)
+
+
+@pytest.mark.parametrize(
+    "task_id", ["fetch", "fetch[]", "fetch[01]", "fetch[-1]", "fetch[x]", "[3]", "a[1][2]", "a[1"]
+)
+def test_split_instance_refuses_what_instance_id_never_writes(task_id: str) -> None:
+    assert split_instance(task_id) is None
