@@ -449,8 +449,10 @@ def attempts_of(
 
 def names_task(workflow: Workflow, state: RunState, task_id: str) -> bool:
     """Whether a run has a task of this id, or will have once its `foreach` task
-    expands (`fetch[3]`, for `durable log --follow` of a run that has not got there)."""
-    if task_id in state.tasks or any(task.id == task_id for task in workflow.tasks):
+    expands (`fetch[3]`, for `durable log --follow` of a run that has not got there).
+    `state` is the run's fold over `workflow`'s tasks (`fold_run`): it has all of
+    them, and the instances expanded so far."""
+    if task_id in state.tasks:
         return True
     instance = split_instance(task_id)
     if instance is None:
@@ -458,8 +460,7 @@ def names_task(workflow: Workflow, state: RunState, task_id: str) -> bool:
     group = instance[0]
     if not any(task.id == group and task.foreach is not None for task in workflow.tasks):
         return False
-    expanded = state.tasks.get(group)  # once expanded, its instances are all in the fold
-    return expanded is None or expanded.instances is None
+    return state.tasks[group].instances is None  # once expanded, all its instances are there
 
 
 async def task_attempts(journal: Journal, view: RunView, task_id: str) -> list[Attempt]:
