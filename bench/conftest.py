@@ -67,6 +67,17 @@ def durable_exe() -> str:
     return path
 
 
+@pytest.fixture(scope="session")
+def cached_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a timed `durable` subprocess: bytecode written and read
+    (under a private prefix), as an installed durable has it, even where
+    `PYTHONDONTWRITEBYTECODE` is set; compiling durable's modules is not start-up."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    return env
+
+
 @pytest.fixture
 def kit(tmp_path: Path) -> Kit:
     return Kit(QUICK, tmp_path)

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -43,15 +42,6 @@ tasks:
     tool: echo
     input: {greeting: hello}
 """
-
-
-@pytest.fixture(scope="module")
-def cached_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The environment with bytecode written and read (under a private prefix)."""
-    env = dict(os.environ)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
-    return env
 
 
 class Timed:

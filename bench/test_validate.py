@@ -15,7 +15,6 @@ change that sends every file back to PyYAML fails here whatever the machine's sp
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -61,18 +60,17 @@ def decode(decoder, data: bytes, source: str):  # type: ignore[no-untyped-def]
         return decoder(data, source)
 
 
-def test_validate_yaml_cli(benchmark, kit, durable_exe: str, yaml_file, tmp_path: Path) -> None:
+def test_validate_yaml_cli(
+    benchmark, kit, durable_exe: str, yaml_file, tmp_path: Path, cached_env
+) -> None:
     tasks = kit.size(100_000, 10_000)
     path = yaml_file(tasks)
-    env = dict(os.environ)  # bytecode cached, as in test_startup.py
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(tmp_path / "pycache")
 
     def validate() -> str:
         done = subprocess.run(
             [durable_exe, "validate", str(path)],
             cwd=tmp_path,
-            env=env,
+            env=cached_env,
             capture_output=True,
             text=True,
             check=False,
