@@ -45,17 +45,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from workloads import JOBS, SIZES, SLEEP, WORKLOADS
+
 HERE = Path(__file__).resolve().parent
-WORKLOADS = ("wide", "chain", "io", "crash")
 TOOLS = ("durable-normal", "durable-full", "dbos", "langgraph")
 # Measured only when named in --tools: DBOS on a file put in WAL mode first.
 EXTRA_TOOLS = ("dbos-wal",)
 # A peer: (its virtualenv and script, extra arguments).
 PEERS = {"dbos": ("dbos", []), "dbos-wal": ("dbos", ["--wal"]), "langgraph": ("langgraph", [])}
-SIZES = {"wide": 1000, "chain": 200, "io": 200, "crash": 1000}
 QUICK_SIZES = {"wide": 100, "chain": 20, "io": 20, "crash": 100}
-JOBS = {"wide": 16, "io": 50, "crash": 16}  # a chain runs one task at a time anyway
-SLEEP = 0.05
 LINE_BYTES = 5  # "0042\n": every tool appends the same fixed-width line
 
 

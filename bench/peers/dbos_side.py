@@ -31,35 +31,30 @@ waits for that workflow's result.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import json
 import os
 import sys
 import time
 
+from workloads import side_parser, tasks_and_jobs
+
 APP = "durable_peers"
 PARENT_ID = "peers-crash-parent"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=["wide", "chain", "io", "crash"])
-    parser.add_argument("--db", required=True, help="the SQLite system database file")
-    parser.add_argument("--tasks", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=None, help="queue worker_concurrency")
-    parser.add_argument("--sleep", type=float, default=0.05, help="io: seconds per task")
+    parser = side_parser(
+        __doc__, db_help="the SQLite system database file", jobs_help="queue worker_concurrency"
+    )
     parser.add_argument("--poll", type=float, default=0.01, help="queue polling interval, s")
-    parser.add_argument("--lines", help="crash: the file every task appends its line to")
     parser.add_argument(
         "--wal",
         action="store_true",
         help="put a new database file in WAL mode before DBOS opens it (not DBOS's default)",
     )
     args = parser.parse_args()
-    defaults = {"wide": (1000, 16), "chain": (200, 1), "io": (200, 50), "crash": (1000, 16)}
-    tasks = args.tasks or defaults[args.workload][0]
-    jobs = args.jobs or defaults[args.workload][1]
+    tasks, jobs = tasks_and_jobs(args)
 
     import logging
 

@@ -27,7 +27,6 @@ before the kill is not run again.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import itertools
 import json
@@ -36,6 +35,8 @@ import os
 import sqlite3
 import time
 from typing import Annotated, Any, TypedDict
+
+from workloads import side_parser, tasks_and_jobs
 
 THREAD = "peers"
 
@@ -88,17 +89,11 @@ def build(workload: str, tasks: int, sleep: float, lines: str | None) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workload", choices=["wide", "chain", "io", "crash"])
-    parser.add_argument("--db", required=True, help="the SqliteSaver's database file")
-    parser.add_argument("--tasks", type=int, default=None)
-    parser.add_argument("--jobs", type=int, default=None, help="max_concurrency")
-    parser.add_argument("--sleep", type=float, default=0.05, help="io: seconds per task")
-    parser.add_argument("--lines", help="crash: the file every task appends its line to")
+    parser = side_parser(
+        __doc__, db_help="the SqliteSaver's database file", jobs_help="max_concurrency"
+    )
     args = parser.parse_args()
-    defaults = {"wide": (1000, 16), "chain": (200, 1), "io": (200, 50), "crash": (1000, 16)}
-    tasks = args.tasks or defaults[args.workload][0]
-    jobs = args.jobs or defaults[args.workload][1]
+    tasks, jobs = tasks_and_jobs(args)
 
     from langgraph.checkpoint.sqlite import SqliteSaver
 
