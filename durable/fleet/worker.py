@@ -129,8 +129,7 @@ class Worker:
         await self._connect()
         assert self._journal is not None
         self._beat = await self._journal._connect()
-        self._listen = await self._journal._connect()
-        await self._listen.add_listener(CHANNEL, self._notified)
+        self._listen = await self._listening(self._journal)
         names = self._names = sorted(tools.REGISTRY.names())
         await register(self._beat, self.worker_id, self.slots, names, self.lease)
         self.say(
@@ -472,6 +471,19 @@ class Worker:
 
     # -- renewing ----------------------------------------------------------------------
 
+    async def _listening(self, journal: PgJournal) -> Any:
+        """A new connection that LISTENs for work. If it is cut while the LISTEN is
+        sent, asyncpg may say so as another error (InternalClientError) before it
+        sees the connection closed: it is closed here, so that it counts as lost,
+        and the next renewal opens another."""
+        conn = await journal._connect()
+        try:
+            await conn.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
     async def _renew_loop(self) -> None:
         """Renew every third of the lease, on a connection of its own (opened again
         here if it broke, and the LISTEN one too), so a busy or reconnecting store
@@ -486,11 +498,10 @@ class Worker:
                 if self._beat is None or self._beat.is_closed():
                     self._beat = await journal._connect()
                 if self._listen is None or self._listen.is_closed():
-                    self._listen = await journal._connect()
-                    await self._listen.add_listener(CHANNEL, self._notified)
+                    self._listen = await self._listening(journal)
                 held = await renew(self._beat, self.worker_id, self.lease)
             except Exception as exc:
-                if not connection_lost(exc, self._beat):
+                if not (connection_lost(exc, self._beat) or connection_lost(exc, self._listen)):
                     raise
                 continue  # the next renewal tries again
             for key, attempt in list(self._active.items()):
