@@ -391,6 +391,10 @@ def test_a_cancel_its_driver_never_took_does_not_cancel_a_later_resume(
     canceller = None
     try:
         wait_for_events(db, "c2", "task_started", task_id="slow", process=driver)
+        # Frozen only once it has nothing left to write until `slow` ends: a process
+        # frozen inside a commit holds SQLite's write lock, and the cancel would fail
+        # on a locked journal instead (CI saw that once).
+        wait_for_events(db, "c2", "task_succeeded", task_id="q3", process=driver)
         os.kill(driver.pid, signal.SIGSTOP)
         canceller = start("cancel", "c2", "--db", db, cwd=tmp_path)
         deadline = time.monotonic() + 10
