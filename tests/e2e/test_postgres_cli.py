@@ -24,6 +24,21 @@ tasks:
   - {id: d, tool: echo, input: ["${b.output}", "${c.output}"]}
 """
 
+# A tool that returns once the file `go` exists beside it.
+GATED = """
+import time
+from pathlib import Path
+
+import durable
+
+
+@durable.tool
+def gated(result: int) -> int:
+    while not (Path(__file__).parent / "go").exists():
+        time.sleep(0.01)
+    return result
+"""
+
 
 def test_run_and_every_reading_command(tmp_path: Path, dsn: str, durable: Any, write: Any) -> None:
     workflow = write(tmp_path, "wf.yaml", DIAMOND)
@@ -54,10 +69,21 @@ def test_run_and_every_reading_command(tmp_path: Path, dsn: str, durable: Any, w
 def test_a_killed_run_reads_interrupted_and_resumes_once(
     tmp_path: Path, dsn: str, durable: Any, start: Any, stop: Any, write: Any, kill_after: int
 ) -> None:
+    # The first `kill_after` tasks end; the rest wait for a file the test writes only
+    # after the kill, so the driver is alive, with its slots full, however slow the
+    # machine (with sleeps alone, a loaded one saw the run end before the kill).
+    write(tmp_path, "tools.py", GATED)
     tasks = "\n".join(
-        f"  - {{id: t{i}, tool: sleep, input: {{seconds: 0.15, result: {i}}}}}" for i in range(60)
+        f"  - {{id: t{i}, tool: sleep, input: {{seconds: 0.05, result: {i}}}}}"
+        if i < kill_after
+        else f"  - {{id: t{i}, tool: gated, input: {{result: {i}}}}}"
+        for i in range(60)
     )
-    workflow = write(tmp_path, "slow.yaml", f"name: slow\nmax_concurrency: 3\ntasks:\n{tasks}\n")
+    workflow = write(
+        tmp_path,
+        "slow.yaml",
+        f"name: slow\nimports: [tools]\nmax_concurrency: 3\ntasks:\n{tasks}\n",
+    )
     process = start("run", workflow, "--db", dsn, "--run-id", "k1", "--no-live", cwd=tmp_path)
     try:
         deadline = time.monotonic() + 30
@@ -79,6 +105,8 @@ def test_a_killed_run_reads_interrupted_and_resumes_once(
     )
     assert status["status"] == "interrupted"
     committed = {t for t, s in status["tasks"].items() if s["state"] == "succeeded"}
+    assert len(committed) == kill_after
+    (tmp_path / "go").touch()
     durable("resume", "k1", "--db", dsn, "--no-live", cwd=tmp_path, check=0)
     after = json.loads(durable("status", "k1", "--db", dsn, "--json", cwd=tmp_path, check=0).stdout)
     assert after["status"] == "succeeded"
