@@ -141,17 +141,22 @@ def hand_over_and_follow(
         if not as_json:
             click.echo(f"handed to the workers; follow it with `durable watch {run_id}`", err=True)
         return
+    from durable.errors import OutputClosed
+
     reporter = report.for_output(as_json, quiet=quiet, live=not no_live)
+    stopped = (
+        f"stopped following run {run_id}; the workers go on with it "
+        f"(`durable watch {run_id}`, `durable cancel {run_id}`)"
+    )
     try:
         watched = _with_journal(db, lambda journal: watch(journal, run_id, reporter, db))
     except KeyboardInterrupt:
         reporter.close()
-        click.echo(
-            f"stopped following run {run_id}; the workers go on with it "
-            f"(`durable watch {run_id}`, `durable cancel {run_id}`)",
-            err=True,
-        )
+        click.echo(stopped, err=True)
         click.get_current_context().exit(130)
+    except OutputClosed as exc:  # `| head` quit reading: the run is not ours to stop
+        click.echo(f"note: the output was closed ({exc.reason}): {stopped}", err=True)
+        click.get_current_context().exit(exc.exit_code)
     finally:
         reporter.close()
     exit_as_followed(watched.run_id, watched.ending, watched.status)

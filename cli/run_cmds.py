@@ -175,10 +175,17 @@ def _show_plan(as_json: bool, run_id: str, amendment: Any) -> None:
 
 
 def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: ignore[no-untyped-def]
-    from durable.errors import Interrupted
+    from durable.errors import Interrupted, OutputClosed
 
-    reporter.finish(result, elapsed, db)
+    try:
+        reporter.finish(result, elapsed, db)
+    except OutputClosed:
+        pass  # closed as the run ended: nothing was stopped for it
     if result.status == "interrupted":
+        if reporter.closed is not None:
+            click.echo(
+                f"note: the output was closed ({reporter.closed}): the run stopped", err=True
+            )
         raise Interrupted(result.run_id)
     if result.status != "succeeded":
         click.get_current_context().exit(1)

@@ -41,6 +41,7 @@ from typing import Any
 
 from durable.attempt import AttemptFailed, call_tool, render_input
 from durable.decide import EXPAND, RUN, Ending, decide
+from durable.errors import OutputClosed
 from durable.events import (
     Event,
     RunFinished,
@@ -301,12 +302,12 @@ class Engine(Expansion):
         # The task is scheduled before `task_started` wakes the writer, so a tool
         # that finishes in its first step gets both events into one commit.
         task = self._loop.create_task(self._attempt(plan, attempt, value), name=task_id)
+        self._active[task_id] = task
         started = self.emit(
             TaskStarted(task_id=task_id, attempt=attempt, at=time.time(), fingerprint=mark)
         )
         if self._starts is not None:
             self._starts[task_id] = started
-        self._active[task_id] = task
 
     def _look_up(self, plan: TaskPlan, attempt: int, value: Any, mark: str) -> None:
         """Ask a remote journal's cache (a round trip) while the task holds its slot;
@@ -546,7 +547,18 @@ class Engine(Expansion):
         """Apply and show an event that is already committed (a run's first, say)."""
         self.state.apply(event)
         if self._on_event is not None:
-            self._on_event(event)
+            self.show(event)
+
+    def show(self, event: Event) -> None:
+        """Hand an event to whoever watches the run. If what they write to is closed
+        (`durable run ... | head`), the run stops as on Ctrl-C, on the loop's next
+        turn: stopping now, inside `emit`, would queue its cancellations before
+        the event being emitted."""
+        try:
+            self._on_event(event)  # type: ignore[misc]
+        except OutputClosed:
+            self._on_event = None
+            asyncio.get_running_loop().call_soon(self.interrupt)
 
     def emit(
         self, event: Event, data: bytes | None = None, remember: tuple[str, str] | None = None
@@ -559,7 +571,7 @@ class Engine(Expansion):
         """
         self.state.apply(event)
         if self._on_event is not None:
-            self._on_event(event)
+            self.show(event)
         if data is None:
             return self.journal.append(self.run_id, event, remember=remember)
         return self.journal.append(self.run_id, event, data, remember)

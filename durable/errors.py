@@ -115,6 +115,19 @@ class Interrupted(DurableError):
         self.run_id = run_id
 
 
+class OutputClosed(DurableError):
+    """The command's output cannot be written: the reader of its pipe quit (`| head`).
+
+    Raised once by a reporter (`report/lines.py`). A run's driver takes it as Ctrl-C
+    (`Engine.show`): the run stops, journaled and resumable. A watcher just ends."""
+
+    exit_code = 1
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cannot write the output: {reason}")
+        self.reason = reason
+
+
 class JournalDamaged(JournalError):
     """A run whose rows fail their checksums or do not fold: refused, never read wrongly.
 

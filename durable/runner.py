@@ -26,7 +26,7 @@ from durable import spec as spec_module
 from durable.allocation import bulk_allocation
 from durable.amend import Amendment, RenamedTask, plan_amendment, plan_rerun
 from durable.engine import MAX_DEATHS, Engine
-from durable.errors import DurableError, ParamError, SpecError
+from durable.errors import DurableError, OutputClosed, ParamError, SpecError
 from durable.events import Event, RunAmended, RunResumed, RunStarted
 from durable.executors import refuse_in_pool_worker
 from durable.fingerprint import fingerprint, tool_identity
@@ -499,16 +499,19 @@ async def _drive(
         for event in opening_events:
             state.apply(event)
             journal.append(run_id, event)
-    if hooks.on_start is not None:
-        hooks.on_start(run_id, plan.workflow, state, isinstance(opening, RunResumed))
-    if amended is not None:
-        if hooks.on_event is not None:
+    try:
+        if hooks.on_start is not None:
+            hooks.on_start(run_id, plan.workflow, state, isinstance(opening, RunResumed))
+        if amended is not None and hooks.on_event is not None:
             for event in opening_events:
                 hooks.on_event(event)
-    elif opening_committed:
-        engine.replay(opening)
-    else:
-        engine.emit(opening)
+    except OutputClosed:  # nobody reads the run's output (`| head`): as Ctrl-C, at once
+        engine.interrupt()
+    if amended is None:
+        if opening_committed:
+            engine.replay(opening)
+        else:
+            engine.emit(opening)
     loop = asyncio.get_running_loop()
     if session.handle_signals:
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -48,7 +48,7 @@ class JsonReporter(Reporter):
             line = self._encoder.encode(record).decode()
         self.write(line)
         if getattr(event, "task_id", None) is None:
-            self.stream.flush()
+            self.flush()
         else:
             self.flush_now_and_then()
 

@@ -7,10 +7,12 @@ and (summary only) what `--quiet` prints. `durable log` uses `describe_event` to
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+from durable.errors import OutputClosed
 from durable.events import (
     NOTES,
     Event,
@@ -46,6 +48,9 @@ class Reporter:
         # to a file or a pipe; there, lines are buffered and flushed once a second.
         self.interactive = self.stream.isatty()
         self._flushed_at = 0.0
+        #: Why the stream can no longer be written (its pipe's reader quit), once it
+        #: cannot: from then on nothing is written.
+        self.closed: str | None = None
 
     def on_start(self, run_id: str, workflow: Workflow, state: RunState, resumed: bool) -> None:
         self.run_id, self.state = run_id, state
@@ -58,7 +63,7 @@ class Reporter:
         reused = sum(task.reused for task in result.tasks.values())
         counts = RunState(result.tasks).counts()
         self.write(summary_line(result.run_id, result.status, counts, elapsed, reused))
-        self.stream.flush()
+        self.flush()
         for task_id, task in result.tasks.items():
             if task.state == FAILED:
                 sys.stderr.write(f"  {task_id}: {task.error}\n")
@@ -71,12 +76,38 @@ class Reporter:
         now = time.monotonic()
         if now - self._flushed_at >= 1.0:
             self._flushed_at = now
-            self.stream.flush()
+            self.flush()
 
     def write(self, line: str) -> None:
-        self.stream.write(line + "\n")
-        if self.interactive:
+        if self.closed is not None:
+            return
+        try:
+            self.stream.write(line + "\n")
+            if self.interactive:
+                self.stream.flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def flush(self) -> None:
+        if self.closed is not None:
+            return
+        try:
             self.stream.flush()
+        except OSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        """The stream broke (`| head` quit reading): write nothing more, and raise
+        `OutputClosed`, once. What the stream still buffers goes to /dev/null, so
+        that closing it at exit cannot fail again."""
+        self.closed = exc.strerror or str(exc)
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO)
+            pass
+        raise OutputClosed(self.closed) from None
 
 
 class QuietReporter(Reporter):
@@ -147,7 +178,7 @@ class PlainReporter(Reporter):
             self.write(describe_event(event))
             self.flush_now_and_then()
         else:
-            self.stream.flush()
+            self.flush()
 
 
 def summary_line(

@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from journal_reads import journal_events
 
 from durable import spec
+from durable.errors import OutputClosed
 from durable.events import (
     RunFinished,
+    RunInterrupted,
     RunResumed,
     RunStarted,
     TaskCancelled,
@@ -29,7 +31,7 @@ from durable.events import (
     kind_of,
 )
 from durable.journal import Journal, RunRecord
-from durable.runner import RunResult, aresume, arun
+from durable.runner import Hooks, RunResult, aresume, arun
 from durable.state import (
     CANCELLED,
     FAILED,
@@ -786,3 +788,66 @@ def test_random_dags_end_as_designed(tmp_path, tasks):
         if isinstance(event, TaskStarted):
             task = next(t for t in tasks if t["id"] == event.task_id)
             assert all(finished_seq[d] < seq for d in task["dependencies"])
+
+
+# -- whoever watches the run stops reading (`durable run ... | head`) ------------------
+
+
+class Watcher:
+    """An `on_event` hook whose output closes once it has seen `after` events."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.seen: list[Any] = []
+
+    def on_event(self, event: Any) -> None:
+        self.seen.append(event)
+        if len(self.seen) == self.after:
+            raise OutputClosed("Broken pipe")
+
+
+def chain(n: int) -> spec.Workflow:
+    return workflow(
+        [
+            {"id": f"c{i}", "tool": "eng_counted", "input": {"key": f"c{i}", "value": i}}
+            | ({"dependencies": [f"c{i - 1}"]} if i else {})
+            for i in range(n)
+        ]
+    )
+
+
+def assert_fold_interrupted(result: RunResult, db: Path) -> list:
+    """The journal says what the live run did, and that it was interrupted."""
+    events = journal_events(db, result.run_id)
+    folded = RunState.fold(result.tasks, events)
+    assert folded.tasks == result.tasks
+    assert folded.interrupted and folded.status is None
+    return events
+
+
+def test_an_output_closed_mid_run_stops_it_as_an_interrupt(db):
+    watcher = Watcher(after=4)  # run_started, c0 started and succeeded, c1 started
+    result = run(chain(10), db, hooks=Hooks(on_event=watcher.on_event))
+    assert result.status == "interrupted"
+    events = assert_fold_interrupted(result, db)
+    assert isinstance(events[-1], RunInterrupted)
+    # The hook is not called again once it said its output is closed.
+    assert len(watcher.seen) == 4
+    # Stopped at once: c1, started as the output closed, is cancelled, nothing after it ran.
+    assert result.tasks["c0"].state == SUCCEEDED
+    assert result.tasks["c1"].state in (CANCELLED, SUCCEEDED)
+    assert all(result.tasks[f"c{i}"].state == PENDING for i in range(3, 10))
+    finished = resume(result.run_id, db)
+    assert finished.status == "succeeded"
+    assert CALLS["c0"] == 1 and all(CALLS[f"c{i}"] == 1 for i in range(2, 10))
+
+
+def test_an_output_closed_before_the_run_starts_runs_nothing(db):
+    def on_start(*_: Any) -> None:
+        raise OutputClosed("Broken pipe")
+
+    result = run(chain(3), db, hooks=Hooks(on_start=on_start))
+    assert result.status == "interrupted"
+    events = assert_fold_interrupted(result, db)
+    assert [kind_of(e) for e in events] == ["run_started", "run_interrupted"]
+    assert not CALLS

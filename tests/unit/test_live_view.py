@@ -16,6 +16,7 @@ import pytest
 from rich.console import Console, Group
 
 from durable import Task, Workflow
+from durable.errors import OutputClosed
 from durable.events import (
     Event,
     RunResumed,
@@ -459,3 +460,37 @@ def test_json_run_started_carries_the_workflow_and_its_size(tmp_path: Path) -> N
     first = stream.getvalue().splitlines()[0]
     assert '"kind":"run_started"' in first
     assert '"workflow":"slowish","tasks":2,"kept":0' in first
+
+
+class _Unread(io.StringIO):
+    """A pipe whose reader quit: every write and flush fails as a closed pipe does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+
+    def write(self, text: str) -> int:
+        self.tries += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        self.tries += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("kind", [PlainReporter, JsonReporter])
+def test_a_closed_output_is_said_once_then_nothing_is_written(kind: Any, tmp_path: Path) -> None:
+    """`OutputClosed` once (the engine stops the run on it), then silence: the summary
+    and whatever else comes find a reporter that writes nothing and raises nothing."""
+    stream = _Unread()
+    reporter = kind(stream)
+    with pytest.raises(OutputClosed, match="cannot write the output: Broken pipe"):
+        reporter.on_start("r", WORKFLOW, RunState({}), False)
+        reporter.on_event(RunStarted(at=1.0))
+    assert reporter.closed == "Broken pipe"
+    tries = stream.tries
+    reporter.on_event(RunStarted(at=2.0))
+    result = asyncio.run(arun(WORKFLOW, db=tmp_path / "j.db", durability="off"))
+    reporter.finish(result, 0.5)
+    reporter.close()
+    assert stream.tries == tries

@@ -1,0 +1,100 @@
+"""`durable run ... | head`: the reader of the run's output quits while the run goes on.
+
+The run stops as on Ctrl-C: journaled as interrupted, resumable, exit 130, a note on
+stderr and no traceback; a resume finishes it without running a committed task again.
+(Before, the broken pipe crashed the engine, printed a traceback of a KeyError.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TASKS = 30
+
+# A chain of short sleeps: events keep coming for about 3 s, so the closed pipe is
+# found by a flush (at least once a second) long before the run could end.
+CHAIN = "name: chain\ntasks:\n" + "".join(
+    f"  - {{id: t{i}, tool: sleep, input: {{seconds: 0.1, result: {i}}}"
+    + (f", dependencies: [t{i - 1}]" if i else "")
+    + "}\n"
+    for i in range(TASKS)
+)
+
+
+@pytest.mark.parametrize("output", ["--no-live", "--json"])
+def test_a_closed_output_stops_the_run_resumably(
+    output: str,
+    durable: Any,
+    start: Any,
+    stop: Any,
+    write: Any,
+    as_json: Any,
+    no_traceback: Any,
+    tmp_path: Path,
+) -> None:
+    workflow = write(tmp_path, "chain.yaml", CHAIN)
+    db = tmp_path / "j.db"
+    process = start("run", workflow, "--db", db, "--run-id", "p1", output, cwd=tmp_path)
+    try:
+        first = process.stdout.readline()
+        process.stdout.close()  # the reader quits, as `head -1` does
+        assert process.wait(timeout=60) == 130
+        stderr = process.stderr.read()
+    finally:
+        stop(process)
+    if output == "--json":
+        assert json.loads(first)["kind"] == "run_started"
+    else:
+        assert first.startswith("run p1 started"), first
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+    assert stderr.splitlines() == [
+        "note: the output was closed (Broken pipe): the run stopped",
+        "error: run 'p1' interrupted",
+        "  resume it with `durable resume p1`",
+    ], stderr
+
+    status = as_json(durable("status", "p1", "--db", db, "--json", cwd=tmp_path, check=0))
+    assert status["status"] == "interrupted"
+    done = {t for t, s in status["tasks"].items() if s["state"] == "succeeded"}
+    assert len(done) < TASKS  # it stopped early, not at the end of the run
+
+    resumed = durable("resume", "p1", "--db", db, "-q", cwd=tmp_path, check=0)
+    no_traceback(resumed)
+    assert resumed.returncode == 0, resumed.stderr
+    after = as_json(durable("status", "p1", "--db", db, "--json", cwd=tmp_path, check=0))
+    assert after["status"] == "succeeded"
+    assert all(after["tasks"][t]["attempts"] == 1 for t in done)
+    assert [after["tasks"][f"t{i}"]["output"] for i in range(TASKS)] == list(range(TASKS))
+    durable("check", "p1", "--db", db, cwd=tmp_path)
+
+
+def test_output_closed_before_the_run_starts(
+    durable: Any, start: Any, stop: Any, write: Any, as_json: Any, tmp_path: Path
+) -> None:
+    """Nobody reads at all (`| true` has exited): the run is created and stops at once."""
+    workflow = write(tmp_path, "chain.yaml", CHAIN)
+    db = tmp_path / "j.db"
+    read, unread = os.pipe()
+    os.close(read)  # writing to `unread` now fails with EPIPE
+    try:
+        process = start(
+            "run", workflow, "--db", db, "--run-id", "p2", "--no-live",
+            cwd=tmp_path, stdout=unread,
+        )  # fmt: skip
+    finally:
+        os.close(unread)
+    try:
+        assert process.wait(timeout=60) == 130
+        stderr = process.stderr.read()
+    finally:
+        stop(process)
+    assert "Traceback" not in stderr, stderr
+    assert stderr.startswith("note: the output was closed (Broken pipe)"), stderr
+    status = as_json(durable("status", "p2", "--db", db, "--json", cwd=tmp_path, check=0))
+    assert status["status"] == "interrupted"
+    assert {s["state"] for s in status["tasks"].values()} == {"pending"}  # none started
