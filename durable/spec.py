@@ -131,7 +131,7 @@ def read(path: str | Path) -> Decoded:
     try:
         raw = decode(data, source)
         if not isinstance(raw, dict):
-            raise SpecError(source, f"a workflow must be a mapping, got {type(raw).__name__}")
+            raise SpecError(source, not_a_mapping(raw))
         decoded = _decode(raw, SourceLines(data) if decode is formats.decode_yaml else None)
         _check_depth(decoded, source)
         return decoded
@@ -139,10 +139,27 @@ def read(path: str | Path) -> Decoded:
         raise SpecError(source, f"nested deeper than {MAX_DEPTH} levels") from None
 
 
+def not_a_mapping(raw: Any) -> str:
+    """Why a document is no workflow, in the file's words rather than Python's."""
+    if raw is None:
+        what = "nothing (the file is empty)"
+    elif isinstance(raw, list):
+        what = "a list"
+    elif isinstance(raw, str):
+        what = "a string"
+    elif isinstance(raw, bool):
+        what = "true or false"
+    elif isinstance(raw, int | float):
+        what = "a number"
+    else:
+        what = type(raw).__name__
+    return f"a workflow must be a mapping (name:, tasks:), got {what}"
+
+
 def from_data(raw: Any, source: str = "<workflow>", text: bytes | None = None) -> Workflow:
     """Convert already-decoded data (e.g. a dict built in code) into a `Workflow`."""
     if not isinstance(raw, dict):
-        raise SpecError(source, f"a workflow must be a mapping, got {type(raw).__name__}")
+        raise SpecError(source, not_a_mapping(raw))
     try:
         decoded = _decode(raw, SourceLines(text) if text is not None else None)
         _check_depth(decoded, source)

@@ -377,11 +377,21 @@ class TestUnreadable:
         assert "line 2" in message
 
     @pytest.mark.parametrize(
-        ("text", "kind"), [("", "NoneType"), ("- 1\n", "list"), ("7\n", "int")]
+        ("text", "kind"),
+        [
+            ("", "nothing (the file is empty)"),
+            ("# only a comment\n", "nothing (the file is empty)"),
+            ("- 1\n", "a list"),
+            ("7\n", "a number"),
+            ("hello\n", "a string"),
+            ("true\n", "true or false"),
+        ],
     )
     def test_document_that_is_not_a_mapping(self, tmp_path: Path, text: str, kind: str) -> None:
         path = write(tmp_path, "w.yaml", text)
-        assert spec_error(path) == f"{path}: a workflow must be a mapping, got {kind}"
+        assert (
+            spec_error(path) == f"{path}: a workflow must be a mapping (name:, tasks:), got {kind}"
+        )
 
     def test_yaml_python_tags_are_refused(self, tmp_path: Path) -> None:
         path = write(tmp_path, "w.yaml", "name: !!python/object/apply:os.system [id]\ntasks: []\n")
