@@ -549,6 +549,32 @@ def test_the_run_goes_on_when_its_submitter_is_killed(
     assert runs_of(folder) == Counter("abc")
 
 
+def test_a_submitter_whose_output_closes_stops_following_and_the_run_goes_on(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any, start: Any, stop: Any
+) -> None:
+    """`durable run --workers | head -1`: the run is the workers', not the follower's."""
+    workflow = write(folder, "slow_chain.yaml", SLOW_CHAIN)
+    fleet.worker(dsn)
+    submitter = start("run", workflow, "--db", dsn, "--workers", "--no-live", cwd=folder)
+    try:
+        first = submitter.stdout.readline()
+        submitter.stdout.close()  # the reader quits, as `head -1` does
+        assert submitter.wait(timeout=30) == 1
+        stderr = submitter.stderr.read()
+    finally:
+        stop(submitter)
+    assert first.startswith("run ") and " started" in first, first
+    run_id = first.split()[1]
+    assert stderr.startswith(
+        f"note: the output was closed (Broken pipe): stopped following run {run_id}; "
+        f"the workers go on with it"
+    ), stderr
+    assert "Traceback" not in stderr, stderr
+    final = wait_status(durable, dsn, run_id, folder, "succeeded")
+    assert {t: s["state"] for t, s in final["tasks"].items()} == dict.fromkeys("abc", "succeeded")
+    assert runs_of(folder) == Counter("abc")
+
+
 def test_workers_lists_the_live_workers(
     folder: Path, dsn: str, durable: Any, fleet: Fleet, stop: Any
 ) -> None:
