@@ -525,6 +525,17 @@ def wait_for_events(
     return seen
 
 
+def read_first_line_and_quit(
+    process: subprocess.Popen[Any], timeout: float = 60
+) -> tuple[str, int, str]:
+    """Read a started command's first line of output, then close the pipe, as
+    `| head -1` does; return that line, its exit code and its stderr."""
+    first = process.stdout.readline()  # type: ignore[union-attr]
+    process.stdout.close()  # type: ignore[union-attr]
+    code = process.wait(timeout=timeout)
+    return first, code, process.stderr.read()  # type: ignore[union-attr]
+
+
 class Lines:
     """A child's output, line by line, read by a thread so that every wait can time out.
 

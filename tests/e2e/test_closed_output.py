@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import read_first_line_and_quit
 
 TASKS = 30
 
@@ -41,12 +42,10 @@ def test_a_closed_output_stops_the_run_resumably(
     db = tmp_path / "j.db"
     process = start("run", workflow, "--db", db, "--run-id", "p1", output, cwd=tmp_path)
     try:
-        first = process.stdout.readline()
-        process.stdout.close()  # the reader quits, as `head -1` does
-        assert process.wait(timeout=60) == 130
-        stderr = process.stderr.read()
+        first, code, stderr = read_first_line_and_quit(process)
     finally:
         stop(process)
+    assert code == 130, stderr
     if output == "--json":
         assert json.loads(first)["kind"] == "run_started"
     else:

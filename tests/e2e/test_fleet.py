@@ -527,14 +527,28 @@ tasks:
 """
 
 
+def follow_slow_chain(
+    folder: Path, dsn: str, fleet: Fleet, write: Any, start: Any
+) -> subprocess.Popen[Any]:
+    """A worker, and `durable run --workers` handing it SLOW_CHAIN and following it."""
+    workflow = write(folder, "slow_chain.yaml", SLOW_CHAIN)
+    fleet.worker(dsn)
+    return start("run", workflow, "--db", dsn, "--workers", "--no-live", cwd=folder)
+
+
+def assert_the_workers_finished_it(durable: Any, dsn: str, run_id: str, folder: Path) -> None:
+    """The run succeeds without its submitter, each task of SLOW_CHAIN run once."""
+    final = wait_status(durable, dsn, run_id, folder, "succeeded")
+    assert {t: s["state"] for t, s in final["tasks"].items()} == dict.fromkeys("abc", "succeeded")
+    assert runs_of(folder) == Counter("abc")
+
+
 def test_the_run_goes_on_when_its_submitter_is_killed(
     folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any, start: Any, stop: Any
 ) -> None:
     from conftest import Lines
 
-    workflow = write(folder, "slow_chain.yaml", SLOW_CHAIN)
-    fleet.worker(dsn)
-    submitter = start("run", workflow, "--db", dsn, "--workers", "--no-live", cwd=folder)
+    submitter = follow_slow_chain(folder, dsn, fleet, write, start)
     try:
         first = Lines(submitter.stdout).next(timeout=20)
         assert first.startswith("run ") and " started" in first, first
@@ -544,25 +558,21 @@ def test_the_run_goes_on_when_its_submitter_is_killed(
         stop(submitter)
     run_id = first.split()[1]
     assert count(dsn, run_id, "run_finished") == 0  # it was killed mid-run
-    final = wait_status(durable, dsn, run_id, folder, "succeeded")
-    assert {t: s["state"] for t, s in final["tasks"].items()} == dict.fromkeys("abc", "succeeded")
-    assert runs_of(folder) == Counter("abc")
+    assert_the_workers_finished_it(durable, dsn, run_id, folder)
 
 
 def test_a_submitter_whose_output_closes_stops_following_and_the_run_goes_on(
     folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any, start: Any, stop: Any
 ) -> None:
     """`durable run --workers | head -1`: the run is the workers', not the follower's."""
-    workflow = write(folder, "slow_chain.yaml", SLOW_CHAIN)
-    fleet.worker(dsn)
-    submitter = start("run", workflow, "--db", dsn, "--workers", "--no-live", cwd=folder)
+    from conftest import read_first_line_and_quit
+
+    submitter = follow_slow_chain(folder, dsn, fleet, write, start)
     try:
-        first = submitter.stdout.readline()
-        submitter.stdout.close()  # the reader quits, as `head -1` does
-        assert submitter.wait(timeout=30) == 1
-        stderr = submitter.stderr.read()
+        first, code, stderr = read_first_line_and_quit(submitter, timeout=30)
     finally:
         stop(submitter)
+    assert code == 1, stderr
     assert first.startswith("run ") and " started" in first, first
     run_id = first.split()[1]
     assert stderr.startswith(
@@ -570,9 +580,7 @@ def test_a_submitter_whose_output_closes_stops_following_and_the_run_goes_on(
         f"the workers go on with it"
     ), stderr
     assert "Traceback" not in stderr, stderr
-    final = wait_status(durable, dsn, run_id, folder, "succeeded")
-    assert {t: s["state"] for t, s in final["tasks"].items()} == dict.fromkeys("abc", "succeeded")
-    assert runs_of(folder) == Counter("abc")
+    assert_the_workers_finished_it(durable, dsn, run_id, folder)
 
 
 def test_workers_lists_the_live_workers(
