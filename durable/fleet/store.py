@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
@@ -42,7 +42,7 @@ from durable.events import (
     encode_data,
     kind_of,
 )
-from durable.fleet.tables import CLAIMABLE_RUNS, FLEET_LOCK_SPACE, OPEN, RESERVE, WRITE
+from durable.fleet.tables import CLAIMABLE_RUNS, FLEET_LOCK_SPACE, OPEN, RESERVE, STEP, WRITE
 from durable.graph import Plan, TaskPlan
 from durable.inspection import fold_run
 from durable.integrity import ChainVerifier, summary_crc
@@ -98,6 +98,11 @@ class _Opened(NamedTuple):
     candidates: list[tuple[Any, ...]]
     running: dict[str, int]
     seqs: list[int]
+    #: How many claimable rows were asked for (`candidates` may not be all of
+    #: them if it holds that many), -1 if none, nor `running`.
+    want: int = -1
+    #: It read events other workers committed since this one last looked.
+    moved: bool = False
 
 
 class _Writes:
@@ -122,6 +127,19 @@ class _Writes:
         #: rows ready again: (task id, delay, 1 if it counts as one of its tries)
         self.retried: list[tuple[str, float, int]] = []
         self.notify = False
+
+
+#: Seqs a worker keeps reserved for a quiet run's next commit (a chain's step
+#: writes two events); more are reserved as they are used.
+SPARE = 8
+#: After this many fast commits of a run refused because it had moved on, its
+#: commits take the long way only: each refusal costs a fold of the run.
+MAX_MOVED = 3
+
+
+class _Moved(Exception):
+    """The run moved on since this worker's last transaction on it: a fast commit
+    decided from what it knew would be wrong."""
 
 
 def _want(free: int) -> int:
@@ -157,6 +175,13 @@ class FleetRun:
         #: and whether its last commits left the summary behind (`FleetStore._write`).
         self.summary_due = 0.0
         self.summary_behind = False
+        #: The run as this worker's last transaction on it left it, if that left
+        #: nothing for others to do: what runs per tool, and seqs reserved after its
+        #: last event. While nobody else writes to the run, its next commit can be
+        #: decided from these and sent in one round trip (`FleetStore._commit_fast`).
+        self.quiet = False
+        self.running: dict[str, int] = {}
+        self.spare: list[int] = []
 
 
 def worker_plan(workflow: Workflow, base_dir: str, source: str) -> tuple[Plan, dict[str, str]]:
@@ -193,7 +218,14 @@ class FleetStore:
         self.chained = bool(worker_id)
         #: The connection is in a transaction begun by the last COMMIT.
         self.begun = False
-        self._claimed = False
+        #: End this transaction with `COMMIT; BEGIN` (it claimed, and its run is
+        #: not quiet: a quiet run's next commit needs no transaction begun).
+        self._chain = False
+        #: Commits sent in one round trip (`_commit_fast`), those it had to redo the
+        #: long way because their run had moved on, and how many of a run's it did.
+        self.fast = 0
+        self.redone = 0
+        self._moved: dict[str, int] = {}
         self._encode_summary = msgspec.msgpack.Encoder().encode
 
     # -- runs ----------------------------------------------------------------
@@ -212,19 +244,14 @@ class FleetStore:
         if not self.begun:
             await conn.execute("BEGIN")
         self.begun = False
-        self._claimed = False
+        self._chain = False
         try:
             yield
         except BaseException:
-            self.forget(run_id)
-            if not conn.is_closed():
-                try:
-                    await conn.execute("ROLLBACK")
-                except Exception:  # the connection broke: the server rolls back itself
-                    pass
+            await self._abandon(run_id)
             raise
         try:
-            if self._claimed and self.chained:
+            if self._chain and self.chained:
                 await conn.execute("COMMIT; BEGIN")
                 self.begun = True
             else:
@@ -232,6 +259,16 @@ class FleetStore:
         except BaseException:
             self.forget(run_id)
             raise
+
+    async def _abandon(self, run_id: str, rollback: bool = True) -> None:
+        """A transaction on the run failed: drop this worker's copy of the run (it
+        may hold what never happened) and roll back what the server still holds."""
+        self.forget(run_id)
+        if rollback and not self.conn.is_closed():
+            try:
+                await self.conn.execute("ROLLBACK")
+            except Exception:  # the connection broke: the server rolls back itself
+                pass
 
     async def _open(
         self, run_id: str, held: Sequence[str] = (), want: int = -1, reserve: int = 0
@@ -250,8 +287,9 @@ class FleetStore:
             want = -1
         elif want > 0 and run.limits:
             want = want * 4 + 64  # some may be of a tool at its limit
-        rows = await self._call_open(run_id, run.last_seq, held, run.runnable, want, reserve)
-        opened = _Opened({}, [], {}, [])
+        after = run.last_seq
+        rows = await self._call_open(run_id, after, held, run.runnable, want, reserve)
+        opened = _Opened({}, [], {}, [], want)
         check = run.verifier.check
         path = str(self.journal.path)
         for row in rows:
@@ -267,6 +305,8 @@ class FleetStore:
                         path, run_id, f"its events are not a possible history: {exc}"
                     ) from None
                 run.last_seq = seq
+                # Others wrote to it: what this worker noted of the run is behind.
+                run.quiet, run.spare = False, []
             elif part == "s":
                 opened.seqs.append(row[1])
             elif part == "f":
@@ -277,6 +317,8 @@ class FleetStore:
                 )
             else:
                 opened.running[row[8]] = row[1]
+        if run.last_seq != after:
+            opened = opened._replace(moved=True)
         return run, opened
 
     async def _call_open(
@@ -338,7 +380,8 @@ class FleetStore:
     async def _write(self, run: FleetRun, plan: _Writes, summary_now: bool = False) -> None:
         """Everything a transaction changes, in one statement: the events (at seqs
         reserved under the run's lock, so a run's seqs follow its commits), its
-        summary, new work rows, claims of existing ones, rows a claim ended, NOTIFY.
+        summary, new work rows, claims of existing ones, rows a claim ended, NOTIFY,
+        and, for a quiet run, the seqs of its next commit (`FleetRun.spare`).
 
         A worker writes a run's summary with its commits at most every
         `SUMMARY_EVERY` seconds, and always with the run's end, as the SQLite
@@ -349,10 +392,22 @@ class FleetStore:
         events = plan.events
         if not events and not plan.new and not plan.claimed and not plan.ended and not summary_now:
             return
-        run_id = run.record.run_id
         seqs = plan.seqs
         if len(seqs) < len(events):
             seqs = seqs + await self._reserve(len(events) - len(seqs))
+        spare = SPARE if run.quiet else 0
+        arguments, done = self._arguments(run, plan, seqs, spare, summary_now)
+        row = await self.conn.fetchrow(WRITE, *arguments)
+        done()
+        run.spare = sorted(row[1]) if spare else []
+
+    def _arguments(
+        self, run: FleetRun, plan: _Writes, seqs: list[int], spare: int, summary_now: bool
+    ) -> tuple[list[Any], Callable[[], None]]:
+        """`WRITE`'s arguments for `plan`'s events at `seqs`, and what to note in
+        `run` once they are committed."""
+        events = plan.events
+        run_id = run.record.run_id
         data = plan.data
         rows = [
             (
@@ -381,8 +436,13 @@ class FleetStore:
             summary, summarized = b"", 0
             run.summary_behind = run.summary_behind or bool(events)
         tasks = run.advance.plan.tasks
-        await self.conn.execute(
-            WRITE,
+
+        def done() -> None:
+            if events:
+                run.verifier.previous = heads[run_id]
+                run.last_seq = last
+
+        return [
             seqs[: len(events)],
             *columns,
             run_id,
@@ -403,10 +463,8 @@ class FleetStore:
             [delay for _, delay, _ in plan.retried],
             [counted for _, _, counted in plan.retried],
             finished,
-        )
-        if events:
-            run.verifier.previous = heads[run_id]
-            run.last_seq = last
+            spare,
+        ], done
 
     def behind(self) -> list[str]:
         """The runs whose summary this worker's commits left behind."""
@@ -522,17 +580,24 @@ class FleetStore:
             by_run.setdefault(outcome.run_id, []).append(outcome)
         for run_id, group in by_run.items():
             room = free - len(claims)
-            async with self._transaction(run_id):
-                run, opened = await self._open(
-                    run_id,
-                    [outcome.task_id for outcome in group],
-                    _want(room),
-                    2 * len(group),  # a nextval costs: more, if needed, in `_write`
-                )
-                writes = self._settle_outcomes(run, group, fenced, opened)
-                claims += await self._claim_in(run, room, writes, opened)
+            run = self.runs.get(run_id)
+            taken = None
+            if run is not None and run.quiet and self._moved.get(run_id, 0) < MAX_MOVED:
+                taken = await self._commit_fast(run, group, room)
+            if taken is None:
+                async with self._transaction(run_id):
+                    run, opened = await self._open(
+                        run_id,
+                        [outcome.task_id for outcome in group],
+                        _want(room),
+                        2 * len(group),  # a nextval costs: more, if needed, in `_write`
+                    )
+                    writes = self._settle_outcomes(run, group, fenced, opened)
+                    taken = await self._claim_in(run, room, writes, opened)
+            claims += taken
             if run.advance.state.status is not None:
-                self.forget(run_id)  # it ended: nothing more to keep of it
+                self.forget(run_id)
+                self._moved.pop(run_id, None)  # it ended: nothing more to keep of it
         return Committed(fenced, claims)
 
     def _settle_outcomes(
@@ -580,10 +645,21 @@ class FleetStore:
     async def _claim_in(
         self, run: FleetRun, free: int, writes: _Writes, opened: _Opened
     ) -> list[Claim]:
-        """Claim within the open transaction, then write it all (`_write`). What
-        the transaction made ready (`writes.fresh`) is claimed before it is even
-        queued, while this worker has room: a chain goes on here."""
+        """Claim within the open transaction, then write it all (`_write`)."""
+        claims = self._decide_claims(run, free, writes, opened)
+        await self._write(run, writes)
+        return claims
+
+    def _decide_claims(
+        self, run: FleetRun, free: int, writes: _Writes, opened: _Opened
+    ) -> list[Claim]:
+        """What the transaction claims: the claimable rows first, in queue order, then
+        what it made ready itself (`writes.fresh`), claimed before it is even queued
+        while this worker has room (a chain goes on here). Notes whether that leaves
+        the run quiet (`FleetRun.quiet`): this transaction saw no other worker's
+        events and leaves nothing claimable, so the next commit may go fast."""
         candidates = opened.candidates
+        listed = len(candidates)
         running = opened.running
         tasks = run.advance.plan.tasks
         fresh = set(writes.fresh)
@@ -594,7 +670,6 @@ class FleetStore:
         ]
         budget = min(free, run.max_concurrency - sum(running.values()))
         claims = self._take(run, candidates, budget, running, writes) if budget > 0 else []
-        self._claimed = bool(claims)
         claimed_new = {claim.task_id: claim.attempt for claim in claims if claim.task_id in fresh}
         writes.new = [(task_id, claimed_new.get(task_id, 0)) for task_id in writes.fresh]
         writes.claimed = [
@@ -604,8 +679,101 @@ class FleetStore:
         ]
         if len(claimed_new) < len(fresh):
             writes.notify = True  # others hear of work only if this worker left some
-        await self._write(run, writes)
+        run.quiet = (
+            opened.want > listed  # the counts were read, and every claimable row
+            and len(claims) == len(candidates)
+            and not writes.notify
+            and not opened.moved
+            and run.advance.state.status is None
+        )
+        run.running = running
+        self._chain = bool(claims) and not run.quiet
         return claims
+
+    async def _commit_fast(
+        self, run: FleetRun, group: list[Outcome], free: int
+    ) -> list[Claim] | None:
+        """Commit a quiet run's outcomes in one round trip (`STEP`), decided from
+        what this worker's last transaction on the run left (`FleetRun.quiet`): the
+        same decisions as the long way, which reads all of that again under the
+        lock. The statement checks under the lock that the run has not moved on
+        since (no event after the last this worker wrote, its attempts still held,
+        nothing claimable) and writes nothing if it has: then this worker's copy of
+        the run is dropped and None returned (the caller takes the long way).
+        Events beyond the seqs reserved for them take a transaction that checks
+        the same (`_commit_checked`)."""
+        run_id = run.record.run_id
+        tasks = run.advance.plan.tasks
+        held: dict[str, tuple[int, str, int]] = {}
+        for outcome in group:
+            plan = tasks.get(outcome.task_id)
+            if plan is None or outcome.task_id in held:
+                return None
+            held[outcome.task_id] = (outcome.attempt, plan.spec.tool, 1)
+        after = run.last_seq
+        opened = _Opened(held, [], dict(run.running), [], 1)
+        begun = False
+        try:
+            writes = self._settle_outcomes(run, group, [], opened)
+            claims = self._decide_claims(run, free, writes, opened)
+            count = len(writes.events)
+            if count > len(run.spare):
+                await self._commit_checked(run, writes, after, held)
+            else:
+                seqs, rest = run.spare[:count], run.spare[count:]
+                spare = max(0, SPARE - len(rest)) if run.quiet else 0
+                arguments, done = self._arguments(run, writes, seqs, spare, False)
+                arguments += [
+                    FLEET_LOCK_SPACE,
+                    _lock_key(run_id),
+                    after,
+                    list(held),
+                    [attempt for attempt, _, _ in held.values()],
+                    run.runnable,
+                ]
+                begun, self.begun = self.begun, False
+                self.transactions += 1
+                reserved = await self.conn.fetchval(STEP, *arguments)
+                if begun:  # in the transaction its last COMMIT began: it ends here
+                    await self.conn.execute("COMMIT")
+                if reserved is None:
+                    raise _Moved
+                done()
+                run.spare = rest + sorted(reserved) if run.quiet else []
+                self.fast += 1
+        except _Moved:
+            self.forget(run_id)
+            self._moved[run_id] = self._moved.get(run_id, 0) + 1
+            self.redone += 1
+            return None
+        except BaseException:
+            await self._abandon(run_id, rollback=begun)
+            raise
+        return claims
+
+    async def _commit_checked(
+        self, run: FleetRun, writes: _Writes, after: int, held: dict[str, tuple[int, str, int]]
+    ) -> None:
+        """A fast commit's writes in a transaction of their own, with the seqs they
+        need, after the same checks as `STEP` (`fleet_open` reads what they need);
+        raises `_Moved` if the run moved on."""
+        run_id = run.record.run_id
+        async with self._transaction(run_id):
+            rows = await self._call_open(
+                run_id, after, list(held), run.runnable, 1, len(writes.events)
+            )
+            kept = 0
+            for row in rows:
+                part = row[0]
+                if part == "s":
+                    writes.seqs.append(row[1])
+                elif part == "f" and row[4] == held[row[3]][0] and row[10]:
+                    kept += 1
+                elif part in ("e", "c"):
+                    raise _Moved
+            if kept < len(held):
+                raise _Moved
+            await self._write(run, writes)
 
     def _take(
         self,

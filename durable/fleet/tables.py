@@ -25,7 +25,7 @@ and a worker's connection may wait in a transaction begun by its last COMMIT
 before it starts.
 """
 
-FLEET_SCHEMA = [
+_TABLES = [
     """CREATE TABLE IF NOT EXISTS durable.fleet_runs (
         run_id text PRIMARY KEY, max_concurrency integer NOT NULL,
         max_deaths integer NOT NULL, submitted_at double precision NOT NULL)""",
@@ -131,7 +131,7 @@ OPEN = "SELECT * FROM durable.fleet_open($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 #: (`task_id = ANY(...)`) and per-row values looked up by position, not joined:
 #: the work table's statistics are always stale (it fills and empties with every
 #: run), and a join planned on them scanned it once per outcome.
-WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt, kind, at, data, crc)
+_WRITES = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt, kind, at, data, crc)
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::text[],
             $6::double precision[], $7::bytea[], $8::bigint[])),
     s AS (INSERT INTO durable.summaries (run_id, last_seq, data, crc)
@@ -155,4 +155,47 @@ WRITE = """WITH e AS (INSERT INTO durable.events (seq, run_id, task_id, attempt,
         WHERE run_id = $9 AND task_id = ANY($23::text[])),
     d AS (DELETE FROM durable.work WHERE run_id = $9 AND task_id = ANY($21::text[])),
     f AS (DELETE FROM durable.fleet_runs WHERE run_id = $9 AND $26)
-    SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END"""
+"""
+#: A run's next seqs, reserved (under its lock) for the fast commit of its next step.
+_SPARE = "ARRAY(SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $27))"
+WRITE = _WRITES + f"    SELECT CASE WHEN $22 THEN pg_notify('durable_work', $9) END, {_SPARE}"
+
+
+#: The parameters of `WRITE` ($1-$27), then the step's own ($28-$33).
+_STEP_PARAMETERS = """bigint[], text[], text[], integer[], text[], double precision[], bytea[],
+    bigint[], text, bigint, bytea, bigint, uuid, double precision, text[], text[], integer[],
+    text[], integer[], integer[], text[], boolean, text[], double precision[], integer[],
+    boolean, integer, integer, integer, bigint, text[], integer[], text[]"""
+
+#: A commit in one round trip, when its worker can decide it from what it knows
+#: (`store.FleetStore._commit_fast`): under the run's lock, if nothing happened to
+#: the run since this worker's last transaction on it (no event after `$30`; the
+#: attempts `$31`/`$32` still held by it, their leases live; no row of its tools
+#: claimable), the transaction's writes, at seqs it reserved then; else nothing,
+#: and NULL. Returns the seqs reserved for the run's next step.
+STEP_FUNCTION = f"""CREATE OR REPLACE FUNCTION durable.fleet_step({_STEP_PARAMETERS})
+    RETURNS bigint[] LANGUAGE plpgsql AS $$
+    DECLARE spare bigint[];
+    BEGIN
+        PERFORM pg_advisory_xact_lock($28, $29);
+        IF EXISTS (SELECT 1 FROM durable.events e WHERE e.run_id = $9 AND e.seq > $30)
+            OR (SELECT count(*) FROM durable.work w WHERE w.run_id = $9
+                AND w.task_id = ANY($31) AND w.owner = $13 AND w.state = 'running'
+                AND w.attempt = ($32)[array_position($31, w.task_id)]
+                AND w.lease_until >= clock_timestamp()) < cardinality($31)
+            OR EXISTS (SELECT 1 FROM durable.work w WHERE w.run_id = $9 AND w.state = 'ready'
+                AND w.not_before <= clock_timestamp() AND w.tool = ANY($33))
+            OR EXISTS (SELECT 1 FROM durable.work w WHERE w.run_id = $9
+                AND w.state = 'running' AND w.lease_until < clock_timestamp()
+                AND w.tool = ANY($33)) THEN
+            RETURN NULL;
+        END IF;
+        IF $22 THEN
+            PERFORM pg_notify('durable_work', $9);
+        END IF;
+{_WRITES}        SELECT {_SPARE} INTO spare;
+        RETURN spare;
+    END $$"""
+STEP = f"SELECT durable.fleet_step({', '.join(f'${n}' for n in range(1, 34))})"
+
+FLEET_SCHEMA = [*_TABLES, STEP_FUNCTION]

@@ -163,10 +163,14 @@ class Worker:
             except Exception:  # the database is gone: the heartbeat simply stops
                 pass
             await self._close()
-        transactions = self._store.transactions if self._store else 0
+        store = self._store
+        transactions, fast, moved = (
+            (store.transactions, store.fast, store.redone) if store else (0, 0, 0)
+        )
         self.say(
             f"stopped: {self.committed} outcomes committed, {self.refused} refused, "
-            f"{transactions} transactions"
+            f"{transactions} transactions; {fast} commits in one round trip, {moved} "
+            f"redone the long way (their run had moved on)"
         )
 
     def stop(self, hand_back: bool = False) -> None:

@@ -49,7 +49,7 @@ from durable.journal.reader import RunRecord, SummaryRow, run_record, run_record
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: table -> the row trigger that refuses its UPDATE and DELETE. `durable prune`
 #: disables them inside its own transaction, and enables them before it commits.
 APPEND_ONLY_TRIGGERS = {"runs": "runs_append_only", "events": "events_append_only"}
@@ -86,7 +86,7 @@ _SCHEMA = [
         FOR EACH STATEMENT EXECUTE FUNCTION durable.append_only()"""
         for table in APPEND_ONLY_TRIGGERS
     ),
-    *FLEET_SCHEMA,  # schema 2: the workers' tables (`fleet/tables.py`)
+    *FLEET_SCHEMA,  # schema 2: the workers' tables; 3: `fleet_step` (`fleet/tables.py`)
 ]
 
 _INSERT_EVENTS = """INSERT INTO durable.events (run_id, task_id, attempt, kind, at, data, crc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -670,6 +671,99 @@ def test_a_task_waits_for_a_worker_that_has_its_tool(
     fleet.worker(dsn, "--tools", "late_tools", cwd=elsewhere)
     final = wait_status(durable, dsn, run_id, tmp_path, "succeeded")
     assert final["tasks"]["c"]["output"] == {"late": 1}
+
+
+def last_word(worker: Worker) -> dict[str, int]:
+    """The counts of a stopped worker's last line (`stopped: ... transactions; ...`)."""
+    line = worker.text().strip().splitlines()[-1]
+    found = re.search(
+        r"stopped: (\d+) outcomes committed, (\d+) refused, (\d+) transactions; "
+        r"(\d+) commits in one round trip, (\d+) redone the long way",
+        line,
+    )
+    assert found, line
+    names = ("committed", "refused", "transactions", "fast", "moved")
+    return dict(zip(names, map(int, found.groups()), strict=True))
+
+
+QUIET = "name: quiet\nimports: [fleettools]\ntasks:\n  - {id: t0, tool: step, input: {key: t0}}\n"
+QUIET += "".join(
+    f'  - {{id: t{i}, tool: step, input: {{key: t{i}, result: "${{t{i - 1}.output.key}}"}}}}\n'
+    for i in range(1, 12)
+)
+
+
+def test_a_quiet_chain_commits_each_step_in_one_round_trip(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """Alone on a run, a worker decides each commit from what it knows and sends it
+    in one statement (`FleetStore._commit_fast`): every outcome of the chain, the
+    last with the run's end and its summary. The journal is what the long way writes."""
+    workflow = write(folder, "quiet.yaml", QUIET)
+    worker = fleet.worker(dsn)
+    run_id = submit(durable, workflow, dsn, folder)
+    final = wait_status(durable, dsn, run_id, folder, "succeeded")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    counts = last_word(worker)
+    assert counts["committed"] == counts["fast"] == 12, counts
+    assert counts["refused"] == counts["moved"] == 0, counts
+
+    assert [(t, a, k) for t, a, k, _ in events(dsn, run_id) if t] == [
+        (f"t{i}", 1, kind) for i in range(12) for kind in ("task_started", "task_succeeded")
+    ]
+    assert final["tasks"]["t11"]["output"] == {"key": "t11", "result": "t10"}
+    assert runs_of(folder) == Counter(f"t{i}" for i in range(12))
+    # the summary was written with the run's end, at its last event
+    ((last_seq, top),) = pg.fetch(
+        dsn,
+        "SELECT s.last_seq, (SELECT max(seq) FROM durable.events e WHERE e.run_id = s.run_id)"
+        f" FROM durable.summaries s WHERE s.run_id = '{run_id}'",
+    )
+    assert last_seq == top
+    assert work_rows(dsn, run_id) == {}
+    checked = durable("check", run_id, "--db", dsn, cwd=folder, check=0)
+    assert "ok" in checked.stdout.lower(), checked.stdout
+
+
+MOVED = """
+name: moved
+imports: [fleettools]
+tasks:
+  - {id: b, tool: step, input: {key: b, seconds: 1.5}}
+  - {id: a1, tool: step, input: {key: a1, seconds: 3}}
+  - {id: a2, tool: step, input: {key: a2, result: "${a1.output}"}}
+"""
+
+
+def test_a_run_that_moved_on_under_a_quiet_worker_is_committed_the_long_way(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """Worker B (one slot) holds `b` when worker A loads the run and claims `a1`:
+    nothing is left for others, so A's next commit may go fast. While `a1` runs, B
+    commits `b`. A's fast commit of `a1` finds an event after its own last and
+    writes nothing; A folds the run again and commits the long way. Nothing is
+    lost or done twice."""
+    workflow = write(folder, "moved.yaml", MOVED)
+    other = fleet.worker(dsn, "-j", "1")
+    run_id = submit(durable, workflow, dsn, folder)
+    wait_running(dsn, run_id, folder, "b", other)
+    alone = fleet.worker(dsn)
+    wait_running(dsn, run_id, folder, "a1", alone)
+    wait_events(dsn, run_id, "task_succeeded", task_id="b")
+    assert count(dsn, run_id, "task_succeeded", "a1") == 0  # A's outcome is still to come
+    final = wait_status(durable, dsn, run_id, folder, "succeeded")
+    alone.signal(signal.SIGTERM)
+    assert alone.wait() == 0
+    counts = last_word(alone)
+    assert counts["moved"] == 1, counts
+    assert counts["committed"] == 2 and counts["refused"] == 0, counts
+
+    assert final["tasks"]["a2"]["output"]["result"] == {"key": "a1", "result": None}
+    assert executions(folder) == [("b", other.pid), ("a1", alone.pid), ("a2", alone.pid)]
+    assert {t: s["attempts"] for t, s in final["tasks"].items()} == {"a1": 1, "a2": 1, "b": 1}
+    checked = durable("check", run_id, "--db", dsn, cwd=folder, check=0)
+    assert "ok" in checked.stdout.lower(), checked.stdout
 
 
 FLAKY = """
