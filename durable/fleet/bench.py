@@ -64,18 +64,19 @@ async def fleet(
 ) -> AsyncIterator[None]:
     """`workers` worker processes on `dsn`, registered before this yields, stopped after."""
     command = [sys.executable, "-m", "durable_cli.main", "worker", "--db", dsn]
-    processes = [
-        subprocess.Popen(
-            [*command, "-j", str(slots), "--durability", durability],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        for _ in range(workers)
-    ]
-    journal = await PgJournal.open(dsn, create=True)
+    journal = await PgJournal.open(dsn, create=True)  # before any worker: none is left behind
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        processes += [
+            subprocess.Popen(
+                [*command, "-j", str(slots), "--durability", durability],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            for _ in range(workers)
+        ]
         deadline = time.monotonic() + 30
         mine = {process.pid for process in processes}
         while len([w for w in await live_workers(journal._conn) if w.pid in mine]) < workers:
