@@ -103,6 +103,8 @@ class _Opened(NamedTuple):
     want: int = -1
     #: It read events other workers committed since this one last looked.
     moved: bool = False
+    #: How many of the run's tasks other workers run (live leases).
+    others: int = 0
 
 
 class _Writes:
@@ -292,6 +294,7 @@ class FleetStore:
         opened = _Opened({}, [], {}, [], want)
         check = run.verifier.check
         path = str(self.journal.path)
+        others = 0
         for row in rows:
             part = row[0]
             if part == "e":
@@ -317,9 +320,8 @@ class FleetStore:
                 )
             else:
                 opened.running[row[8]] = row[1]
-        if run.last_seq != after:
-            opened = opened._replace(moved=True)
-        return run, opened
+                others += row[1] - row[10]
+        return run, opened._replace(moved=run.last_seq != after, others=others)
 
     async def _call_open(
         self,
@@ -657,7 +659,9 @@ class FleetStore:
         what it made ready itself (`writes.fresh`), claimed before it is even queued
         while this worker has room (a chain goes on here). Notes whether that leaves
         the run quiet (`FleetRun.quiet`): this transaction saw no other worker's
-        events and leaves nothing claimable, so the next commit may go fast."""
+        events, no other worker runs any of its tasks, and it leaves nothing
+        claimable, so the next commit may go fast (and is not refused, unless the
+        run is cancelled or a retry's delay ends meanwhile)."""
         candidates = opened.candidates
         listed = len(candidates)
         running = opened.running
@@ -684,6 +688,7 @@ class FleetStore:
             and len(claims) == len(candidates)
             and not writes.notify
             and not opened.moved
+            and not opened.others
             and run.advance.state.status is None
         )
         run.running = running

@@ -48,7 +48,8 @@ _TABLES = [
     # run's lock, then, each with a snapshot taken after it, the events committed
     # since `after` (e), the rows this worker holds of `held` (f: the fence; counted
     # as running if their lease is live), up to
-    # `want` claimable rows (c), what runs per tool (r), and `reserve` seqs (s).
+    # `want` claimable rows (c), what runs per tool (r: how many, how many this
+    # worker's), and `reserve` seqs (s).
     """CREATE OR REPLACE FUNCTION durable.fleet_open(
         space integer, key integer, run text, after bigint, me uuid, held text[],
         tools text[], want integer, reserve integer)
@@ -87,7 +88,7 @@ _TABLES = [
         IF want >= 0 THEN
             RETURN QUERY SELECT 'r', count(*), NULL::text, NULL::text, NULL::integer,
                 NULL::double precision, NULL::bytea, NULL::bigint, w.tool, NULL::text,
-                NULL::integer, NULL::integer, NULL::uuid
+                (count(*) FILTER (WHERE w.owner = me))::integer, NULL::integer, NULL::uuid
             FROM durable.work w WHERE w.run_id = run AND w.state = 'running'
                 AND w.lease_until >= clock_timestamp() GROUP BY w.tool;
         END IF;
