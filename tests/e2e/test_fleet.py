@@ -738,37 +738,43 @@ MOVED = """
 name: moved
 imports: [fleettools]
 tasks:
-  - {id: b, tool: held, input: {key: b, until: go-b}}
-  - {id: a1, tool: held, input: {key: a1, until: go-a1}}
-  - {id: a2, tool: step, input: {key: a2, result: "${a1.output}"}}
+  - {id: t, tool: held, input: {key: t, until: go}}
+  - {id: u, tool: step, input: {key: u, result: "${t.output}"}}
 """
 
 
-def test_a_run_that_moved_on_under_a_quiet_worker_is_committed_the_long_way(
+def test_a_fast_commit_of_a_run_cancelled_meanwhile_writes_nothing_and_is_refused(
     folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
 ) -> None:
-    """Worker B (one slot) holds `b` when worker A loads the run and claims `a1`:
-    nothing is left for others, so A's next commit may go fast. While `a1` runs, B
-    commits `b`. A's fast commit of `a1` finds an event after its own last and
-    writes nothing; A folds the run again and commits the long way. Nothing is
-    lost or done twice."""
+    """The worker claims `t`, alone on the run: its next commit may go in one
+    statement. `durable cancel` ends the run while `t` runs. The fast commit of
+    `t` finds the cancel's events after its own and writes nothing; the long way
+    folds the run again, and its fence refuses the outcome (the cancel took the
+    row). The lease is long, so that the worker's renewal does not notice the
+    cancel first and stop `t` before it ends."""
     workflow = write(folder, "moved.yaml", MOVED)
-    other = fleet.worker(dsn, "-j", "1", lease=10)
+    worker = fleet.worker(dsn, lease=60)
     run_id = submit(durable, workflow, dsn, folder)
-    wait_running(dsn, run_id, folder, "b", other)
-    alone = fleet.worker(dsn, lease=10)
-    wait_running(dsn, run_id, folder, "a1", alone)
-    (folder / "go-b").touch()
-    wait_events(dsn, run_id, "task_succeeded", task_id="b")
-    (folder / "go-a1").touch()
-    final = wait_status(durable, dsn, run_id, folder, "succeeded")
-    counts = stop_and_count(alone)
-    assert counts["moved"] == 1, counts
-    assert counts["committed"] == 2 and counts["refused"] == 0, counts
+    wait_running(dsn, run_id, folder, "t", worker)
+    durable("cancel", run_id, "--db", dsn, cwd=folder, check=0)
+    (folder / "go").touch()
+    worker.wait_log(lambda text: "late outcome refused" in text, "the outcome refused")
+    counts = stop_and_count(worker)
+    assert counts == {
+        "committed": 0,
+        "refused": 1,
+        "transactions": counts["transactions"],
+        "fast": 0,
+        "moved": 1,
+    }, counts
 
-    assert final["tasks"]["a2"]["output"]["result"] == {"key": "a1"}
-    assert executions(folder) == [("b", other.pid), ("a1", alone.pid), ("a2", alone.pid)]
-    assert {t: s["attempts"] for t, s in final["tasks"].items()} == {"a1": 1, "a2": 1, "b": 1}
+    assert [(t, a, k) for t, a, k, _ in events(dsn, run_id) if t] == [
+        ("t", 1, "task_started"),
+        ("t", 1, "task_cancelled"),
+    ]
+    assert status(durable, dsn, run_id, folder)["status"] == "cancelled"
+    assert runs_of(folder) == Counter({"t": 1})
+    assert work_rows(dsn, run_id) == {}
     durable("check", run_id, "--db", dsn, cwd=folder, check=0)  # checksums, a replay
 
 
