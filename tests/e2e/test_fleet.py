@@ -778,6 +778,78 @@ def test_a_fast_commit_of_a_run_cancelled_meanwhile_writes_nothing_and_is_refuse
     durable("check", run_id, "--db", dsn, cwd=folder, check=0)  # checksums, a replay
 
 
+RETRIED = """
+name: retried
+imports: [fleettools, flaky_tools]
+tasks:
+  - {id: r, tool: flaky, input: {key: r, until: go-r}, retries: 1, retry_delay: 3}
+  - {id: c, tool: held, input: {key: c, until: go-c}}
+  - {id: d, tool: held, input: {key: d, until: go-d}, dependencies: [c]}
+  - {id: e, tool: held, input: {key: e, until: go-e}, dependencies: [d]}
+"""
+
+FLAKY_TOOLS = """
+import asyncio
+import os
+
+import durable
+
+
+@durable.tool
+async def flaky(key, until):
+    # once the file `until` is there: fail the first time, then succeed
+    while not os.path.exists(os.path.join({here!r}, until)):
+        await asyncio.sleep(0.02)
+    marker = os.path.join({here!r}, key + ".failed")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError(key + " fails the first time")
+    return {{"key": key}}
+"""
+
+
+def test_a_fast_commit_of_a_run_that_moved_on_is_committed_the_long_way(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """Worker B alone has `flaky`: `r` fails once A holds `c`, and waits 3 s for
+    its retry. Meanwhile A commits `d` with nothing of the run running elsewhere
+    and nothing claimable for it: the run is quiet, A's next commit may go fast.
+    B claims `r` again once its delay ends. A's fast commit of `e` finds B's event
+    after its own and writes nothing; A folds the run again and commits `e` the
+    long way, accepted."""
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    workflow = write(folder, "retried.yaml", RETRIED)
+    write(folder, "flaky_tools.py", FLAKY_TOOLS.format(here=str(folder)))
+    run_id = submit(durable, workflow, dsn, folder)
+    (folder / "flaky_tools.py").rename(elsewhere / "flaky_tools.py")  # B's machine only
+    other = fleet.worker(dsn, "--tools", "flaky_tools", "-j", "1", cwd=elsewhere, lease=60)
+    wait_events(dsn, run_id, "task_started", task_id="r")
+    # one slot: while it holds a task, A does not look for work, so no transaction
+    # of its own folds B's events before its fast commit does
+    alone = fleet.worker(dsn, "-j", "1", lease=60)
+    wait_running(dsn, run_id, folder, "c", alone)
+    (folder / "go-r").touch()
+    wait_events(dsn, run_id, "task_retrying", task_id="r")
+    (folder / "go-c").touch()
+    wait_running(dsn, run_id, folder, "d", alone)
+    (folder / "go-d").touch()
+    wait_running(dsn, run_id, folder, "e", alone)
+    assert count(dsn, run_id, "task_started", "r") == 1  # its delay is not over yet
+    wait_events(dsn, run_id, "task_started", n=2, task_id="r")
+    (folder / "go-e").touch()
+    final = wait_status(durable, dsn, run_id, folder, "succeeded")
+    counts = stop_and_count(alone)
+    assert (counts["committed"], counts["refused"], counts["moved"]) == (3, 0, 1), counts
+    stop_and_count(other)
+
+    assert {t: s["attempts"] for t, s in final["tasks"].items()} == {"r": 2, "c": 1, "d": 1, "e": 1}
+    assert final["tasks"]["e"]["output"] == {"key": "e"}
+    assert executions(folder) == [("c", alone.pid), ("d", alone.pid), ("e", alone.pid)]
+    assert [k for _, _, k, _ in events(dsn, run_id, "e")] == ["task_started", "task_succeeded"]
+    durable("check", run_id, "--db", dsn, cwd=folder, check=0)  # checksums, a replay
+
+
 FLAKY = """
 name: flaky
 imports: [fleettools]
