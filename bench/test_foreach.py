@@ -49,7 +49,7 @@ MIN_RATIO, QUICK_MIN_RATIO = 0.8, 0.7
 # Rounds of each variant per measurement of the guard, full and quick; measurements
 # at most (a ratio under its bound is measured again, the rounds pooled).
 GUARD_ROUNDS, QUICK_GUARD_ROUNDS = 5, 3
-GUARD_MEASUREMENTS = 3
+GUARD_MEASUREMENTS = 5
 README = "a foreach of 10,000 no-op items runs at >= 80 % of the same tasks written out"
 
 

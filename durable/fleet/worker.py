@@ -53,6 +53,7 @@ from durable.fleet.workers import new_worker_id, register, renew, unregister
 from durable.journal.postgres import PgJournal, connection_lost
 from durable.journal.schema import SUMMARY_EVERY
 from durable.state import RUNNING, TaskState
+from durable.streams import discard_rest
 
 #: Seconds between looks for work when no NOTIFY comes (leases that ran out, delays over).
 POLL = 0.5
@@ -96,7 +97,7 @@ class Worker:
         self.durability = durability
         self.grace = grace
         self.worker_id = new_worker_id()
-        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._log = log or _log_to_stderr
         self._active: dict[tuple[str, str, int], _Attempt] = {}
         self._outcomes: list[Outcome] = []
         self._have_outcomes = asyncio.Event()
@@ -524,6 +525,16 @@ class Worker:
 
 async def _commit(store: FleetStore, outcomes: list[Outcome], free: int) -> Any:
     return await store.commit(outcomes, free)
+
+
+def _log_to_stderr(line: str) -> None:
+    """A worker's log line. If stderr's reader has gone (a log shipper died), the
+    log goes silent for good and the worker goes on: its work is in the journal,
+    and SIGTERM must still stop it cleanly."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        discard_rest(sys.stderr)
 
 
 def _reason(exc: BaseException) -> str:

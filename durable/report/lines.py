@@ -7,7 +7,6 @@ and (summary only) what `--quiet` prints. `durable log` uses `describe_event` to
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from durable.events import (
 from durable.report.model import progress_text
 from durable.spec import Workflow
 from durable.state import FAILED, KEPT, RunState
+from durable.streams import discard_rest
 
 if TYPE_CHECKING:
     from durable.runner import RunResult
@@ -101,12 +101,7 @@ class Reporter:
         `OutputClosed`, once. What the stream still buffers goes to /dev/null, so
         that closing it at exit cannot fail again."""
         self.closed = exc.strerror or str(exc)
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self.stream.fileno())
-            os.close(null)
-        except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO)
-            pass
+        discard_rest(self.stream)
         raise OutputClosed(self.closed) from None
 
 

@@ -850,6 +850,27 @@ def test_a_fast_commit_of_a_run_that_moved_on_is_committed_the_long_way(
     durable("check", run_id, "--db", dsn, cwd=folder, check=0)  # checksums, a replay
 
 
+def test_a_worker_whose_log_reader_has_gone_goes_on_and_stops_on_sigterm(
+    folder: Path, dsn: str, durable: Any, start: Any, stop: Any, write: Any
+) -> None:
+    """`durable worker ... 2>&1 | shipper`, and the shipper dies: the worker's log
+    goes silent, its work goes on, and SIGTERM still stops it cleanly (its
+    "stopping" line used to raise in the signal handler, and the worker never stopped)."""
+    workflow = write(folder, "quiet.yaml", QUIET)
+    worker = start("worker", "--db", dsn, "--lease", "10", cwd=folder, stdout=subprocess.DEVNULL)
+    try:
+        assert "started on" in worker.stderr.readline()
+        worker.stderr.close()  # the reader has gone
+        run_id = submit(durable, workflow, dsn, folder)
+        final = wait_status(durable, dsn, run_id, folder, "succeeded")
+        assert final["tasks"]["t11"]["output"] == {"key": "t11", "result": "t10"}
+        assert worker.poll() is None
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
+    finally:
+        stop(worker)
+
+
 FLAKY = """
 name: flaky
 imports: [fleettools]
