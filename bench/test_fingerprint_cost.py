@@ -25,7 +25,7 @@ from durable.benchmark import make_workflow
 
 TASKS, QUICK_TASKS = 10_000, 2_000
 ROUNDS, QUICK_ROUNDS = 4, 2
-MEASUREMENTS = 3
+MEASUREMENTS = 5
 MIN_RATIO = 0.8
 README = "fingerprints cost a run at most 10 % of its throughput"
 
