@@ -308,8 +308,6 @@ class FleetStore:
                         path, run_id, f"its events are not a possible history: {exc}"
                     ) from None
                 run.last_seq = seq
-                # Others wrote to it: what this worker noted of the run is behind.
-                run.quiet, run.spare = False, []
             elif part == "s":
                 opened.seqs.append(row[1])
             elif part == "f":
@@ -321,7 +319,10 @@ class FleetStore:
             else:
                 opened.running[row[8]] = row[1]
                 others += row[1] - row[10]
-        return run, opened._replace(moved=run.last_seq != after, others=others)
+        moved = run.last_seq != after
+        if moved:  # others wrote to it: what this worker noted of the run is behind
+            run.quiet, run.spare = False, []
+        return run, opened._replace(moved=moved, others=others)
 
     async def _call_open(
         self,

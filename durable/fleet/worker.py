@@ -165,12 +165,12 @@ class Worker:
                 pass
             await self._close()
         store = self._store
-        transactions, fast, moved = (
+        transactions, fast, redone = (
             (store.transactions, store.fast, store.redone) if store else (0, 0, 0)
         )
         self.say(
             f"stopped: {self.committed} outcomes committed, {self.refused} refused, "
-            f"{transactions} transactions; {fast} commits in one round trip, {moved} "
+            f"{transactions} transactions; {fast} commits in one round trip, {redone} "
             f"redone the long way (their run had moved on)"
         )
 
