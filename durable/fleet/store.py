@@ -562,8 +562,15 @@ class FleetStore:
     # -- claiming and committing ---------------------------------------------------
 
     async def claimable_runs(self) -> list[str]:
-        """Runs with work a worker could take now, oldest work first."""
-        return [row[0] for row in await self.conn.fetch(CLAIMABLE_RUNS)]
+        """Runs with work this worker could take now, oldest work first: of the runs
+        it knows, only work of the tools it can run (`CLAIMABLE_RUNS`)."""
+        known = [
+            (run_id, tool) for run_id, run in self.runs.items() for tool in run.runnable or [None]
+        ]
+        rows = await self.conn.fetch(
+            CLAIMABLE_RUNS, [run_id for run_id, _ in known], [tool for _, tool in known]
+        )
+        return [row[0] for row in rows]
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
         """Take up to `free` of the run's claimable tasks, within its limits (none of a

@@ -682,6 +682,29 @@ def test_a_task_waits_for_a_worker_that_has_its_tool(
     assert final["tasks"]["c"]["output"] == {"late": 1}
 
 
+def test_a_worker_without_a_runs_tool_loads_the_run_once_and_then_leaves_it_alone(
+    tmp_path: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """Its looks for work (every 0.5 s) list only runs with work of its tools: it
+    does not take the run's lock and fold it at every look to claim nothing."""
+    submitted, elsewhere = tmp_path / "submitted", tmp_path / "elsewhere"
+    submitted.mkdir()
+    elsewhere.mkdir()
+    tasks = "".join(f"  - {{id: t{i}, tool: late, input: {{x: {i}}}}}\n" for i in range(3))
+    workflow = write(submitted, "late.yaml", f"name: late\nimports: [late_tools]\ntasks:\n{tasks}")
+    write(submitted, "late_tools.py", LATE_TOOLS)
+    run_id = submit(durable, workflow, dsn, submitted)
+    (submitted / "late_tools.py").rename(elsewhere / "late_tools.py")
+    without = fleet.worker(dsn)
+    time.sleep(2.5)  # five looks
+    assert work_rows(dsn, run_id) == {"t0": "ready", "t1": "ready", "t2": "ready"}
+    # one transaction: the look that found the run new to it, and learnt its tools
+    assert stop_and_count(without)["transactions"] == 1
+    fleet.worker(dsn, "--tools", "late_tools", cwd=elsewhere)
+    final = wait_status(durable, dsn, run_id, tmp_path, "succeeded")
+    assert final["tasks"]["t2"]["output"] == {"late": 2}
+
+
 def stop_and_count(worker: Worker) -> dict[str, int]:
     """Stop `worker` (SIGTERM); the counts of its last line (`stopped: ... transactions; ...`)."""
     worker.signal(signal.SIGTERM)
