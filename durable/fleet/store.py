@@ -563,14 +563,23 @@ class FleetStore:
 
     async def claimable_runs(self) -> list[str]:
         """Runs with work this worker could take now, oldest work first: of the runs
-        it knows, only work of the tools it can run (`CLAIMABLE_RUNS`)."""
+        it knows, only work of the tools it can run (`CLAIMABLE_RUNS`). Its copies of
+        runs that ended are dropped: another worker's commit ended them, so nothing
+        here did (each copy holds the run's plan and state)."""
         known = [
             (run_id, tool) for run_id, run in self.runs.items() for tool in run.runnable or [None]
         ]
         rows = await self.conn.fetch(
             CLAIMABLE_RUNS, [run_id for run_id, _ in known], [tool for _, tool in known]
         )
-        return [row[0] for row in rows]
+        claimable: list[tuple[int, str]] = []
+        for run_id, oldest in rows:
+            if oldest is None:
+                self.forget(run_id)
+                self._moved.pop(run_id, None)
+            else:
+                claimable.append((oldest, run_id))
+        return [run_id for _, run_id in sorted(claimable)]
 
     async def claim(self, run_id: str, free: int) -> list[Claim]:
         """Take up to `free` of the run's claimable tasks, within its limits (none of a

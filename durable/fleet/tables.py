@@ -111,19 +111,21 @@ FLEET_LOCK_SPACE = 0x6476
 
 # -- the statements of the transactions (`store.py`) -----------------------------
 
-#: The fleet's runs with claimable work for this worker, oldest work first: each
-#: run's oldest ready row (an index range read in order) or lease run out. Every
-#: run is listed, not just those of the oldest rows: a backlog this worker cannot
-#: take (a tool it lacks, a run at its limit) must not hide the runs behind it. Of a
-#: run the worker knows (`$1`, with the tools it can run of it in `$2`, a NULL
-#: tool if none), only rows of those tools count: a run whose claimable rows
-#: all need a tool this worker lacks is not its to lock and fold again at every
-#: look. A run it does not know yet is listed whatever its tools: it learns them
-#: by loading it (a run's `imports:` can add tools).
+#: The fleet's runs with claimable work for this worker, each with its oldest such
+#: row's place in the queue (a ready row, found by an index range read in order, or
+#: a lease run out). Every run is listed, not just those of the oldest rows: a
+#: backlog this worker cannot take (a tool it lacks, a run at its limit) must not
+#: hide the runs behind it. Of a run the worker knows (`$1`, with the tools it can
+#: run of it in `$2`, a NULL tool if none), only rows of those tools count: a run
+#: whose claimable rows all need a tool this worker lacks is not its to lock and
+#: fold again at every look. A run it does not know yet is listed whatever its
+#: tools: it learns them by loading it (a run's `imports:` can add tools). Then,
+#: with a NULL place, the runs it knows that have ended (no `fleet_runs` row): its
+#: copies of them are dropped.
 CLAIMABLE_RUNS = """WITH known AS (
         SELECT k.run_id, array_agg(k.tool) AS tools
         FROM unnest($1::text[], $2::text[]) AS k (run_id, tool) GROUP BY k.run_id)
-    SELECT run_id FROM (
+    (SELECT run_id, oldest FROM (
         SELECT f.run_id, least(
             (SELECT w.queued FROM durable.work w WHERE w.run_id = f.run_id
                 AND w.state = 'ready' AND w.not_before <= clock_timestamp()
@@ -133,7 +135,10 @@ CLAIMABLE_RUNS = """WITH known AS (
                 AND w.state = 'running' AND w.lease_until < clock_timestamp()
                 AND (k.tools IS NULL OR w.tool = ANY(k.tools)))) AS oldest
         FROM durable.fleet_runs f LEFT JOIN known k ON k.run_id = f.run_id) AS runs
-    WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 64"""
+    WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 64)
+    UNION ALL
+    SELECT k.run_id, NULL FROM known k
+    WHERE NOT EXISTS (SELECT 1 FROM durable.fleet_runs f WHERE f.run_id = k.run_id)"""
 RESERVE = "SELECT nextval('durable.events_seq_seq') FROM generate_series(1, $1)"
 #: The fence, and what an accepted outcome does to its row: gone, or (a retry, a
 #: hand-back) ready again after its delay. Returns the tasks whose outcome counts.
