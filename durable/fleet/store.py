@@ -564,8 +564,9 @@ class FleetStore:
     async def claimable_runs(self) -> list[str]:
         """Runs with work this worker could take now, oldest work first: of the runs
         it knows, only work of the tools it can run (`CLAIMABLE_RUNS`). Its copies of
-        runs that ended are dropped: another worker's commit ended them, so nothing
-        here did (each copy holds the run's plan and state)."""
+        runs that ended are dropped here: a commit of this worker's drops a run it
+        ends, but not one that another worker's commit, or a cancel, ended (each copy
+        holds the run's plan and state)."""
         known = [
             (run_id, tool) for run_id, run in self.runs.items() for tool in run.runnable or [None]
         ]
