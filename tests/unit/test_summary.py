@@ -261,7 +261,9 @@ def test_a_stale_summary_is_not_believed(tmp_path: Path):
     listed = asyncio.run(_listed(db))
     assert listed[0]["status"] == "failed"
     assert listed[0]["counts"] == {"succeeded": 2}
-    assert listed[0]["duration"] > 1.0  # the second session's second counts
+    # The second session's second counts: the stale summary says the first session's
+    # duration alone (two echo tasks: under 0.5 ms on a fast machine, rounded to 0.0).
+    assert listed[0]["duration"] >= 1.0
     assert listed == _folded_listing(db)
     assert asyncio.run(_problems(db)) == []
 
