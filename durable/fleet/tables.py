@@ -119,7 +119,11 @@ FLEET_LOCK_SPACE = 0x6476
 #: run of it in `$2`, a NULL tool if none), only rows of those tools count: a run
 #: whose claimable rows all need a tool this worker lacks is not its to lock and
 #: fold again at every look. A run it does not know yet is listed whatever its
-#: tools: it learns them by loading it (a run's `imports:` can add tools). Then,
+#: tools: it learns them by loading it (a run's `imports:` can add tools). A run
+#: at its `max_concurrency` (as many rows running with a live lease, as the claim
+#: counts them) is not listed: no claim could take anything, and each worker with
+#: a free slot would lock and fold it at every look (each time one of its tasks is
+#: committed, at each NOTIFY, every 0.5 s). Then,
 #: with a NULL place, the runs it knows that have ended (no `fleet_runs` row): its
 #: copies of them are dropped.
 CLAIMABLE_RUNS = """WITH known AS (
@@ -134,7 +138,10 @@ CLAIMABLE_RUNS = """WITH known AS (
             (SELECT min(w.queued) FROM durable.work w WHERE w.run_id = f.run_id
                 AND w.state = 'running' AND w.lease_until < clock_timestamp()
                 AND (k.tools IS NULL OR w.tool = ANY(k.tools)))) AS oldest
-        FROM durable.fleet_runs f LEFT JOIN known k ON k.run_id = f.run_id) AS runs
+        FROM durable.fleet_runs f LEFT JOIN known k ON k.run_id = f.run_id
+        WHERE (SELECT count(*) FROM durable.work w WHERE w.run_id = f.run_id
+            AND w.state = 'running' AND w.lease_until >= clock_timestamp())
+            < f.max_concurrency) AS runs
     WHERE oldest IS NOT NULL ORDER BY oldest LIMIT 64)
     UNION ALL
     SELECT k.run_id, NULL FROM known k

@@ -705,6 +705,36 @@ def test_a_worker_without_a_runs_tool_loads_the_run_once_and_then_leaves_it_alon
     assert final["tasks"]["t2"]["output"] == {"late": 2}
 
 
+AT_ITS_LIMIT = """
+name: limited
+imports: [fleettools]
+max_concurrency: 1
+tasks:
+  - {id: a, tool: held, input: {key: a, until: go}}
+  - {id: b, tool: held, input: {key: b, until: go}}
+  - {id: c, tool: held, input: {key: c, until: go}}
+"""
+
+
+def test_a_worker_leaves_alone_a_run_at_its_concurrency_limit(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """Three ready tasks and `max_concurrency: 1`: while one runs, another worker
+    with free slots does not take the run's lock at every look (every 0.5 s here)
+    to claim nothing."""
+    workflow = write(folder, "limited.yaml", AT_ITS_LIMIT)
+    first = fleet.worker(dsn, lease=60)
+    run_id = submit(durable, workflow, dsn, folder)
+    wait_running(dsn, run_id, folder, "a", first)
+    second = fleet.worker(dsn, lease=60)
+    time.sleep(2.5)  # five looks
+    assert work_rows(dsn, run_id) == {"a": "running", "b": "ready", "c": "ready"}
+    assert stop_and_count(second)["transactions"] == 0
+    (folder / "go").touch()
+    wait_status(durable, dsn, run_id, folder, "succeeded")
+    assert runs_of(folder) == Counter({"a": 1, "b": 1, "c": 1})
+
+
 def stop_and_count(worker: Worker) -> dict[str, int]:
     """Stop `worker` (SIGTERM); the counts of its last line (`stopped: ... transactions; ...`)."""
     worker.signal(signal.SIGTERM)
