@@ -563,16 +563,19 @@ class FleetStore:
 
     async def claimable_runs(self) -> list[str]:
         """Runs with work this worker could take now, oldest work first: of the runs
-        it knows, only work of the tools it can run (`CLAIMABLE_RUNS`). Its copies of
-        runs that ended are dropped here: a commit of this worker's drops a run it
-        ends, but not one that another worker's commit, or a cancel, ended (each copy
-        holds the run's plan and state)."""
-        known = [
-            (run_id, tool) for run_id, run in self.runs.items() for tool in run.runnable or [None]
-        ]
-        rows = await self.conn.fetch(
-            CLAIMABLE_RUNS, [run_id for run_id, _ in known], [tool for _, tool in known]
-        )
+        it knows, only work of the tools it can run, below their limits
+        (`CLAIMABLE_RUNS`). Its copies of runs that ended are dropped here: a commit
+        of this worker's drops a run it ends, but not one that another worker's
+        commit, or a cancel, ended (each copy holds the run's plan and state)."""
+        runs: list[str] = []
+        tools: list[str | None] = []
+        caps: list[int | None] = []
+        for run_id, run in self.runs.items():
+            for tool in run.runnable or [None]:
+                runs.append(run_id)
+                tools.append(tool)
+                caps.append(run.limits.get(tool) if tool else None)
+        rows = await self.conn.fetch(CLAIMABLE_RUNS, runs, tools, caps)
         claimable: list[tuple[int, str]] = []
         for run_id, oldest in rows:
             if oldest is None:

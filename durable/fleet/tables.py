@@ -115,29 +115,38 @@ FLEET_LOCK_SPACE = 0x6476
 #: row's place in the queue (a ready row, found by an index range read in order, or
 #: a lease run out). Every run is listed, not just those of the oldest rows: a
 #: backlog this worker cannot take (a tool it lacks, a run at its limit) must not
-#: hide the runs behind it. Of a run the worker knows (`$1`, with the tools it can
-#: run of it in `$2`, a NULL tool if none), only rows of those tools count: a run
-#: whose claimable rows all need a tool this worker lacks is not its to lock and
-#: fold again at every look. A run it does not know yet is listed whatever its
-#: tools: it learns them by loading it (a run's `imports:` can add tools). A run
-#: at its `max_concurrency` (as many rows running with a live lease, as the claim
-#: counts them) is not listed: no claim could take anything, and each worker with
-#: a free slot would lock and fold it at every look (each time one of its tasks is
-#: committed, at each NOTIFY, every 0.5 s). Then,
-#: with a NULL place, the runs it knows that have ended (no `fleet_runs` row): its
-#: copies of them are dropped.
+#: hide the runs behind it.
+#:
+#: A run this worker would lock and fold only to claim nothing is left out: each
+#: worker with a free slot looks each time one of its tasks is committed, at each
+#: NOTIFY and every 0.5 s, and the run's other workers would wait for its lock.
+#: - A run at its `max_concurrency` (as many rows running with a live lease, as the
+#:   claim counts them).
+#: - Of a run the worker knows (`$1`, with each tool it can run of it in `$2`, that
+#:   tool's limit in the workflow or NULL in `$3`; one NULL tool if it can run
+#:   none), the rows of a tool it cannot run or of a tool at its limit. A run it
+#:   does not know yet is listed whatever its tools: it learns them by loading it
+#:   (a run's `imports:` can add tools).
+#:
+#: Then, with a NULL place, the runs it knows that have ended (no `fleet_runs`
+#: row): its copies of them are dropped.
 CLAIMABLE_RUNS = """WITH known AS (
-        SELECT k.run_id, array_agg(k.tool) AS tools
-        FROM unnest($1::text[], $2::text[]) AS k (run_id, tool) GROUP BY k.run_id)
+        SELECT k.run_id, coalesce(array_agg(k.tool) FILTER (WHERE k.tool IS NOT NULL
+            AND (k.cap IS NULL OR (SELECT count(*) FROM durable.work r
+                WHERE r.run_id = k.run_id AND r.state = 'running'
+                AND r.lease_until >= clock_timestamp() AND r.tool = k.tool) < k.cap)),
+            '{}') AS tools
+        FROM unnest($1::text[], $2::text[], $3::integer[]) AS k (run_id, tool, cap)
+        GROUP BY k.run_id)
     (SELECT run_id, oldest FROM (
         SELECT f.run_id, least(
             (SELECT w.queued FROM durable.work w WHERE w.run_id = f.run_id
                 AND w.state = 'ready' AND w.not_before <= clock_timestamp()
-                AND (k.tools IS NULL OR w.tool = ANY(k.tools))
+                AND (k.run_id IS NULL OR w.tool = ANY(k.tools))
                 ORDER BY w.queued LIMIT 1),
             (SELECT min(w.queued) FROM durable.work w WHERE w.run_id = f.run_id
                 AND w.state = 'running' AND w.lease_until < clock_timestamp()
-                AND (k.tools IS NULL OR w.tool = ANY(k.tools)))) AS oldest
+                AND (k.run_id IS NULL OR w.tool = ANY(k.tools)))) AS oldest
         FROM durable.fleet_runs f LEFT JOIN known k ON k.run_id = f.run_id
         WHERE (SELECT count(*) FROM durable.work w WHERE w.run_id = f.run_id
             AND w.state = 'running' AND w.lease_until >= clock_timestamp())

@@ -708,28 +708,31 @@ def test_a_worker_without_a_runs_tool_loads_the_run_once_and_then_leaves_it_alon
 AT_ITS_LIMIT = """
 name: limited
 imports: [fleettools]
-max_concurrency: 1
+{limit}
 tasks:
-  - {id: a, tool: held, input: {key: a, until: go}}
-  - {id: b, tool: held, input: {key: b, until: go}}
-  - {id: c, tool: held, input: {key: c, until: go}}
+  - {{id: a, tool: held, input: {{key: a, until: go}}}}
+  - {{id: b, tool: held, input: {{key: b, until: go}}}}
+  - {{id: c, tool: held, input: {{key: c, until: go}}}}
 """
 
 
-def test_a_worker_leaves_alone_a_run_at_its_concurrency_limit(
-    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+@pytest.mark.parametrize("limit", ["max_concurrency: 1", "limits: {held: 1}"])
+def test_a_worker_leaves_alone_a_run_at_its_limit(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any, limit: str
 ) -> None:
-    """Three ready tasks and `max_concurrency: 1`: while one runs, another worker
-    with free slots does not take the run's lock at every look (every 0.5 s here)
-    to claim nothing."""
-    workflow = write(folder, "limited.yaml", AT_ITS_LIMIT)
+    """Three ready tasks, and a limit of one at a time (the run's, or its tool's):
+    while one runs, another worker with free slots does not take the run's lock at
+    every look (every 0.5 s here) to claim nothing. It knows the tool's limit once
+    it has loaded the run, which its first look does."""
+    workflow = write(folder, "limited.yaml", AT_ITS_LIMIT.format(limit=limit))
     first = fleet.worker(dsn, lease=60)
     run_id = submit(durable, workflow, dsn, folder)
     wait_running(dsn, run_id, folder, "a", first)
     second = fleet.worker(dsn, lease=60)
     time.sleep(2.5)  # five looks
     assert work_rows(dsn, run_id) == {"a": "running", "b": "ready", "c": "ready"}
-    assert stop_and_count(second)["transactions"] == 0
+    loads = 0 if limit.startswith("max_concurrency") else 1
+    assert stop_and_count(second)["transactions"] == loads
     (folder / "go").touch()
     wait_status(durable, dsn, run_id, folder, "succeeded")
     assert runs_of(folder) == Counter({"a": 1, "b": 1, "c": 1})
