@@ -376,6 +376,12 @@ class FleetStore:
         else:
             self.runs.pop(run_id, None)
 
+    def _ended(self, run_id: str) -> None:
+        """The run ended: drop all this worker keeps of it, its count of refused fast
+        commits too (`forget` keeps that: it outlives a failed transaction)."""
+        self.forget(run_id)
+        self._moved.pop(run_id, None)
+
     async def _reserve(self, count: int) -> list[int]:
         rows = await self.conn.fetch(RESERVE, count)
         return [row[0] for row in rows]
@@ -482,8 +488,8 @@ class FleetStore:
         async with self._transaction(run_id):
             run, _ = await self._open(run_id)
             await self._write(run, _Writes([], {}, []), summary_now=True)
-        if run.advance.state.status is not None:
-            self.forget(run_id)  # it ended meanwhile: nothing more to keep of it
+        if run.advance.state.status is not None:  # it ended meanwhile
+            self._ended(run_id)
 
     # -- handing a run to the fleet -----------------------------------------------
 
@@ -579,8 +585,7 @@ class FleetStore:
         claimable: list[tuple[int, str]] = []
         for run_id, oldest in rows:
             if oldest is None:
-                self.forget(run_id)
-                self._moved.pop(run_id, None)
+                self._ended(run_id)
             else:
                 claimable.append((oldest, run_id))
         return [run_id for _, run_id in sorted(claimable)]
@@ -619,8 +624,7 @@ class FleetStore:
                     taken = await self._claim_in(run, room, writes, opened)
             claims += taken
             if run.advance.state.status is not None:
-                self.forget(run_id)
-                self._moved.pop(run_id, None)  # it ended: nothing more to keep of it
+                self._ended(run_id)
         return Committed(fenced, claims)
 
     def _settle_outcomes(
