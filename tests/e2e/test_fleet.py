@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,19 @@ def peak(folder: Path, pid: int | None = None) -> int:
         running += step
         top = max(top, running)
     return top
+
+
+@contextmanager
+def late_tools_then_elsewhere(tmp_path: Path, write: Any) -> Iterator[tuple[Path, Path]]:
+    """Two machines' folders: `submitted`, where runs are submitted with
+    `late_tools.py` beside them, and `elsewhere`, where that module is moved on
+    leaving the block: from then on the tool is only on "another machine"."""
+    submitted, elsewhere = tmp_path / "submitted", tmp_path / "elsewhere"
+    submitted.mkdir()
+    elsewhere.mkdir()
+    write(submitted, "late_tools.py", LATE_TOOLS)
+    yield submitted, elsewhere
+    (submitted / "late_tools.py").rename(elsewhere / "late_tools.py")
 
 
 def submit(durable: Any, workflow: Path, dsn: str, cwd: Path, *args: str) -> str:
@@ -661,14 +675,9 @@ tasks:
 def test_a_task_waits_for_a_worker_that_has_its_tool(
     tmp_path: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
 ) -> None:
-    submitted, elsewhere = tmp_path / "submitted", tmp_path / "elsewhere"
-    submitted.mkdir()
-    elsewhere.mkdir()
-    workflow = write(submitted, "late.yaml", LATE)
-    write(submitted, "late_tools.py", LATE_TOOLS)
-    run_id = submit(durable, workflow, dsn, submitted)
-    # the tool is not where the run was submitted from any more: only on "another machine"
-    (submitted / "late_tools.py").rename(elsewhere / "late_tools.py")
+    with late_tools_then_elsewhere(tmp_path, write) as (submitted, elsewhere):
+        workflow = write(submitted, "late.yaml", LATE)
+        run_id = submit(durable, workflow, dsn, submitted)
     without = fleet.worker(dsn)
     wait_events(dsn, run_id, "task_succeeded", task_id="a")
     time.sleep(1.5)  # time for a few polls: nobody takes `b`
@@ -687,14 +696,12 @@ def test_a_worker_without_a_runs_tool_loads_the_run_once_and_then_leaves_it_alon
 ) -> None:
     """Its looks for work (every 0.5 s) list only runs with work of its tools: it
     does not take the run's lock and fold it at every look to claim nothing."""
-    submitted, elsewhere = tmp_path / "submitted", tmp_path / "elsewhere"
-    submitted.mkdir()
-    elsewhere.mkdir()
     tasks = "".join(f"  - {{id: t{i}, tool: late, input: {{x: {i}}}}}\n" for i in range(3))
-    workflow = write(submitted, "late.yaml", f"name: late\nimports: [late_tools]\ntasks:\n{tasks}")
-    write(submitted, "late_tools.py", LATE_TOOLS)
-    run_id = submit(durable, workflow, dsn, submitted)
-    (submitted / "late_tools.py").rename(elsewhere / "late_tools.py")
+    with late_tools_then_elsewhere(tmp_path, write) as (submitted, elsewhere):
+        workflow = write(
+            submitted, "late.yaml", f"name: late\nimports: [late_tools]\ntasks:\n{tasks}"
+        )
+        run_id = submit(durable, workflow, dsn, submitted)
     without = fleet.worker(dsn)
     time.sleep(2.5)  # five looks
     assert work_rows(dsn, run_id) == {"t0": "ready", "t1": "ready", "t2": "ready"}
@@ -966,18 +973,14 @@ def test_resume_workers_runs_again_only_what_did_not_succeed(
 def test_a_backlog_for_a_missing_tool_does_not_starve_other_runs(
     tmp_path: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
 ) -> None:
-    submitted, elsewhere = tmp_path / "submitted", tmp_path / "elsewhere"
-    submitted.mkdir()
-    elsewhere.mkdir()
     tasks = "\n".join(f"  - {{id: t{i}, tool: late, input: {{x: {i}}}}}" for i in range(300))
-    big = write(submitted, "big.yaml", f"name: big\nimports: [late_tools]\ntasks:\n{tasks}\n")
-    small = write(
-        submitted, "small.yaml", "name: small\ntasks:\n  - {id: e, tool: echo, input: 1}\n"
-    )
-    write(submitted, "late_tools.py", LATE_TOOLS)
-    submit(durable, big, dsn, submitted)  # 300 ready tasks that no worker can run yet
-    run_id = submit(durable, small, dsn, submitted)
-    (submitted / "late_tools.py").rename(elsewhere / "late_tools.py")
+    with late_tools_then_elsewhere(tmp_path, write) as (submitted, _):
+        big = write(submitted, "big.yaml", f"name: big\nimports: [late_tools]\ntasks:\n{tasks}\n")
+        small = write(
+            submitted, "small.yaml", "name: small\ntasks:\n  - {id: e, tool: echo, input: 1}\n"
+        )
+        submit(durable, big, dsn, submitted)  # 300 ready tasks that no worker can run yet
+        run_id = submit(durable, small, dsn, submitted)
     fleet.worker(dsn)  # it has echo: the small run is its to finish
     wait_status(durable, dsn, run_id, tmp_path, "succeeded", timeout=5)
 
