@@ -385,7 +385,13 @@ class Engine(Expansion):
                     await asyncio.shield(self._starts.pop(task_id))
                 if isinstance(value, AttemptFailed):
                     raise value
-                output, data = await self._call(plan, attempt, value)
+                context = TaskContext(
+                    self.run_id, task_id, attempt, idempotency_key(self.run_id, task_id)
+                )
+                try:
+                    output, data = await call_tool(self.executors, plan, value, context)
+                finally:
+                    self.reports.settle(task_id, attempt)  # its log lines before its outcome
             except asyncio.CancelledError:
                 self._cancelled(task_id, attempt)
                 return
@@ -404,13 +410,6 @@ class Engine(Expansion):
             del self._active[task_id]
             if self._stopping:
                 self._check_stopped()
-
-    async def _call(self, plan: TaskPlan, attempt: int, value: Any) -> tuple[Any, bytes | None]:
-        context = TaskContext(self.run_id, plan.id, attempt, idempotency_key(self.run_id, plan.id))
-        try:
-            return await call_tool(self.executors, plan, value, context)
-        finally:
-            self.reports.settle(plan.id, attempt)  # its log lines before its outcome
 
     def _cancelled(self, task_id: str, attempt: int) -> None:
         self.emit(TaskCancelled(task_id=task_id, attempt=attempt, at=time.time()))

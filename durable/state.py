@@ -43,7 +43,7 @@ of a known task and change nothing but `last_event_at`.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -175,106 +175,128 @@ class RunState(msgspec.Struct):
         return FAILED
 
     def apply(self, event: Event) -> None:
-        match event:
-            case TaskStarted(task_id=task_id, attempt=attempt, at=at):
-                task = self._task(task_id, event, (PENDING, RETRYING))
-                self._move(task, RUNNING)
-                task.attempts = attempt
-                task.fingerprint = event.fingerprint
-                if task.started_at is None:
-                    task.started_at = at
-                task.error = None
-                task.attempt_started_at = at
-            case TaskSucceeded(task_id=task_id, output=output, at=at):
-                task = self._task(task_id, event, _ENDS_RUNNING)
-                self._move(task, SUCCEEDED)
-                task.output, task.finished_at = output, at
-                if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
-                    task.elapsed += at - opened if at > opened else 0.0  # the hottest path
-                    task.attempt_started_at = None
-            case TaskReused(task_id=task_id, output=output, at=at):
-                # A retry, too, may find its work done meanwhile by another task.
-                task = self._task(task_id, event, (PENDING, RETRYING))
-                self._move(task, SUCCEEDED)
-                task.output, task.finished_at = output, at
-                task.fingerprint, task.reused = event.fingerprint, True
-            case TaskRetrying(task_id=task_id, error=error, at=at):
-                task = self._task(task_id, event, (RUNNING,))
-                self._move(task, RETRYING)
-                task.error = error
-                _end_attempt(task, at)
-            case TaskFailed(task_id=task_id, error=error, at=at):
-                task = self._task(task_id, event, (RUNNING, PENDING, EXPANDED))
-                self._move(task, FAILED)
-                task.error, task.finished_at = error, at
-                _end_attempt(task, at)
-            case TaskSkipped(task_id=task_id, reason=reason, at=at):
-                task = self._task(task_id, event, (PENDING, EXPANDED))
-                self._move(task, SKIPPED)
-                task.reason, task.finished_at = reason, at
-            case TaskUpstreamFailed(task_id=task_id, at=at):
-                task = self._task(task_id, event, (PENDING,))
-                self._move(task, UPSTREAM_FAILED)
-                task.finished_at = at
-            case TaskCancelled(task_id=task_id, at=at):
-                task = self._task(task_id, event, (RUNNING, RETRYING))
-                self._move(task, CANCELLED)
-                task.finished_at = at
-                _end_attempt(task, at)
-            case TaskExpanded(task_id=task_id, count=count, digest=digest, at=at):
-                # Only from pending, and an expanded task never goes back to pending:
-                # so never twice.
-                task = self._task(task_id, event, (PENDING,))
-                self._move(task, EXPANDED)
-                task.instances, task.digest = count, digest
-                tasks = self.tasks
-                for index in range(count):
-                    instance = instance_id(task_id, index)
-                    if instance in tasks:
-                        raise IllegalTransition(f"task '{task_id}': instance '{instance}' exists")
-                    tasks[instance] = TaskState(attempts=self.retired.pop(instance, 0))
-                if count:
-                    self.tally[PENDING] = self.tally.get(PENDING, 0) + count
-            case RunStarted(at=at):
-                if self.sessions:
-                    raise IllegalTransition("run_started twice")
-                self.started_at, self.sessions = at, 1
-                self.session_started_at = at
-                self.source = event.source
-            case RunResumed(at=at):
-                if not self.sessions:
-                    raise IllegalTransition("run_resumed before run_started")
-                died = self.status is None and not self.interrupted
-                if self.last_event_at is not None:  # a session that died ends at its last event
-                    self._end_session(self.last_event_at)
-                self.sessions += 1
-                self.status, self.finished_at, self.interrupted = None, None, False
-                self.after_death = died
-                self.session_started_at = at
-                for task in self.tasks.values():
-                    if task.state not in KEPT:
-                        if died and task.state == RUNNING:
-                            task.deaths += 1
-                        # An expanded task keeps its instances: it is never expanded twice.
-                        self._move(task, PENDING if task.instances is None else EXPANDED)
-                        task.finished_at, task.error = None, None
-            case RunAmended(at=at):
-                self._amend(event)
-            case RunFinished(status=status, at=at):
-                self.status, self.finished_at = status, at
-                self._end_session(at)
-            case RunInterrupted(at=at):
-                self.interrupted, self.finished_at = True, at
-                self._end_session(at)
-            case TaskProgress(task_id=task_id, at=at) | TaskLog(task_id=task_id, at=at):
-                # Not transitions: legal in any state, they change none. They are
-                # committed events all the same, so a session that died ends at the
-                # last of them (`last_event_at`, below).
-                if task_id not in self.tasks:
-                    raise IllegalTransition(f"{type(event).__name__} for unknown task '{task_id}'")
-            case _:
-                raise IllegalTransition(f"unknown event {event!r}")
-        self.last_event_at = at
+        """Fold one event in: its kind's rule (`_RULES`) checks the transition and makes it.
+
+        A table of one rule per kind rather than a `match` of class patterns: the live
+        engine applies two events per task, and the `match` tried its cases in turn,
+        binding their fields, before it reached the one that applied (2.1-2.6 µs a
+        task's `task_started` and `task_succeeded`; 1.7-1.8 µs by the table).
+        """
+        rule = _RULES.get(type(event))
+        if rule is None:
+            raise IllegalTransition(f"unknown event {event!r}")
+        rule(self, event)
+        self.last_event_at = event.at
+
+    def _started(self, event: TaskStarted) -> None:
+        task = self._task(event.task_id, event, _STARTS)
+        self._move(task, RUNNING)
+        at = event.at
+        task.attempts = event.attempt
+        task.fingerprint = event.fingerprint
+        if task.started_at is None:
+            task.started_at = at
+        task.error = None
+        task.attempt_started_at = at
+
+    def _succeeded(self, event: TaskSucceeded) -> None:
+        task = self._task(event.task_id, event, _ENDS_RUNNING)
+        self._move(task, SUCCEEDED)
+        at = event.at
+        task.output, task.finished_at = event.output, at
+        if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
+            task.elapsed += at - opened if at > opened else 0.0  # the hottest path
+            task.attempt_started_at = None
+
+    def _reused(self, event: TaskReused) -> None:
+        # A retry, too, may find its work done meanwhile by another task.
+        task = self._task(event.task_id, event, _STARTS)
+        self._move(task, SUCCEEDED)
+        task.output, task.finished_at = event.output, event.at
+        task.fingerprint, task.reused = event.fingerprint, True
+
+    def _retrying(self, event: TaskRetrying) -> None:
+        task = self._task(event.task_id, event, (RUNNING,))
+        self._move(task, RETRYING)
+        task.error = event.error
+        _end_attempt(task, event.at)
+
+    def _failed(self, event: TaskFailed) -> None:
+        task = self._task(event.task_id, event, (RUNNING, PENDING, EXPANDED))
+        self._move(task, FAILED)
+        task.error, task.finished_at = event.error, event.at
+        _end_attempt(task, event.at)
+
+    def _skipped(self, event: TaskSkipped) -> None:
+        task = self._task(event.task_id, event, (PENDING, EXPANDED))
+        self._move(task, SKIPPED)
+        task.reason, task.finished_at = event.reason, event.at
+
+    def _upstream_failed(self, event: TaskUpstreamFailed) -> None:
+        task = self._task(event.task_id, event, (PENDING,))
+        self._move(task, UPSTREAM_FAILED)
+        task.finished_at = event.at
+
+    def _cancelled(self, event: TaskCancelled) -> None:
+        task = self._task(event.task_id, event, (RUNNING, RETRYING))
+        self._move(task, CANCELLED)
+        task.finished_at = event.at
+        _end_attempt(task, event.at)
+
+    def _expanded(self, event: TaskExpanded) -> None:
+        # Only from pending, and an expanded task never goes back to pending: so never twice.
+        task_id, count = event.task_id, event.count
+        task = self._task(task_id, event, (PENDING,))
+        self._move(task, EXPANDED)
+        task.instances, task.digest = count, event.digest
+        tasks = self.tasks
+        for index in range(count):
+            instance = instance_id(task_id, index)
+            if instance in tasks:
+                raise IllegalTransition(f"task '{task_id}': instance '{instance}' exists")
+            tasks[instance] = TaskState(attempts=self.retired.pop(instance, 0))
+        if count:
+            self.tally[PENDING] = self.tally.get(PENDING, 0) + count
+
+    def _run_started(self, event: RunStarted) -> None:
+        if self.sessions:
+            raise IllegalTransition("run_started twice")
+        self.started_at, self.sessions = event.at, 1
+        self.session_started_at = event.at
+        self.source = event.source
+
+    def _resumed(self, event: RunResumed) -> None:
+        if not self.sessions:
+            raise IllegalTransition("run_resumed before run_started")
+        died = self.status is None and not self.interrupted
+        if self.last_event_at is not None:  # a session that died ends at its last event
+            self._end_session(self.last_event_at)
+        self.sessions += 1
+        self.status, self.finished_at, self.interrupted = None, None, False
+        self.after_death = died
+        self.session_started_at = event.at
+        for task in self.tasks.values():
+            if task.state not in KEPT:
+                if died and task.state == RUNNING:
+                    task.deaths += 1
+                # An expanded task keeps its instances: it is never expanded twice.
+                self._move(task, PENDING if task.instances is None else EXPANDED)
+                task.finished_at, task.error = None, None
+
+    def _finished(self, event: RunFinished) -> None:
+        self.status, self.finished_at = event.status, event.at
+        self._end_session(event.at)
+
+    def _interrupted(self, event: RunInterrupted) -> None:
+        self.interrupted, self.finished_at = True, event.at
+        self._end_session(event.at)
+
+    def _noted(self, event: TaskProgress | TaskLog) -> None:
+        # Not transitions: legal in any state, they change none. They are committed
+        # events all the same, so a session that died ends at the last of them
+        # (`last_event_at`, which `apply` sets).
+        if event.task_id not in self.tasks:
+            raise IllegalTransition(f"{type(event).__name__} for unknown task '{event.task_id}'")
 
     def _amend(self, event: RunAmended) -> None:
         """The run goes on with an edited workflow: its tasks are the new file's, in
@@ -354,3 +376,27 @@ def _end_attempt(task: TaskState, at: float) -> None:
         # Clamped: two sessions may run on machines whose clocks disagree.
         task.elapsed += max(0.0, at - task.attempt_started_at)
         task.attempt_started_at = None
+
+
+#: Where an attempt may start from; and where the cache may answer a task.
+_STARTS = (PENDING, RETRYING)
+
+#: Each kind of event's rule in the fold (`RunState.apply`).
+_RULES: dict[type[Event], Callable[[RunState, Any], None]] = {
+    TaskStarted: RunState._started,
+    TaskSucceeded: RunState._succeeded,
+    TaskReused: RunState._reused,
+    TaskRetrying: RunState._retrying,
+    TaskFailed: RunState._failed,
+    TaskSkipped: RunState._skipped,
+    TaskUpstreamFailed: RunState._upstream_failed,
+    TaskCancelled: RunState._cancelled,
+    TaskExpanded: RunState._expanded,
+    TaskProgress: RunState._noted,
+    TaskLog: RunState._noted,
+    RunStarted: RunState._run_started,
+    RunResumed: RunState._resumed,
+    RunAmended: RunState._amend,
+    RunFinished: RunState._finished,
+    RunInterrupted: RunState._interrupted,
+}
