@@ -60,19 +60,28 @@ class SqliteSpy:
         ]
 
     def event_commits(self) -> int:
-        """Transactions committed that wrote at least one event (any connection)."""
+        """Transactions committed that wrote at least one event (any connection): an
+        event insert outside BEGIN ... COMMIT is a transaction of its own. (The trace
+        shows an insert again as its trigger runs: the same text, once more.)"""
         total = 0
         for statements in list(self.statements.values()):
-            wrote = False
+            wrote = opened = False
+            previous = None
             for sql in statements:
                 word = sql.strip().upper()
                 if _is_event_insert(sql):
                     wrote = True
+                    if not opened:
+                        total += sql != previous
+                        wrote = False
+                elif word.startswith("BEGIN"):
+                    opened = True
                 elif word in ("COMMIT", "END", "END TRANSACTION", "COMMIT TRANSACTION"):
                     total += wrote
-                    wrote = False
+                    wrote = opened = False
                 elif word.startswith("ROLLBACK"):
-                    wrote = False
+                    wrote = opened = False
+                previous = sql
         return total
 
     def synchronous(self) -> dict[int, int]:
