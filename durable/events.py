@@ -9,6 +9,7 @@ only its kind has (`FIELDS`), or NULL when it has none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -168,8 +169,12 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 
+#: Each event class's kind, as the journal's `kind` column names it.
+KIND_OF: dict[type[_Event], str] = {cls: kind for kind, cls in KINDS.items()}
+
+
 def kind_of(event: Event) -> str:
-    return event.__struct_config__.tag  # type: ignore[return-value]
+    return KIND_OF[type(event)]
 
 
 def encode_data(event: Event) -> bytes | None:
@@ -178,15 +183,23 @@ def encode_data(event: Event) -> bytes | None:
     Raises `msgspec.EncodeError`/`TypeError` for an output msgspec cannot encode;
     the engine turns that into a task failure that names the type.
     """
-    names = FIELDS[kind_of(event)]
+    return _ENCODE_DATA[type(event)](event)
+
+
+def _fields_encoder(names: tuple[str, ...]) -> Callable[[Any], bytes | None]:
+    """How one kind's `data` is encoded: chosen once per kind, not per event (two a task)."""
     if not names:
-        return None
+        return lambda event: None
     if names == ("output",):
-        return encode_output(event.output)  # type: ignore[union-attr]
+        return lambda event: _encoder.encode(event.output)
     if names == ("fingerprint",):  # a bare string: 34 bytes a task, not a map of 47
-        value = event.fingerprint  # type: ignore[union-attr]
-        return None if value is None else _encoder.encode(value)
-    return _encoder.encode({name: getattr(event, name) for name in names})
+        return lambda event: (
+            None if event.fingerprint is None else _encoder.encode(event.fingerprint)
+        )
+    return lambda event: _encoder.encode({name: getattr(event, name) for name in names})
+
+
+_ENCODE_DATA = {cls: _fields_encoder(FIELDS[kind]) for kind, cls in KINDS.items()}
 
 
 def encode_output(output: Any) -> bytes:
