@@ -173,6 +173,49 @@ def test_a_failed_commit_names_the_journal_and_the_cause(tmp_path):
     assert "readonly" in error.message or "read-only" in error.message
 
 
+def test_a_refused_one_statement_batch_writes_none_of_its_rows(tmp_path):
+    """A batch that is one INSERT commits without BEGIN, as its own transaction
+    (`Journal._write`). Refused at its second row, it leaves neither row, no
+    transaction open, and the checksum chain where the file is: the next batch
+    chains from the last row that did commit, and the run reads back verified."""
+    path = tmp_path / "j.db"
+
+    async def main() -> tuple[JournalError, bool, list[tuple[str | None, str]]]:
+        journal = await Journal.open(path, durability="off")
+        journal.start()
+        try:
+            await journal.create_run(record("r"), RunStarted(at=1.0))
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.task_id = 'b'"
+                " BEGIN SELECT RAISE(ABORT, 'no b'); END"
+            )
+            journal.append("r", TaskStarted(task_id="a", attempt=1, at=2.0))
+            refused = journal.append("r", TaskStarted(task_id="b", attempt=1, at=2.0))
+            with pytest.raises(JournalError) as caught:
+                await refused
+            left_open = journal._write_conn.in_transaction
+            blocker.execute("DROP TRIGGER refuse")
+            blocker.close()
+            journal.append("r", TaskStarted(task_id="c", attempt=1, at=3.0))
+            journal.append("r", TaskSucceeded(task_id="c", attempt=1, at=3.5, output=1))
+            await journal.flush()
+            events = await journal.events("r")  # each row checked against its chain
+            return (
+                caught.value,
+                left_open,
+                [(getattr(e, "task_id", None), type(e).__name__) for _, e in events],
+            )
+        finally:
+            await journal.close()
+
+    error, left_open, events = asyncio.run(main())
+    assert "no b" in error.message
+    assert left_open is False
+    assert events == [(None, "RunStarted"), ("c", "TaskStarted"), ("c", "TaskSucceeded")]
+    assert asyncio.run(damage(path, "r")) == (3, [])
+
+
 def test_the_writer_connection_is_set_up_as_documented(tmp_path):
     connection = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
     configure(connection, "normal")
