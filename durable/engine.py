@@ -269,15 +269,17 @@ class Engine(Expansion):
 
     def _occupy(self, task_id: str) -> None:
         """Take a slot (and one of its tool's) and launch, or park it behind its tool."""
-        tool = self.plan.tasks[task_id].spec.tool
-        limit = self.limits.get(tool)
-        if limit is not None:
-            if self._running_by_tool.get(tool, 0) >= limit:
-                self._parked.setdefault(tool, deque()).append(task_id)
-                return
-            self._running_by_tool[tool] = self._running_by_tool.get(tool, 0) + 1
+        if self.limits:
+            tool = self.plan.tasks[task_id].spec.tool
+            limit = self.limits.get(tool)
+            if limit is not None:
+                if self._running_by_tool.get(tool, 0) >= limit:
+                    self._parked.setdefault(tool, deque()).append(task_id)
+                    return
+                self._running_by_tool[tool] = self._running_by_tool.get(tool, 0) + 1
         self._running += 1
-        self.peak_running = max(self.peak_running, self._running)
+        if self._running > self.peak_running:
+            self.peak_running = self._running
         self._launch(task_id)
 
     def _launch(self, task_id: str) -> None:
@@ -483,8 +485,9 @@ class Engine(Expansion):
                 task_id = event.task_id
                 if holds_slot:
                     self._running -= 1
-                    self._free_tool_slot(task_id)
-                if isinstance(event, TaskSucceeded | TaskReused):
+                    if self._running_by_tool:  # only tools with a limit are counted
+                        self._free_tool_slot(task_id)
+                if isinstance(event, (TaskSucceeded, TaskReused)):
                     self.scope.outputs[task_id] = event.output  # type: ignore[index]
                 elif isinstance(event, TaskSkipped):
                     self.scope.outputs[task_id] = None  # type: ignore[index]
