@@ -5,6 +5,7 @@ rendered input, another fingerprint."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from durable import spec
 from durable.events import TaskStarted
-from durable.fingerprint import BUILTINS_VERSION, fingerprint, tool_identity
+from durable.fingerprint import BUILTINS_VERSION, RECIPE, fingerprint, tool_identity
 from durable.journal import Journal
 from durable.runner import arun
 from durable.tools import REGISTRY, ToolDef, import_modules
@@ -62,6 +63,26 @@ def test_different_inputs_have_different_fingerprints(one, other):
         other, order="sorted"
     )
     assert (fingerprint("t@1", one) == fingerprint("t@1", other)) == same
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), values)
+def test_a_fingerprint_is_the_documented_recipe(identity, value):
+    """BLAKE2b-128 of the canonical msgpack of (RECIPE, identity, input), however
+    `fingerprint` gets there (it hashes each tool's prefix once)."""
+    data = msgspec.msgpack.Encoder(order="sorted").encode((RECIPE, identity, value))
+    assert fingerprint(identity, value) == hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def test_fingerprints_recorded_by_earlier_versions_still_match():
+    """Journals and caches keep fingerprints across upgrades: the recipe may change
+    only with `RECIPE`. These were computed before the per-tool prefix existed."""
+    assert RECIPE == 1
+    assert (
+        fingerprint("echo@builtin-1", {"n": 12, "b": [1.0, "x", None, True]})
+        == "fdd423c4c7e3f4802ac56fbf55227f4b"
+    )
+    assert fingerprint("my_tool@2", None) == "f0145373f8704e4e26ebaac322cf6b81"
 
 
 def test_numbers_are_their_exact_values_and_types():
