@@ -62,7 +62,7 @@ class SqliteSpy:
     def event_commits(self) -> int:
         """Transactions committed that wrote at least one event (any connection): an
         event insert outside BEGIN ... COMMIT is a transaction of its own. (The trace
-        shows an insert again as its trigger runs: the same text, once more.)"""
+        shows an insert again each time its per-row trigger runs: the same text.)"""
         total = 0
         for statements in list(self.statements.values()):
             wrote = opened = False
