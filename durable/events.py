@@ -170,11 +170,11 @@ _decoder = msgspec.msgpack.Decoder()
 
 
 #: Each event class's kind, as the journal's `kind` column names it.
-KIND_OF: dict[type[_Event], str] = {cls: kind for kind, cls in KINDS.items()}
+_KIND_OF: dict[type[_Event], str] = {cls: kind for kind, cls in KINDS.items()}
 
 
 def kind_of(event: Event) -> str:
-    return KIND_OF[type(event)]
+    return _KIND_OF[type(event)]
 
 
 def encode_data(event: Event) -> bytes | None:
@@ -191,7 +191,7 @@ def _fields_encoder(names: tuple[str, ...]) -> Callable[[Any], bytes | None]:
     if not names:
         return lambda event: None
     if names == ("output",):
-        return lambda event: _encoder.encode(event.output)
+        return lambda event: encode_output(event.output)
     if names == ("fingerprint",):  # a bare string: 34 bytes a task, not a map of 47
         return lambda event: (
             None if event.fingerprint is None else _encoder.encode(event.fingerprint)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from durable.errors import JournalDamaged, JournalError
-from durable.events import KIND_OF, Event, encode_data, from_row, kind_of
+from durable.events import Event, encode_data, from_row, kind_of
 from durable.integrity import event_crc, run_crc
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class EventQueue:
                 run_id,
                 getattr(event, "task_id", None),
                 getattr(event, "attempt", None),
-                KIND_OF[type(event)],
+                kind_of(event),
                 event.at,
                 data,
             )
