@@ -366,6 +366,8 @@ class Engine(Expansion):
         self._pump()
 
     def _free_tool_slot(self, task_id: str) -> None:
+        if not self._running_by_tool:  # only tools with a limit are counted
+            return
         tool = self.plan.tasks[task_id].spec.tool
         if tool in self._running_by_tool:
             self._running_by_tool[tool] -= 1
@@ -485,8 +487,7 @@ class Engine(Expansion):
                 task_id = event.task_id
                 if holds_slot:
                     self._running -= 1
-                    if self._running_by_tool:  # only tools with a limit are counted
-                        self._free_tool_slot(task_id)
+                    self._free_tool_slot(task_id)
                 if isinstance(event, (TaskSucceeded, TaskReused)):
                     self.scope.outputs[task_id] = event.output  # type: ignore[index]
                 elif isinstance(event, TaskSkipped):
