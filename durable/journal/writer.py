@@ -56,6 +56,20 @@ def default_path() -> str:
     return os.environ.get("DURABLE_DB") or DEFAULT_PATH
 
 
+def _insert(conn: sqlite3.Connection, values: list[Any], total: int) -> int:
+    """Insert a batch's `total` rows (`values`, seven a row) by the fixed chunk
+    statements, largest first; return the first row's seq. A batch of one of
+    `CHUNKS`' sizes is one statement."""
+    start = 0
+    for size in CHUNKS:
+        statement = INSERT_CHUNK[size]
+        while total - start >= size:
+            cursor = conn.execute(statement, values[start * 7 : (start + size) * 7])
+            start += size
+    # Under the write lock rows get consecutive seqs, the last one this.
+    return cursor.lastrowid - total + 1  # type: ignore[operator]
+
+
 #: How often a running journal checks that its file is still the one it opened.
 WATCH_EVERY = 0.5
 
@@ -277,22 +291,14 @@ class Journal(JournalReader, EventQueue):
         due = self._summaries_to_write(rows, ends) if self._summaries else {}
         if total in INSERT_CHUNK and not remember and not any(due.values()):
             try:
-                cursor = conn.execute(INSERT_CHUNK[total], values)
+                first_seq = _insert(conn, values, total)  # one statement: that size's
             except BaseException:
                 if conn.in_transaction:  # SQLite has rolled it back after most errors
                     conn.execute("ROLLBACK")
                 raise
-            first_seq = cursor.lastrowid - total + 1  # type: ignore[operator]
         else:
             with immediate(conn):
-                start = 0
-                for size in CHUNKS:
-                    statement = INSERT_CHUNK[size]
-                    while total - start >= size:
-                        cursor = conn.execute(statement, values[start * 7 : (start + size) * 7])
-                        start += size
-                # Under the write lock rows get consecutive seqs, the last one this.
-                first_seq = cursor.lastrowid - total + 1  # type: ignore[operator]
+                first_seq = _insert(conn, values, total)
                 for run_id, save in due.items():
                     if save:
                         self._save_summary(conn, run_id, first_seq + ends[run_id])
