@@ -45,7 +45,14 @@ from durable.fleet.tables import FLEET_SCHEMA
 from durable.integrity import ChainVerifier, summary_crc
 from durable.journal.cache import LOOKUP, CacheHit, judge
 from durable.journal.common import EventQueue, EventReading, chain_batch, checked_row, first_rows
-from durable.journal.reader import RunRecord, SummaryRow, run_record, run_records, summary_row
+from durable.journal.reader import (
+    RunRecord,
+    SummaryRow,
+    run_record,
+    run_records,
+    seen_from,
+    summary_row,
+)
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
@@ -451,11 +458,14 @@ class PgJournal(EventReading, EventQueue):
 
     async def read_summary(self, run_id: str, last_seq: int) -> SummaryRow:
         row = await self._conn.fetchrow(
-            "SELECT last_seq, data, crc FROM durable.summaries WHERE run_id = $1", run_id
+            "SELECT last_seq, data, crc,"
+            " (SELECT max(seq) FROM durable.events WHERE run_id = $1)"
+            " FROM durable.summaries WHERE run_id = $1",
+            run_id,
         )
         if row is None:
             return SummaryRow(run_id, None)
-        return summary_row(run_id, row[0], row[1], row[2], last_seq)
+        return seen_from(summary_row(run_id, row[0], row[1], row[2], row[3]), last_seq)
 
     def keep_summary(self, run_id: str, source: Callable[[], RunSummary]) -> None:
         self._summaries[run_id] = source

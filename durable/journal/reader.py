@@ -153,15 +153,18 @@ class JournalReader(EventReading):
         return [summary_row(str(row[0]), *row[1:]) for row in rows]
 
     async def read_summary(self, run_id: str, last_seq: int) -> SummaryRow:
-        """The run's summary, judged against its events as read up to `last_seq`."""
+        """The run's summary, judged against its events as read up to `last_seq`
+        (`seen_from`). Its last event is looked up in the summary's own statement."""
         rows = []
         if self._has_summaries:
             rows = await self.query(
-                "SELECT last_seq, data, crc FROM summaries WHERE run_id = ?", (run_id,)
+                "SELECT last_seq, data, crc, (SELECT max(seq) FROM events WHERE run_id = ?1)"
+                " FROM summaries WHERE run_id = ?1",
+                (run_id,),
             )
         if not rows:
             return SummaryRow(run_id, None)
-        return summary_row(run_id, *rows[0], last_seq)
+        return seen_from(summary_row(run_id, *rows[0]), last_seq)
 
     async def _checked(
         self, run_id: str, after: int
@@ -265,6 +268,22 @@ def summary_row(
     except (msgspec.DecodeError, msgspec.ValidationError):
         return SummaryRow(run_id, None, damaged=True)
     return SummaryRow(run_id, summary, behind=newest > last_seq, last_seq=last_seq)
+
+
+def seen_from(row: SummaryRow, last_seq: int) -> SummaryRow:
+    """A summary, judged in the snapshot it was read in, set against the run's events
+    as read earlier up to `last_seq`.
+
+    A live run's process (another `durable`, a fleet worker) may commit events and a
+    summary between the two reads. That summary is ahead of the events read: not
+    damage (`summary_row` saw its events in its own snapshot), and not the fold of
+    what was read, so it is left out (`summary` None) rather than compared.
+    """
+    if row.summary is None or row.last_seq is None:
+        return row
+    if row.last_seq > last_seq:
+        return row._replace(summary=None, behind=False)
+    return row._replace(behind=last_seq > row.last_seq)
 
 
 def run_record(journal: str, row: Sequence[Any]) -> RunRecord:

@@ -301,6 +301,54 @@ def test_a_summary_covers_exactly_the_events_of_its_commit(target: str) -> None:
     _run(main())
 
 
+def test_a_summary_committed_after_the_events_were_read_is_not_damage(target: str) -> None:
+    """`durable status` reads a live run's events, then its summary: the process that
+    runs it may commit more events and a summary in between. That summary names
+    events the reader has not seen, which exist: the run is not damaged, and the
+    summary is not compared with the fold of what was read. (A fleet's test of a
+    killed submitter met this as "its last events are missing".)"""
+
+    async def main() -> None:
+        writer = await _open(target)
+        writer.start()
+        reader = await Journal.open(target, create=False, readonly=True)
+        try:
+            await writer.create_run(_record("x"), RunStarted(at=1.0))
+            state = RunState.new(["a", "b"])
+            state.apply(RunStarted(at=1.0))
+            writer.keep_summary("x", lambda: summarize("wf", 1.0, state))
+            started = TaskStarted(task_id="a", attempt=1, at=2.0)
+            state.apply(started)
+            writer.append("x", started)
+            await writer.flush()
+            read = await reader.events("x")
+            seen = read[-1][0]
+            for event in (
+                TaskSucceeded(task_id="a", attempt=1, at=3.0, output=1),
+                RunFinished(status="failed", at=4.0),  # ends the session: a summary is due
+            ):
+                state.apply(event)
+                writer.append("x", event)
+            await writer.flush()
+
+            row = await reader.read_summary("x", seen)
+            assert row.problem is None and not row.damaged
+            assert row.summary is None  # ahead of what was read: not its fold
+            assert row.last_seq is not None and row.last_seq > seen
+
+            newest = (await reader.events("x"))[-1][0]
+            row = await reader.read_summary("x", newest)
+            assert row.problem is None and not row.behind
+            assert row.summary == summarize("wf", 1.0, state)
+            older = await reader.read_summary("x", newest + 5)  # read past it: behind
+            assert older.behind and older.summary == row.summary
+        finally:
+            await reader.close()
+            await writer.close()
+
+    _run(main())
+
+
 def test_a_summary_caught_up_later_covers_exactly_the_events_it_names() -> None:
     """PostgreSQL's catch-up of a summary the rate limit left behind (`_write_summaries`)
     encodes it before awaiting its lock and its BEGIN: events appended meanwhile belong
