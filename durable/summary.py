@@ -16,7 +16,9 @@ So it cannot drift: it is either the fold of the events up to `last_seq`, and
 `last_seq` is the run's last event, or it is not used. `durable check` (and a test)
 fold every run and compare. And since a commit writes events and summary together,
 a summary whose `last_seq` is past the run's last event says that events were lost:
-the one damage a checksum chain cannot see (`integrity.py`).
+the one damage a checksum chain cannot see (`integrity.py`). Past the last event as
+read in the summary's own snapshot, that is: a live run's process may commit more
+events and a summary after a reader has read the events (`journal.reader.seen_from`).
 
 Pure: no I/O.
 """

@@ -805,6 +805,14 @@ tasks:
   - {id: u, tool: step, input: {key: u, result: "${t.output}"}}
 """
 
+#: A run that fills the worker's other slot (`test_a_fast_commit_of_a_run_...`).
+FILLER = """
+name: filler
+imports: [fleettools]
+tasks:
+  - {id: x, tool: held, input: {key: x, until: go-x}}
+"""
+
 
 def test_a_fast_commit_of_a_run_cancelled_meanwhile_writes_nothing_and_is_refused(
     folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
@@ -813,18 +821,28 @@ def test_a_fast_commit_of_a_run_cancelled_meanwhile_writes_nothing_and_is_refuse
     statement. `durable cancel` ends the run while `t` runs. The fast commit of
     `t` finds the cancel's events after its own and writes nothing; the long way
     folds the run again, and its fence refuses the outcome (the cancel took the
-    row). The lease is long, so that the worker's renewal does not notice the
-    cancel first and stop `t` before it ends."""
+    row).
+
+    Nothing else may notice the cancel first. The lease is long, so that the
+    worker's renewal does not stop `t` before it ends. And the worker's other slot
+    is taken by a second run's task before the cancel: a worker with a free slot
+    looks for work every 0.5 s, and a look drops its copy of a run that ended (the
+    commit of `t` would then go the long way at once, and this test would pass or
+    fail by the clock, as it once did)."""
     workflow = write(folder, "moved.yaml", MOVED)
-    worker = fleet.worker(dsn, lease=60)
+    worker = fleet.worker(dsn, "-j", "2", lease=60)
     run_id = submit(durable, workflow, dsn, folder)
     wait_running(dsn, run_id, folder, "t", worker)
+    filler = submit(durable, write(folder, "filler.yaml", FILLER), dsn, folder)
+    wait_running(dsn, filler, folder, "x", worker)
     durable("cancel", run_id, "--db", dsn, cwd=folder, check=0)
     (folder / "go").touch()
     worker.wait_log(lambda text: "late outcome refused" in text, "the outcome refused")
+    (folder / "go-x").touch()
+    wait_status(durable, dsn, filler, folder, "succeeded")
     counts = stop_and_count(worker)
     assert counts == {
-        "committed": 0,
+        "committed": 1,  # the filler's `x`
         "refused": 1,
         "transactions": counts["transactions"],
         "fast": 0,
@@ -836,7 +854,7 @@ def test_a_fast_commit_of_a_run_cancelled_meanwhile_writes_nothing_and_is_refuse
         ("t", 1, "task_cancelled"),
     ]
     assert status(durable, dsn, run_id, folder)["status"] == "cancelled"
-    assert runs_of(folder) == Counter({"t": 1})
+    assert runs_of(folder) == Counter({"t": 1, "x": 1})
     assert work_rows(dsn, run_id) == {}
     durable("check", run_id, "--db", dsn, cwd=folder, check=0)  # checksums, a replay
 
