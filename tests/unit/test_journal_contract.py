@@ -54,6 +54,22 @@ async def _open(target: str, **options: Any) -> Journal:
     return journal
 
 
+def _keep_summary(journal: Journal, run_id: str, at: float) -> RunState:
+    """Have the journal keep the run's summary, as the engine does: from the fold of
+    what is appended (`_append`), the run started at `at`."""
+    state = RunState.new(["a", "b"])
+    state.apply(RunStarted(at=at))
+    journal.keep_summary(run_id, lambda: summarize("wf", at, state))
+    return state
+
+
+def _append(journal: Journal, state: RunState, run_id: str, *events: Any) -> None:
+    """Fold each event, then queue it: the order the engine's `emit` keeps."""
+    for event in events:
+        state.apply(event)
+        journal.append(run_id, event)
+
+
 def test_a_run_and_its_events_come_back_as_written(target: str) -> None:
     async def main() -> None:
         journal = await _open(target)
@@ -116,16 +132,15 @@ def test_runs_are_listed_found_by_prefix_and_summarized(target: str) -> None:
             assert [r.run_id for r in await journal.list_runs()] == ["abc1", "abd2", "x"]
             assert await journal.has_run("x") and not await journal.has_run("ab")
             assert [row[0] for row in await journal.find_runs("ab")] == ["abc1", "abd2"]
-            state = RunState.new(["a", "b"])
-            state.apply(RunStarted(at=3.0))
-            journal.keep_summary("x", lambda: summarize("wf", 3.0, state))
-            for event in (
+            state = _keep_summary(journal, "x", 3.0)
+            _append(
+                journal,
+                state,
+                "x",
                 TaskStarted(task_id="a", attempt=1, at=4.0),
                 TaskSucceeded(task_id="a", attempt=1, at=5.0, output=1),
                 RunFinished(at=6.0, status="failed"),
-            ):
-                state.apply(event)
-                journal.append("x", event)
+            )
             await journal.flush()
             rows = {row.run_id: row for row in await journal.list_summaries()}
             assert rows["x"].summary == summarize("wf", 3.0, state) and not rows["x"].behind
@@ -276,17 +291,11 @@ def test_a_summary_covers_exactly_the_events_of_its_commit(target: str) -> None:
         journal.start()
         try:
             await journal.create_run(_record("x"), RunStarted(at=1.0))
-            state = RunState.new(["a", "b"])
-            state.apply(RunStarted(at=1.0))
-            journal.keep_summary("x", lambda: summarize("wf", 1.0, state))
-            first = TaskStarted(task_id="a", attempt=1, at=2.0)
-            state.apply(first)
-            journal.append("x", first)
+            state = _keep_summary(journal, "x", 1.0)
+            _append(journal, state, "x", TaskStarted(task_id="a", attempt=1, at=2.0))
             for _ in range(3):  # the writer, woken on the next turn, takes the batch
                 await asyncio.sleep(0)
-            later = TaskStarted(task_id="b", attempt=1, at=3.0)
-            state.apply(later)
-            journal.append("x", later)
+            _append(journal, state, "x", TaskStarted(task_id="b", attempt=1, at=3.0))
             await journal.flush()
             (row,) = [row for row in await journal.list_summaries() if row.run_id == "x"]
             assert row.summary is not None and row.last_seq is not None
@@ -314,21 +323,17 @@ def test_a_summary_committed_after_the_events_were_read_is_not_damage(target: st
         reader = await Journal.open(target, create=False, readonly=True)
         try:
             await writer.create_run(_record("x"), RunStarted(at=1.0))
-            state = RunState.new(["a", "b"])
-            state.apply(RunStarted(at=1.0))
-            writer.keep_summary("x", lambda: summarize("wf", 1.0, state))
-            started = TaskStarted(task_id="a", attempt=1, at=2.0)
-            state.apply(started)
-            writer.append("x", started)
+            state = _keep_summary(writer, "x", 1.0)
+            _append(writer, state, "x", TaskStarted(task_id="a", attempt=1, at=2.0))
             await writer.flush()
-            read = await reader.events("x")
-            seen = read[-1][0]
-            for event in (
+            seen = (await reader.events("x"))[-1][0]
+            _append(
+                writer,
+                state,
+                "x",
                 TaskSucceeded(task_id="a", attempt=1, at=3.0, output=1),
                 RunFinished(status="failed", at=4.0),  # ends the session: a summary is due
-            ):
-                state.apply(event)
-                writer.append("x", event)
+            )
             await writer.flush()
 
             row = await reader.read_summary("x", seen)
@@ -371,22 +376,18 @@ def _catch_up_covers_its_events(target: str) -> None:
         )
         try:
             await journal.create_run(_record("x"), RunStarted(at=1.0))
-            state = RunState.new(["a", "b"])
-            state.apply(RunStarted(at=1.0))
-            journal.keep_summary("x", lambda: summarize("wf", 1.0, state))
+            state = _keep_summary(journal, "x", 1.0)
             journal._summary_due["x"] = float("inf")  # every summary left to the catch-up
-            started = TaskStarted(task_id="a", attempt=1, at=2.0)
-            state.apply(started)
-            journal.append("x", started)
+            _append(journal, state, "x", TaskStarted(task_id="a", attempt=1, at=2.0))
             await journal.flush()
             expected = summarize("wf", 1.0, state)
             async with journal._write_lock:  # the catch-up, once the writer idles, waits here
                 phase[0] = "locked"
                 await asyncio.sleep(0.5)
                 phase[0] = "appended"
-                later = TaskSucceeded(task_id="a", attempt=1, at=3.0, output=1)
-                state.apply(later)
-                journal.append("x", later)
+                _append(
+                    journal, state, "x", TaskSucceeded(task_id="a", attempt=1, at=3.0, output=1)
+                )
             await journal.flush()
             assert [summary for when, summary in encoded if when == "locked"] == [expected]
         finally:
