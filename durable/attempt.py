@@ -13,7 +13,7 @@ import msgspec
 
 from durable.errors import DurableError
 from durable.events import decode_output, encode_output
-from durable.executors import Executors, TaskContext
+from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
 from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import TaskPlan
 from durable.refs import Scope
@@ -50,9 +50,18 @@ def render_input(plan: TaskPlan, scope: Scope) -> tuple[Any, str | None]:
 
 
 async def call_tool(
-    executors: Executors, plan: TaskPlan, value: Any, context: TaskContext
+    executors: Executors,
+    plan: TaskPlan,
+    value: Any,
+    run_id: str,
+    attempt: int,
+    reports: TaskReports,
 ) -> tuple[Any, bytes]:
     """Call the task's tool with the rendered input; return its output and its encoding.
+
+    The tool sees the attempt's `TaskContext`. Once the call is over, however it
+    ended, the attempt's log lines are journaled (`reports.settle`): before its
+    outcome, which the caller journals next.
 
     The output handed on is the one decoded back from what the journal stores,
     so that dependents see the same value live as after a resume (a tuple is a
@@ -60,31 +69,36 @@ async def call_tool(
     anything the tool does wrong (a timeout included), `CancelledError` if cancelled.
     """
     assert plan.tool is not None
+    task_id = plan.id
+    context = TaskContext(run_id, task_id, attempt, idempotency_key(run_id, task_id))
     timeout = plan.spec.timeout
     try:
-        if timeout is None:
-            output = await executors.call(plan.tool, value, context)
-        else:
-            deadline = asyncio.timeout(timeout)
-            try:
-                async with deadline:
-                    output = await executors.call(plan.tool, value, context)
-            except TimeoutError:
-                if deadline.expired():
-                    raise AttemptFailed(f"timed out after {timeout:g}s") from None
-                raise
-    except (asyncio.CancelledError, AttemptFailed):
-        raise
-    except Exception as exc:  # a tool may raise anything; that is the task failing
-        raise AttemptFailed(describe(exc)) from None
-    try:
-        data = encode_output(output)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        raise AttemptFailed(
-            f"output of type {type(output).__name__} is not serialisable: {exc}",
-            retryable=False,
-        ) from None
-    return decode_output(data), data
+        try:
+            if timeout is None:
+                output = await executors.call(plan.tool, value, context)
+            else:
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        output = await executors.call(plan.tool, value, context)
+                except TimeoutError:
+                    if deadline.expired():
+                        raise AttemptFailed(f"timed out after {timeout:g}s") from None
+                    raise
+        except (asyncio.CancelledError, AttemptFailed):
+            raise
+        except Exception as exc:  # a tool may raise anything; that is the task failing
+            raise AttemptFailed(describe(exc)) from None
+        try:
+            data = encode_output(output)
+        except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+            raise AttemptFailed(
+                f"output of type {type(output).__name__} is not serialisable: {exc}",
+                retryable=False,
+            ) from None
+        return decode_output(data), data
+    finally:
+        reports.settle(task_id, attempt)
 
 
 def describe(exc: BaseException) -> str:

@@ -54,7 +54,7 @@ from durable.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
+from durable.executors import Executors, TaskReports
 from durable.expansion import Expansion
 from durable.fanout import group_output
 from durable.graph import Plan, TaskPlan
@@ -389,13 +389,9 @@ class Engine(Expansion):
                     await asyncio.shield(self._starts.pop(task_id))
                 if isinstance(value, AttemptFailed):
                     raise value
-                context = TaskContext(
-                    self.run_id, task_id, attempt, idempotency_key(self.run_id, task_id)
+                output, data = await call_tool(
+                    self.executors, plan, value, self.run_id, attempt, self.reports
                 )
-                try:
-                    output, data = await call_tool(self.executors, plan, value, context)
-                finally:
-                    self.reports.settle(task_id, attempt)  # its log lines before its outcome
             except asyncio.CancelledError:
                 self._cancelled(task_id, attempt)
                 return

@@ -46,7 +46,7 @@ from durable.events import (
     TaskRetrying,
     TaskSucceeded,
 )
-from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
+from durable.executors import Executors, TaskReports
 from durable.fleet.store import Claim, FleetStore, Outcome
 from durable.fleet.tables import CHANNEL
 from durable.fleet.workers import new_worker_id, register, renew, unregister
@@ -354,16 +354,9 @@ class Worker:
         try:
             if isinstance(claim.value, AttemptFailed):
                 raise claim.value
-            context = TaskContext(
-                claim.run_id,
-                claim.task_id,
-                claim.attempt,
-                idempotency_key(claim.run_id, claim.task_id),
+            output, data = await call_tool(
+                self.executors, plan, claim.value, claim.run_id, claim.attempt, reports
             )
-            try:
-                output, data = await call_tool(self.executors, plan, claim.value, context)
-            finally:
-                reports.settle(claim.task_id, claim.attempt)
             ending = TaskSucceeded(
                 task_id=claim.task_id, attempt=claim.attempt, at=time.time(), output=output
             )
