@@ -150,14 +150,18 @@ SESSION_ENDS = frozenset({"run_finished", "run_interrupted"})
 CHECKPOINT_EVERY = 2000
 
 
+def roll_back(conn: sqlite3.Connection) -> None:
+    """Undo a failed write. SQLite has already rolled back after some errors (a
+    full disk): a second ROLLBACK would hide the real cause behind its own error,
+    so it is only issued while a transaction is still open."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 class immediate:
     """`with immediate(conn):` one write transaction: BEGIN IMMEDIATE, then COMMIT,
-    or ROLLBACK if anything in it raised. A class rather than a generator: the
-    group commit goes through it once per batch.
-
-    SQLite has already rolled back after some errors (a full disk): a second
-    ROLLBACK would hide the real cause behind its own error, so it is only issued
-    while a transaction is still open.
+    or ROLLBACK (`roll_back`) if anything in it raised. A class rather than a
+    generator: the group commit goes through it once per batch.
     """
 
     __slots__ = ("conn",)
@@ -174,11 +178,10 @@ class immediate:
             try:
                 self.conn.execute("COMMIT")
             except BaseException:  # a COMMIT that fails (busy, I/O) may leave it open
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                roll_back(self.conn)
                 raise
-        elif self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
+        else:
+            roll_back(self.conn)
 
 
 def checkpoint(path: Path) -> None:

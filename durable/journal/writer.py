@@ -46,6 +46,7 @@ from durable.journal.schema import (
     checkpoint,
     configure,
     immediate,
+    roll_back,
 )
 from durable.summary import RunSummary
 
@@ -293,8 +294,7 @@ class Journal(JournalReader, EventQueue):
             try:
                 first_seq = _insert(conn, values, total)  # one statement: that size's
             except BaseException:
-                if conn.in_transaction:  # SQLite has rolled it back after most errors
-                    conn.execute("ROLLBACK")
+                roll_back(conn)
                 raise
         else:
             with immediate(conn):
