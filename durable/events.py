@@ -192,10 +192,8 @@ def _fields_encoder(names: tuple[str, ...]) -> Callable[[Any], bytes | None]:
         return lambda event: None
     if names == ("output",):
         return lambda event: encode_output(event.output)
-    if names == ("fingerprint",):  # a bare string: 34 bytes a task, not a map of 47
-        return lambda event: (
-            None if event.fingerprint is None else _encoder.encode(event.fingerprint)
-        )
+    if names == ("fingerprint",):
+        return lambda event: encode_fingerprint(event.fingerprint)
     return lambda event: _encoder.encode({name: getattr(event, name) for name in names})
 
 
@@ -205,6 +203,12 @@ _ENCODE_DATA = {cls: _fields_encoder(FIELDS[kind]) for kind, cls in KINDS.items(
 def encode_output(output: Any) -> bytes:
     """The `data` of a `task_succeeded` event: the output itself, as msgpack."""
     return _encoder.encode(output)
+
+
+def encode_fingerprint(fingerprint: str | None) -> bytes | None:
+    """The `data` of a `task_started` event: its fingerprint as a bare msgpack string
+    (34 bytes a task, not a map of 47), or None."""
+    return None if fingerprint is None else _encoder.encode(fingerprint)
 
 
 def decode_output(data: bytes) -> Any:

@@ -189,15 +189,21 @@ class RunState(msgspec.Struct):
         self.last_event_at = event.at
 
     def _started(self, event: TaskStarted) -> None:
-        task = self._task(event.task_id, event, _STARTS)
+        self.started(event.task_id, event.attempt, event.at, event.fingerprint)
+
+    def started(self, task_id: str, attempt: int, at: float, fingerprint: str | None) -> None:
+        """`task_started`'s rule, by its fields: `apply` of a `TaskStarted` comes here,
+        and so does the engine, which starts an attempt without making the event
+        object when nobody watches the run (`Engine._emit_started`)."""
+        task = self._task(task_id, TaskStarted, _STARTS)
         self._move(task, RUNNING)
-        at = event.at
-        task.attempts = event.attempt
-        task.fingerprint = event.fingerprint
+        task.attempts = attempt
+        task.fingerprint = fingerprint
         if task.started_at is None:
             task.started_at = at
         task.error = None
         task.attempt_started_at = at
+        self.last_event_at = at
 
     def _succeeded(self, event: TaskSucceeded) -> None:
         task = self._task(event.task_id, event, _ENDS_RUNNING)
@@ -356,14 +362,17 @@ class RunState(msgspec.Struct):
             if task.attempt_started_at is not None:
                 _end_attempt(task, at)
 
-    def _task(self, task_id: str, event: Event, allowed: tuple[str, ...]) -> TaskState:
+    def _task(
+        self, task_id: str, event: Event | type[Event], allowed: tuple[str, ...]
+    ) -> TaskState:
+        """The task an event of this kind may move now; `event` is the event, or its
+        class, for the message."""
         task = self.tasks.get(task_id)
-        if task is None:
-            raise IllegalTransition(f"{type(event).__name__} for unknown task '{task_id}'")
-        if task.state not in allowed:
-            raise IllegalTransition(
-                f"task '{task_id}': {type(event).__name__} is illegal in state '{task.state}'"
-            )
+        if task is None or task.state not in allowed:
+            kind = (event if isinstance(event, type) else type(event)).__name__
+            if task is None:
+                raise IllegalTransition(f"{kind} for unknown task '{task_id}'")
+            raise IllegalTransition(f"task '{task_id}': {kind} is illegal in state '{task.state}'")
         return task
 
 

@@ -193,18 +193,29 @@ class EventQueue:
         """
         if data is _ENCODE:
             data = encode_data(event)
+        task_id = getattr(event, "task_id", None)
+        attempt = getattr(event, "attempt", None)
+        return self.append_row(run_id, task_id, attempt, kind_of(event), event.at, data, remember)
+
+    def append_row(
+        self,
+        run_id: str,
+        task_id: str | None,
+        attempt: int | None,
+        kind: str,
+        at: float,
+        data: bytes | None,
+        remember: tuple[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        """`append`, given the event's row: its columns, and its `data` encoded.
+
+        The engine's path for its two events of every attempt: `task_started`, which
+        it journals without making the event object when nobody watches the run, and
+        `task_succeeded`, whose output it has encoded already.
+        """
         if remember is not None:
             self._remember.append((len(self._queue), *remember))
-        self._queue.append(
-            (
-                run_id,
-                getattr(event, "task_id", None),
-                getattr(event, "attempt", None),
-                kind_of(event),
-                event.at,
-                data,
-            )
-        )
+        self._queue.append((run_id, task_id, attempt, kind, at, data))
         if self._batch is None:
             loop = self._loop or asyncio.get_running_loop()
             self._batch = loop.create_future()

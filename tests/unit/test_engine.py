@@ -237,6 +237,48 @@ def test_fold_of_a_real_run_equals_the_live_state(db):
     assert [e.at for e in events] == sorted(e.at for e in events)
 
 
+def test_a_watched_run_and_an_unwatched_one_journal_the_same_events(tmp_path):
+    """Nobody watching, the engine journals `task_started` by its fields, with no event
+    object (`Engine._emit_started`); watched, it makes one to show. Both runs journal
+    the same events, fingerprints and outputs included, and the watcher saw exactly
+    what was journaled."""
+    wf = workflow(
+        [
+            {"id": "a", "tool": "echo", "input": {"n": 3}},
+            {"id": "b", "tool": "echo", "input": {"m": "${a.output.n}"}},
+            {"id": "c", "tool": "eng_fail", "dependencies": ["b"]},
+            {"id": "d", "tool": "echo", "input": "${c.output}"},
+        ]
+    )
+    seen: list[Any] = []
+    watched = run(wf, tmp_path / "watched.db", hooks=Hooks(on_event=seen.append))
+    unwatched = run(wf, tmp_path / "unwatched.db")
+
+    def fields(events: list[Any]) -> list[tuple[Any, ...]]:
+        return [
+            (
+                kind_of(e),
+                getattr(e, "task_id", None),
+                getattr(e, "attempt", None),
+                getattr(e, "fingerprint", None),
+                getattr(e, "output", None),
+                getattr(e, "error", None),
+            )
+            for e in events
+        ]
+
+    journaled = journal_events(tmp_path / "watched.db", watched.run_id)
+    assert fields(journaled) == fields(journal_events(tmp_path / "unwatched.db", unwatched.run_id))
+    assert seen == journaled
+    started = [e for e in journaled if isinstance(e, TaskStarted)]
+    assert [e.task_id for e in started] == ["a", "b", "c"]
+    assert all(e.fingerprint for e in started)  # the rendered inputs are fingerprinted
+    states = {"a": SUCCEEDED, "b": SUCCEEDED, "c": FAILED, "d": UPSTREAM_FAILED}
+    for result in (watched, unwatched):
+        assert {t: s.state for t, s in result.tasks.items()} == states
+        assert_fold_matches(result, tmp_path / f"{'un' * (result is unwatched)}watched.db")
+
+
 # -- concurrency --------------------------------------------------------------------------
 
 

@@ -166,6 +166,22 @@ class TestIllegalTransitions:
         with pytest.raises(IllegalTransition, match="TaskStarted"):
             state.apply(TaskStarted(task_id="a", attempt=2, at=4.0))
 
+    def test_started_by_its_fields_refuses_what_apply_refuses(self):
+        """`RunState.started` is the rule the engine calls directly: it refuses the same
+        transitions, with the same message, and changes nothing when it does."""
+        state = fold(["a"], self.SUCCEEDED_A)
+        with pytest.raises(IllegalTransition, match=r"task 'a': TaskStarted is illegal in state"):
+            state.started("a", 2, 4.0, None)
+        with pytest.raises(IllegalTransition, match=r"^TaskStarted for unknown task 'zz'$"):
+            state.started("zz", 1, 4.0, None)
+        assert (state.tasks["a"].attempts, state.last_event_at) == (1, 3.0)
+        state = fold(["a"], self.BASE[:1])
+        state.started("a", 1, 2.0, "f" * 32)
+        assert state == fold(
+            ["a"],
+            [*self.BASE[:1], TaskStarted(task_id="a", attempt=1, at=2.0, fingerprint="f" * 32)],
+        )
+
     def test_unknown_task(self):
         state = fold(["a"], self.BASE)
         with pytest.raises(IllegalTransition, match="unknown task 'zz'"):
