@@ -54,7 +54,6 @@ from durable.events import (
     TaskStarted,
     TaskSucceeded,
     encode_fingerprint,
-    kind_of,
 )
 from durable.executors import Executors, TaskReports
 from durable.expansion import Expansion
@@ -82,8 +81,27 @@ MAX_DEATHS = 3
 
 EventSink = Callable[[Event], None]
 
-#: The journal's kind of a `TaskStarted` (`_emit_started`).
-STARTED: str = TaskStarted.__struct_config__.tag  # type: ignore[assignment]
+#: The journal's kinds of the two events every attempt that succeeds journals by
+#: their fields (`Engine._emit_started`, `Engine._succeed`).
+STARTED_KIND: str = TaskStarted.__struct_config__.tag  # type: ignore[assignment]
+SUCCEEDED_KIND: str = TaskSucceeded.__struct_config__.tag  # type: ignore[assignment]
+
+#: What a terminal event hands on to its dependents, in `Engine._committed`: nothing
+#: (`_NOTHING`), the output of a failed `foreach` group's instances that did
+#: succeed (`_GROUP`, taken at the commit), or the value itself.
+_NOTHING = object()
+_GROUP = object()
+
+
+def _handed_on(event: Event) -> Any:
+    """The output a terminal event hands on, as `Engine._committed` takes it."""
+    if isinstance(event, (TaskSucceeded, TaskReused)):
+        return event.output
+    if isinstance(event, TaskSkipped):
+        return None
+    if isinstance(event, TaskFailed):
+        return _GROUP
+    return _NOTHING
 
 
 class Engine(Expansion):
@@ -139,7 +157,7 @@ class Engine(Expansion):
         self._fatal: BaseException | None = None
         self._done = asyncio.Event()
         self._batch: asyncio.Future[None] | None = None
-        self._batch_items: list[tuple[Any, bool]] = []
+        self._batch_items: list[tuple[str, Any, bool]] = []
         # After a process death, attempts wait for their `task_started` commit (`_start`).
         self._starts: dict[str, asyncio.Future[None]] | None = None
         # foreach task -> its instances not yet finished in this session
@@ -401,12 +419,9 @@ class Engine(Expansion):
             except AttemptFailed as failure:
                 self._failed(plan, attempt, failure.error, failure.retryable)
                 return
-            succeeded = TaskSucceeded(
-                task_id=task_id, attempt=attempt, at=time.time(), output=output
-            )
             mark = self.state.tasks[task_id].fingerprint
             remember = (mark, plan.spec.tool) if mark and self._caches(plan) else None
-            self._finish(task_id, succeeded, data, holds_slot=True, remember=remember)
+            self._succeed(task_id, attempt, output, data, remember)
         except Exception as exc:  # not a tool failure (those are handled above): a bug
             self._crash(exc)
         finally:
@@ -452,29 +467,48 @@ class Engine(Expansion):
 
     # -- finishing -------------------------------------------------------------
 
-    def _finish(
-        self,
-        task_id: str,
-        event: Event,
-        data: Any = None,
-        holds_slot: bool = False,
-        remember: tuple[str, str] | None = None,
-    ) -> None:
+    def _finish(self, task_id: str, event: Event, holds_slot: bool = False) -> None:
         """Record a terminal event; its dependents learn of it only once it is committed.
 
         An attempt keeps its concurrency slot until its outcome is committed, so
         that at any moment at most `max_concurrency` tasks have run without a
         committed outcome: that bounds what a crash can make run twice.
         """
-        batch = self.emit(event, data, remember)
+        self._hold(self.emit(event), task_id, _handed_on(event), holds_slot)
+
+    def _succeed(
+        self,
+        task_id: str,
+        attempt: int,
+        output: Any,
+        data: bytes,
+        remember: tuple[str, str] | None,
+    ) -> None:
+        """`_finish` of an attempt's `TaskSucceeded`, by its fields (as `_emit_started`):
+        `data` is the output as the journal stores it, encoded once already, and
+        `remember` the fingerprint and tool under which the cache keeps it."""
+        at = time.time()
+        self.state.succeeded(task_id, at, output)
+        if self._on_event is not None:
+            self.show(TaskSucceeded(task_id=task_id, attempt=attempt, at=at, output=output))
+        batch = self.journal.append_row(
+            self.run_id, task_id, attempt, SUCCEEDED_KIND, at, data, remember
+        )
+        self._hold(batch, task_id, output, True)
+
+    def _hold(
+        self, batch: asyncio.Future[None], task_id: str, output: Any, holds_slot: bool
+    ) -> None:
+        """Keep what the commit of `batch` releases: the task's slot if it `holds_slot`,
+        its dependents, and `output`, which they see (`_handed_on`)."""
         if batch is not self._batch:
             # One listener per group commit, not per event; called in the writer's
             # step, so what the commit releases starts without a turn of the loop.
             self._batch, self._batch_items = batch, []
             self.journal.when_committed(partial(self._committed, self._batch_items))
-        self._batch_items.append((event, holds_slot))
+        self._batch_items.append((task_id, output, holds_slot))
 
-    def _committed(self, items: list[tuple[Any, bool]], error: BaseException | None) -> None:
+    def _committed(self, items: list[tuple[str, Any, bool]], error: BaseException | None) -> None:
         """A group commit landed: hand its outputs on and decide what it unblocked."""
         try:
             if error is not None:
@@ -482,18 +516,18 @@ class Engine(Expansion):
                 return
             remaining = self._remaining
             tasks = self.plan.tasks
-            for event, holds_slot in items:
-                task_id = event.task_id
+            outputs = self.scope.outputs
+            for task_id, output, holds_slot in items:
                 if holds_slot:
                     self._running -= 1
                     self._free_tool_slot(task_id)
-                if isinstance(event, (TaskSucceeded, TaskReused)):
-                    self.scope.outputs[task_id] = event.output  # type: ignore[index]
-                elif isinstance(event, TaskSkipped):
-                    self.scope.outputs[task_id] = None  # type: ignore[index]
-                elif isinstance(event, TaskFailed) and (n := self.state.tasks[task_id].instances):
-                    # `all_done` dependents of a failed group see what did succeed.
-                    self.scope.outputs[task_id] = group_output(self.state.tasks, task_id, n)  # type: ignore[index]
+                if output is not _NOTHING:
+                    if output is _GROUP:
+                        # `all_done` dependents of a failed group see what did succeed.
+                        if n := self.state.tasks[task_id].instances:
+                            outputs[task_id] = group_output(self.state.tasks, task_id, n)  # type: ignore[index]
+                    else:
+                        outputs[task_id] = output  # type: ignore[index]
                 self._settle(task_id)
                 if (group := tasks[task_id].group) is not None:
                     self._instance_done(group)
@@ -572,24 +606,12 @@ class Engine(Expansion):
         if self._on_event is not None:
             self.show(TaskStarted(task_id=task_id, attempt=attempt, at=at, fingerprint=mark))
         data = encode_fingerprint(mark)
-        return self.journal.append_row(self.run_id, task_id, attempt, STARTED, at, data)
+        return self.journal.append_row(self.run_id, task_id, attempt, STARTED_KIND, at, data)
 
-    def emit(
-        self, event: Event, data: bytes | None = None, remember: tuple[str, str] | None = None
-    ) -> asyncio.Future[None]:
+    def emit(self, event: Event) -> asyncio.Future[None]:
         """Apply an event to the live state, show it, and queue it for the journal.
-
-        `data` is the event's encoded payload when the caller already has it (an
-        output, encoded once to prove it serialisable); `remember`, the fingerprint
-        and tool under which the cache keeps a success. Returns the commit future.
-        """
+        Returns the commit future."""
         self.state.apply(event)
         if self._on_event is not None:
             self.show(event)
-        if data is None:
-            return self.journal.append(self.run_id, event, remember=remember)
-        # An output, encoded once already: a `task_succeeded`, as `_finish` has it.
-        task_id, attempt, at = event.task_id, event.attempt, event.at  # type: ignore[union-attr]
-        return self.journal.append_row(
-            self.run_id, task_id, attempt, kind_of(event), at, data, remember
-        )
+        return self.journal.append(self.run_id, event)

@@ -206,13 +206,18 @@ class RunState(msgspec.Struct):
         self.last_event_at = at
 
     def _succeeded(self, event: TaskSucceeded) -> None:
-        task = self._task(event.task_id, event, _ENDS_RUNNING)
+        self.succeeded(event.task_id, event.at, event.output)
+
+    def succeeded(self, task_id: str, at: float, output: Any) -> None:
+        """`task_succeeded`'s rule, by its fields, as `started` (`Engine._succeed`);
+        the task's count of attempts is its `task_started`'s."""
+        task = self._task(task_id, TaskSucceeded, _ENDS_RUNNING)
         self._move(task, SUCCEEDED)
-        at = event.at
-        task.output, task.finished_at = event.output, at
+        task.output, task.finished_at = output, at
         if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
             task.elapsed += at - opened if at > opened else 0.0  # the hottest path
             task.attempt_started_at = None
+        self.last_event_at = at
 
     def _reused(self, event: TaskReused) -> None:
         # A retry, too, may find its work done meanwhile by another task.
