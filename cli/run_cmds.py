@@ -122,7 +122,7 @@ def _drive(
     reporter = report.for_output(as_json, quiet=quiet, live=not no_live)
     hooks = runner.Hooks(
         on_start=reporter.on_start,
-        on_event=reporter.on_event,
+        on_event=reporter.on_event if reporter.watches else None,
         on_plan=partial(_show_plan, as_json),
         on_note=lambda line: click.echo(f"note: {line}", err=True),
     )

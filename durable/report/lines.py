@@ -58,6 +58,13 @@ class Reporter:
     def on_event(self, event: Event) -> None:
         pass
 
+    @property
+    def watches(self) -> bool:
+        """Whether `on_event` shows anything. The CLI gives the engine no `on_event`
+        for a reporter that does not (`--quiet`), and the engine then journals an
+        attempt's events without making their objects (`Engine._emit_started`)."""
+        return type(self).on_event is not Reporter.on_event
+
     def finish(self, result: RunResult, elapsed: float, db: str | None = None) -> None:
         """Show how the run ended: the summary line, and each failed task on stderr."""
         reused = sum(task.reused for task in result.tasks.values())

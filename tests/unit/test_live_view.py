@@ -406,6 +406,14 @@ def test_the_reporter_for_a_terminal(
     assert type(for_output(stream=FakeTerminal(), **options)) is expected
 
 
+def test_only_the_quiet_reporter_watches_no_event() -> None:
+    """`--quiet` shows nothing per event: the CLI then gives the engine no `on_event`
+    (`Reporter.watches`), so that it need not make the events' objects."""
+    assert not QuietReporter(FakeTerminal()).watches
+    for reporter in (LiveReporter, PlainReporter, JsonReporter):
+        assert reporter(FakeTerminal()).watches, reporter
+
+
 def test_a_pipe_never_gets_the_live_view(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm-256color")
     assert type(for_output(stream=io.StringIO())) is PlainReporter
