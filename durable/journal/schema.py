@@ -146,8 +146,14 @@ REMEMBER = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?)"
 SUMMARY_EVERY = 0.05
 SESSION_ENDS = frozenset({"run_finished", "run_interrupted"})
 
-# Events between two checkpoints: about 1-2 MB of WAL for small outputs.
+#: Events between two checkpoints (`Journal._start_checkpoint`).
 CHECKPOINT_EVERY = 2000
+
+#: The WAL's length past which a checkpoint takes a second pass, with the writer
+#: waiting, so that the WAL starts over (`Journal._finish_checkpoint`). A chain of
+#: tasks adds about 10 MB to it every `CHECKPOINT_EVERY` events (two pages a commit),
+#: a wide DAG under 1 MB.
+WAL_LIMIT = 64 * 2**20
 
 
 def roll_back(conn: sqlite3.Connection) -> None:
@@ -184,11 +190,15 @@ class immediate:
             roll_back(self.conn)
 
 
-def checkpoint(path: Path) -> None:
+def checkpoint(path: Path) -> int:
+    """A PASSIVE checkpoint of the journal at `path`, from a connection of its own;
+    returns the length of the WAL it found, in bytes."""
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("PRAGMA busy_timeout=5000")
-        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        page_size: int = connection.execute("PRAGMA page_size").fetchone()[0]
+        return max(frames, 0) * page_size
     finally:
         connection.close()
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import msgspec
@@ -366,6 +367,53 @@ def test_group_commit_of_a_burst(tmp_path):
     opening, read = asyncio.run(main())
     assert [event for _, event in read] == [opening, *events]
     assert [seq for seq, _ in read] == list(range(1, 1002))
+
+
+def _wal_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> list[int]:
+    """Commit 3,000 events one at a time, as a chain of tasks does (each awaited),
+    checkpointing every 200 events; the WAL's length each checkpoint found."""
+    from durable.journal import writer
+
+    found: list[int] = []
+
+    def spy(path: Path) -> int:
+        found.append(checkpoint(path))
+        return found[-1]
+
+    checkpoint = writer.checkpoint
+    monkeypatch.setattr(writer, "checkpoint", spy)
+    monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 200)
+    monkeypatch.setattr(writer, "WAL_LIMIT", limit)
+
+    async def main() -> None:
+        journal = await open_journal(tmp_path / f"journal-{limit}.db")
+        try:
+            await create(journal, record())
+            for event in sample_events(3000):
+                await journal.append("run-1", event)
+        finally:
+            await journal.close()
+
+    asyncio.run(main())
+    return found
+
+
+def test_a_busy_journal_starts_its_wal_over(tmp_path, monkeypatch):
+    """A checkpoint beside a writer that never stops copies the WAL as it was when
+    it began, never whole, and SQLite starts a WAL over only once it is copied whole:
+    without more, the WAL grows by every commit of the run. Past `WAL_LIMIT`, a
+    second pass with the writer waiting copies the rest, and the WAL starts over."""
+    mb = 2**20
+    grown = _wal_lengths(tmp_path, monkeypatch, limit=1 << 60)
+    assert len(grown) >= 10
+    assert max(grown) > 16 * mb, [round(n / mb, 1) for n in grown]
+
+    # The limit, plus what the writer adds between two checkpoints and during a
+    # first pass (about 2 MB each here).
+    bounded = _wal_lengths(tmp_path, monkeypatch, limit=mb // 4)
+    assert len(bounded) >= 10
+    assert max(bounded) < 8 * mb, [round(n / mb, 1) for n in bounded]
+    assert any(later < earlier for earlier, later in pairwise(bounded))
 
 
 def test_group_commit_under_concurrent_writers(tmp_path):
