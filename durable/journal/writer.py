@@ -287,7 +287,8 @@ class Journal(JournalReader, EventQueue):
         copied whole while a run is busy, and SQLite starts a WAL over only once it
         is: it grew by every commit of the run (195 MB for a chain of 20,000 tasks).
         Taken once the WAL is `WAL_LIMIT` long, not at every checkpoint: the writer's
-        wait, 1-2 ms, made a wide DAG 10 % slower at every one (`bench/README.md`).
+        wait, about 1.6 ms at a WAL of a few MB, made a wide DAG 10 % slower at every
+        one. At 64 MB it waits 2-26 ms, a few times a run (`bench/README.md`).
         """
         self._second_pass = False
         assert self._checkpointer is not None
