@@ -274,9 +274,9 @@ def test_a_watched_run_and_an_unwatched_one_journal_the_same_events(tmp_path):
     assert [e.task_id for e in started] == ["a", "b", "c"]
     assert all(e.fingerprint for e in started)  # the rendered inputs are fingerprinted
     states = {"a": SUCCEEDED, "b": SUCCEEDED, "c": FAILED, "d": UPSTREAM_FAILED}
-    for result in (watched, unwatched):
+    for result, db in ((watched, "watched.db"), (unwatched, "unwatched.db")):
         assert {t: s.state for t, s in result.tasks.items()} == states
-        assert_fold_matches(result, tmp_path / f"{'un' * (result is unwatched)}watched.db")
+        assert_fold_matches(result, tmp_path / db)
 
 
 # -- concurrency --------------------------------------------------------------------------

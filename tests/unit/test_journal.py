@@ -375,12 +375,12 @@ def _wal_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) ->
     from durable.journal import writer
 
     found: list[int] = []
+    real = writer.checkpoint
 
     def spy(path: Path) -> int:
-        found.append(checkpoint(path))
+        found.append(real(path))
         return found[-1]
 
-    checkpoint = writer.checkpoint
     monkeypatch.setattr(writer, "checkpoint", spy)
     monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 200)
     monkeypatch.setattr(writer, "WAL_LIMIT", limit)
