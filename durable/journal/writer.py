@@ -111,8 +111,11 @@ class Journal(JournalReader, EventQueue):
         self._checkpoint: asyncio.Future[int] | None = None
         self._uncheckpointed = 0
         # A checkpoint's first pass ran beside the writer: its second runs before the
-        # writer's next write (`_finish_checkpoint`).
+        # writer's next write (`_finish_checkpoint`), once the WAL is `_wal_limit`
+        # long; `_wal_found` is how long the last first pass found it.
         self._second_pass = False
+        self._wal_limit = WAL_LIMIT
+        self._wal_found = 0
         # run id -> checksum of its last committed row: where its chain goes on.
         self._chain: dict[str, int] = {}
         # run id -> what its summary is now (`keep_summary`).
@@ -273,9 +276,18 @@ class Journal(JournalReader, EventQueue):
 
     def _checkpoint_done(self, future: asyncio.Future[int]) -> None:
         self._checkpoint = None
-        # A failed checkpoint loses nothing; the next one retries.
-        if future.exception() is None and future.result() >= WAL_LIMIT:
+        if future.exception() is not None:
+            return  # a failed checkpoint loses nothing; the next one retries
+        found = future.result()
+        if found < self._wal_found:
+            self._wal_limit = WAL_LIMIT  # it started over since the last checkpoint
+        self._wal_found = found
+        if found >= self._wal_limit:
             self._second_pass = True
+            # Should the WAL not start over (another process writes to the journal
+            # too, or a reader keeps an old snapshot), wait for it to double before
+            # making the writer wait again.
+            self._wal_limit = 2 * found
 
     async def _finish_checkpoint(self, loop: asyncio.AbstractEventLoop) -> None:
         """The checkpoint's second pass, while the writer waits: it copies what the

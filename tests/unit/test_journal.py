@@ -369,33 +369,49 @@ def test_group_commit_of_a_burst(tmp_path):
     assert [seq for seq, _ in read] == list(range(1, 1002))
 
 
-def _wal_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> list[int]:
+def _wal_lengths(
+    path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, reader: bool = False
+) -> tuple[list[int], int]:
     """Commit 3,000 events one at a time, as a chain of tasks does (each awaited),
-    checkpointing every 200 events; the WAL's length each checkpoint found."""
+    checkpointing every 200 events: the WAL's length each checkpoint found, and how
+    often the writer waited for a second pass. `reader`: another connection keeps
+    the snapshot it took after the first event all along."""
     from durable.journal import writer
 
     found: list[int] = []
-    real = writer.checkpoint
+    waits: list[int] = []
+    real, finish = writer.checkpoint, writer.Journal._finish_checkpoint
 
     def spy(path: Path) -> int:
         found.append(real(path))
         return found[-1]
 
+    async def counted(journal: Journal, loop: asyncio.AbstractEventLoop) -> None:
+        waits.append(len(found))
+        await finish(journal, loop)
+
     monkeypatch.setattr(writer, "checkpoint", spy)
+    monkeypatch.setattr(writer.Journal, "_finish_checkpoint", counted)
     monkeypatch.setattr(writer, "CHECKPOINT_EVERY", 200)
     monkeypatch.setattr(writer, "WAL_LIMIT", limit)
 
     async def main() -> None:
-        journal = await open_journal(tmp_path / f"journal-{limit}.db")
+        journal = await open_journal(path)
+        snapshot = sqlite3.connect(path, isolation_level=None) if reader else None
         try:
             await create(journal, record())
+            if snapshot is not None:
+                snapshot.execute("BEGIN")
+                snapshot.execute("SELECT count(*) FROM events").fetchone()
             for event in sample_events(3000):
                 await journal.append("run-1", event)
         finally:
+            if snapshot is not None:
+                snapshot.close()
             await journal.close()
 
     asyncio.run(main())
-    return found
+    return found, len(waits)
 
 
 def test_a_busy_journal_starts_its_wal_over(tmp_path, monkeypatch):
@@ -404,16 +420,26 @@ def test_a_busy_journal_starts_its_wal_over(tmp_path, monkeypatch):
     without more, the WAL grows by every commit of the run. Past `WAL_LIMIT`, a
     second pass with the writer waiting copies the rest, and the WAL starts over."""
     mb = 2**20
-    grown = _wal_lengths(tmp_path, monkeypatch, limit=1 << 60)
-    assert len(grown) >= 10
+    grown, waits = _wal_lengths(tmp_path / "grown.db", monkeypatch, limit=1 << 60)
+    assert len(grown) >= 10 and waits == 0
     assert max(grown) > 16 * mb, [round(n / mb, 1) for n in grown]
 
     # The limit, plus what the writer adds between two checkpoints and during a
     # first pass (about 2 MB each here).
-    bounded = _wal_lengths(tmp_path, monkeypatch, limit=mb // 4)
-    assert len(bounded) >= 10
+    bounded, waits = _wal_lengths(tmp_path / "bounded.db", monkeypatch, limit=mb // 4)
+    assert len(bounded) >= 10 and waits >= 3
     assert max(bounded) < 8 * mb, [round(n / mb, 1) for n in bounded]
     assert any(later < earlier for earlier, later in pairwise(bounded))
+
+
+def test_a_wal_that_cannot_start_over_makes_the_writer_wait_ever_more_rarely(tmp_path, monkeypatch):
+    """A reader that keeps an old snapshot (or another process writing) keeps the WAL
+    from starting over, second pass or not. The writer then waits again only once
+    the WAL has doubled: a few times in all, not at every checkpoint."""
+    found, waits = _wal_lengths(tmp_path / "held.db", monkeypatch, limit=2**20 // 4, reader=True)
+    over = [n for n in found if n >= 2**20 // 4]
+    assert max(found) > 16 * 2**20 and len(over) >= 10  # it never started over
+    assert 1 <= waits <= 8, (waits, len(over))  # 256 KB doubled to 24 MB: 7 at most
 
 
 def test_group_commit_under_concurrent_writers(tmp_path):
