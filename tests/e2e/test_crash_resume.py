@@ -176,8 +176,10 @@ def assert_interrupted(at_once: AtOnce, run_id: str, db: Path, cwd: Path) -> Non
     assert json.loads(status)["status"] == "interrupted"
 
 
-def resume_to_end(at_once: AtOnce, run_id: str, db: Path, cwd: Path, log: Path) -> None:
-    at_once(["resume", run_id, "--db", str(db)], cwd=cwd, env=session_env(log))
+def resume_to_end(
+    at_once: AtOnce, run_id: str, db: Path, cwd: Path, log: Path, *options: str
+) -> None:
+    at_once(["resume", run_id, "--db", str(db), *options], cwd=cwd, env=session_env(log))
 
 
 def assert_final(
@@ -303,6 +305,9 @@ def kill_when(wait_for_events: Callable[..., int]) -> Callable[..., None]:
     return kill_at
 
 
+# `--quiet`: nobody watches the run, and the engine journals an attempt's events by
+# their fields (`Engine._emit_started`, `Engine._succeed`) rather than as objects.
+@pytest.mark.parametrize("output", [[], ["--quiet"]], ids=["lines", "quiet"])
 @pytest.mark.parametrize(("kind", "target"), kill_moments())
 def test_kill_then_resume(
     launch: Any,
@@ -311,6 +316,7 @@ def test_kill_then_resume(
     journal_rows: Callable[..., list[Any]],
     kind: str,
     target: int,
+    output: list[str],
     workflow: Path,
     reference: dict[str, Any],
     tmp_path: Path,
@@ -318,7 +324,8 @@ def test_kill_then_resume(
     db, run_id = tmp_path / "journal.db", "crash"
     logs = [tmp_path / "log-0", tmp_path / "log-1"]
 
-    process = launch(["run", str(workflow), "--db", str(db), "--run-id", run_id], tmp_path, logs[0])
+    args = ["run", str(workflow), "--db", str(db), "--run-id", run_id, *output]
+    process = launch(args, tmp_path, logs[0])
     kill_when(process, db, run_id, kind, target)
     before = committed_successes(journal_rows, db, run_id)
     if kind == "task_succeeded":
@@ -326,7 +333,7 @@ def test_kill_then_resume(
     assert len(before) < TASK_COUNT
     assert_interrupted(at_once, run_id, db, tmp_path)
 
-    resume_to_end(at_once, run_id, db, tmp_path, logs[1])
+    resume_to_end(at_once, run_id, db, tmp_path, logs[1], *output)
     assert_final(at_once, run_id, db, tmp_path, reference)
     after = committed_successes(journal_rows, db, run_id)
     assert_sessions([Session(log) for log in logs], [before, after])
