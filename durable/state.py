@@ -221,35 +221,35 @@ class RunState(msgspec.Struct):
 
     def _reused(self, event: TaskReused) -> None:
         # A retry, too, may find its work done meanwhile by another task.
-        task = self._task(event.task_id, event, _STARTS)
+        task = self._task(event.task_id, TaskReused, _STARTS)
         self._move(task, SUCCEEDED)
         task.output, task.finished_at = event.output, event.at
         task.fingerprint, task.reused = event.fingerprint, True
 
     def _retrying(self, event: TaskRetrying) -> None:
-        task = self._task(event.task_id, event, (RUNNING,))
+        task = self._task(event.task_id, TaskRetrying, (RUNNING,))
         self._move(task, RETRYING)
         task.error = event.error
         _end_attempt(task, event.at)
 
     def _failed(self, event: TaskFailed) -> None:
-        task = self._task(event.task_id, event, (RUNNING, PENDING, EXPANDED))
+        task = self._task(event.task_id, TaskFailed, (RUNNING, PENDING, EXPANDED))
         self._move(task, FAILED)
         task.error, task.finished_at = event.error, event.at
         _end_attempt(task, event.at)
 
     def _skipped(self, event: TaskSkipped) -> None:
-        task = self._task(event.task_id, event, (PENDING, EXPANDED))
+        task = self._task(event.task_id, TaskSkipped, (PENDING, EXPANDED))
         self._move(task, SKIPPED)
         task.reason, task.finished_at = event.reason, event.at
 
     def _upstream_failed(self, event: TaskUpstreamFailed) -> None:
-        task = self._task(event.task_id, event, (PENDING,))
+        task = self._task(event.task_id, TaskUpstreamFailed, (PENDING,))
         self._move(task, UPSTREAM_FAILED)
         task.finished_at = event.at
 
     def _cancelled(self, event: TaskCancelled) -> None:
-        task = self._task(event.task_id, event, (RUNNING, RETRYING))
+        task = self._task(event.task_id, TaskCancelled, (RUNNING, RETRYING))
         self._move(task, CANCELLED)
         task.finished_at = event.at
         _end_attempt(task, event.at)
@@ -257,7 +257,7 @@ class RunState(msgspec.Struct):
     def _expanded(self, event: TaskExpanded) -> None:
         # Only from pending, and an expanded task never goes back to pending: so never twice.
         task_id, count = event.task_id, event.count
-        task = self._task(task_id, event, (PENDING,))
+        task = self._task(task_id, TaskExpanded, (PENDING,))
         self._move(task, EXPANDED)
         task.instances, task.digest = count, event.digest
         tasks = self.tasks
@@ -367,17 +367,15 @@ class RunState(msgspec.Struct):
             if task.attempt_started_at is not None:
                 _end_attempt(task, at)
 
-    def _task(
-        self, task_id: str, event: Event | type[Event], allowed: tuple[str, ...]
-    ) -> TaskState:
-        """The task an event of this kind may move now; `event` is the event, or its
-        class, for the message."""
+    def _task(self, task_id: str, kind: type[Event], allowed: tuple[str, ...]) -> TaskState:
+        """The task an event of class `kind` may move now (`allowed` its states)."""
         task = self.tasks.get(task_id)
-        if task is None or task.state not in allowed:
-            kind = (event if isinstance(event, type) else type(event)).__name__
-            if task is None:
-                raise IllegalTransition(f"{kind} for unknown task '{task_id}'")
-            raise IllegalTransition(f"task '{task_id}': {kind} is illegal in state '{task.state}'")
+        if task is None:
+            raise IllegalTransition(f"{kind.__name__} for unknown task '{task_id}'")
+        if task.state not in allowed:
+            raise IllegalTransition(
+                f"task '{task_id}': {kind.__name__} is illegal in state '{task.state}'"
+            )
         return task
 
 

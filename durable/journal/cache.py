@@ -1,7 +1,7 @@
 """The cache across runs: finding the committed success that answers a fingerprint.
 
 An entry (`schema._CACHE`) is written in the same transaction as the success it
-names (`writer.Journal.append(remember=...)`), so it never names an output that a
+names (`EventQueue.append_row(remember=...)`), so it never names an output that a
 crash could take back. Before an entry is used, the event it names is read and
 checked: it must be that task's `task_succeeded`, and its checksum must chain from
 the event before it (`integrity.py`); anything else is a miss, never a wrong output.

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 #: A row as `_checked` yields it: its seq, and its event or what is wrong with it.
 Checked = tuple[int, "Event | None", "str | None"]
-_ENCODE: Any = object()
 
 
 def checked_row(
@@ -177,25 +176,17 @@ class EventQueue:
         # costs a system call on Python 3.11 (getpid), and appends are per event.
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def append(
-        self,
-        run_id: str,
-        event: Event,
-        data: Any = _ENCODE,
-        remember: tuple[str, str] | None = None,
-    ) -> asyncio.Future[None]:
+    def append(self, run_id: str, event: Event) -> asyncio.Future[None]:
         """Queue an event; the returned future resolves once it is committed.
 
-        `data` may be passed pre-encoded (the engine encodes an output once, to
-        check that it is serialisable). Appending never waits: only a caller that
-        needs the durability barrier awaits the future. `remember` (a fingerprint
-        and a tool) puts a `task_succeeded` in the cache, in the same commit.
+        Appending never waits: only a caller that needs the durability barrier
+        awaits the future.
         """
-        if data is _ENCODE:
-            data = encode_data(event)
         task_id = getattr(event, "task_id", None)
         attempt = getattr(event, "attempt", None)
-        return self.append_row(run_id, task_id, attempt, kind_of(event), event.at, data, remember)
+        return self.append_row(
+            run_id, task_id, attempt, kind_of(event), event.at, encode_data(event)
+        )
 
     def append_row(
         self,
@@ -211,7 +202,9 @@ class EventQueue:
 
         The engine's path for its two events of every attempt: `task_started`, which
         it journals without making the event object when nobody watches the run, and
-        `task_succeeded`, whose output it has encoded already.
+        `task_succeeded`, whose output it has encoded already (to check that it is
+        serialisable). `remember` (a fingerprint and a tool) puts a `task_succeeded`
+        in the cache, in the same commit.
         """
         if remember is not None:
             self._remember.append((len(self._queue), *remember))
