@@ -81,11 +81,6 @@ MAX_DEATHS = 3
 
 EventSink = Callable[[Event], None]
 
-#: The journal's kinds of the two events every attempt that succeeds journals by
-#: their fields (`Engine._emit_started`, `Engine._succeed`).
-STARTED_KIND: str = TaskStarted.__struct_config__.tag  # type: ignore[assignment]
-SUCCEEDED_KIND: str = TaskSucceeded.__struct_config__.tag  # type: ignore[assignment]
-
 #: What a terminal event hands on to its dependents, in `Engine._committed`: nothing
 #: (`_NOTHING`), the output of a failed `foreach` group's instances that did
 #: succeed (`_GROUP`, taken at the commit), or the value itself.
@@ -491,9 +486,7 @@ class Engine(Expansion):
         self.state.succeeded(task_id, at, output)
         if self._on_event is not None:
             self.show(TaskSucceeded(task_id=task_id, attempt=attempt, at=at, output=output))
-        batch = self.journal.append_row(
-            self.run_id, task_id, attempt, SUCCEEDED_KIND, at, data, remember
-        )
+        batch = self.journal.append_succeeded(self.run_id, task_id, attempt, at, data, remember)
         self._hold(batch, task_id, output, True)
 
     def _hold(
@@ -606,7 +599,7 @@ class Engine(Expansion):
         if self._on_event is not None:
             self.show(TaskStarted(task_id=task_id, attempt=attempt, at=at, fingerprint=mark))
         data = encode_fingerprint(mark)
-        return self.journal.append_row(self.run_id, task_id, attempt, STARTED_KIND, at, data)
+        return self.journal.append_started(self.run_id, task_id, attempt, at, data)
 
     def emit(self, event: Event) -> asyncio.Future[None]:
         """Apply an event to the live state, show it, and queue it for the journal.

@@ -56,9 +56,12 @@ DELETE_TRIGGERS = ("runs_append_only_delete", "events_append_only_delete")
 #: row last); a backend may have more (PostgreSQL's fleet tables).
 RUN_TABLES = ("events", "summaries", "cache", "requests", "runs")
 #: A run as a prune lists it: id, workflow, creation time and how many events it
-#: has (SQLite's spelling; PostgreSQL's names the schema, `pg_prune.py`).
-CANDIDATES = """SELECT r.run_id, r.workflow, r.created_at,
-        (SELECT count(*) FROM events e WHERE e.run_id = r.run_id)
+#: has, two in a `task_ran` row (SQLite's spelling; PostgreSQL's names the schema,
+#: `pg_prune.py`).
+#: How many events rows hold (SQL, both backends): a `task_ran` row holds two.
+EVENTS_IN_ROWS = "coalesce(sum(CASE kind WHEN 'task_ran' THEN 2 ELSE 1 END), 0)"
+CANDIDATES = f"""SELECT r.run_id, r.workflow, r.created_at,
+        (SELECT {EVENTS_IN_ROWS} FROM events e WHERE e.run_id = r.run_id)
     FROM runs r"""
 #: Why a run that a prune refuses is running, when a process drives it.
 DRIVEN = "a live process drives it"
@@ -272,13 +275,12 @@ class SqlitePruning(Pruning):
                     connection.execute(f"DROP TRIGGER IF EXISTS {name}")
                 for candidate in candidates:
                     key = (candidate.run_id,)
-                    counts = {
-                        table: connection.execute(
-                            f"DELETE FROM {table} WHERE run_id = ?", key
-                        ).rowcount
-                        for table in RUN_TABLES
-                    }
-                    deleted.append(candidate._replace(events=counts["events"]))
+                    events = connection.execute(
+                        f"SELECT {EVENTS_IN_ROWS} FROM events WHERE run_id = ?", key
+                    ).fetchone()[0]
+                    for table in RUN_TABLES:
+                        connection.execute(f"DELETE FROM {table} WHERE run_id = ?", key)
+                    deleted.append(candidate._replace(events=events))
                 for name in DELETE_TRIGGERS:
                     connection.execute(APPEND_ONLY_TRIGGERS[name])
         except sqlite3.Error as exc:

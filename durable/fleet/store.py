@@ -298,16 +298,16 @@ class FleetStore:
         for row in rows:
             part = row[0]
             if part == "e":
-                seq, event, problem = checked_row(check, row[1], run_id, *row[2:8])
-                if problem is not None:
-                    raise JournalDamaged(path, run_id, problem)
-                try:
-                    run.advance.apply(event)  # type: ignore[arg-type]
-                except IllegalTransition as exc:
-                    raise JournalDamaged(
-                        path, run_id, f"its events are not a possible history: {exc}"
-                    ) from None
-                run.last_seq = seq
+                for seq, event, problem in checked_row(check, row[1], run_id, *row[2:8]):
+                    if problem is not None:
+                        raise JournalDamaged(path, run_id, problem)
+                    try:
+                        run.advance.apply(event)  # type: ignore[arg-type]
+                    except IllegalTransition as exc:
+                        raise JournalDamaged(
+                            path, run_id, f"its events are not a possible history: {exc}"
+                        ) from None
+                    run.last_seq = seq
             elif part == "s":
                 opened.seqs.append(row[1])
             elif part == "f":

@@ -1,9 +1,10 @@
 """The cache across runs: finding the committed success that answers a fingerprint.
 
 An entry (`schema._CACHE`) is written in the same transaction as the success it
-names (`EventQueue.append_row(remember=...)`), so it never names an output that a
+names (`EventQueue.append_succeeded(remember=...)`), so it never names an output that a
 crash could take back. Before an entry is used, the event it names is read and
-checked: it must be that task's `task_succeeded`, and its checksum must chain from
+checked: it must be that task's `task_succeeded` (or the `task_ran` row that holds
+it, `events.RAN`), and its checksum must chain from
 the event before it (`integrity.py`); anything else is a miss, never a wrong output.
 `durable cache clear` deletes entries; the events stay, as history.
 """
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from durable.events import decode_output
+from durable.events import RAN, SUCCEEDED, decode_output, from_ran_row
 from durable.integrity import event_crc
 
 if TYPE_CHECKING:
@@ -78,14 +79,20 @@ def judge(row: tuple[Any, ...], newer_than: float | None) -> CacheHit | None:
     run_id, task_id, attempt, at, *event, previous = row
     if newer_than is not None and at < newer_than:
         return None
-    if event[0] is None or tuple(event[:4]) != (run_id, task_id, attempt, "task_succeeded"):
+    if event[0] is None or tuple(event[:3]) != (run_id, task_id, attempt):
         return None  # its run was pruned, or the entry is wrong: run the task
+    kind = event[3]
+    if kind not in (SUCCEEDED, RAN):
+        return None
     data = None if event[5] is None else bytes(event[5])
     if previous is None or event_crc(previous, *event[:5], data) != event[6]:
         return None
     try:
-        output = None if data is None else decode_output(data)
-    except msgspec.DecodeError:
+        if kind == RAN:
+            output = from_ran_row(task_id, attempt, event[4], data)[1].output  # type: ignore[arg-type]
+        else:
+            output = None if data is None else decode_output(data)
+    except (msgspec.DecodeError, TypeError, ValueError):
         return None
     return CacheHit(run_id, task_id, attempt, at, output)
 

@@ -16,13 +16,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from durable.errors import JournalDamaged, JournalError
-from durable.events import Event, encode_data, from_row, kind_of
+from durable.events import (
+    RAN,
+    STARTED,
+    SUCCEEDED,
+    Event,
+    encode_data,
+    encode_ran,
+    from_ran_row,
+    from_row,
+    kind_of,
+)
 from durable.integrity import event_crc, run_crc
 
 if TYPE_CHECKING:
     from durable.journal.reader import RunRecord
 
-#: A row as `_checked` yields it: its seq, and its event or what is wrong with it.
+#: An event as `_checked` yields it: its row's seq, and the event or what is wrong
+#: with the row.
 Checked = tuple[int, "Event | None", "str | None"]
 
 
@@ -36,15 +47,19 @@ def checked_row(
     at: float,
     data: bytes | None,
     crc: int | None,
-) -> Checked:
-    """One row against its checksum (`ChainVerifier.check`), then decoded."""
+) -> tuple[Checked, ...]:
+    """One row against its checksum (`ChainVerifier.check`), then decoded: its
+    event, or the two of a `task_ran` row, which share its seq."""
     problem = check(seq, run_id, task_id, attempt, kind, at, data, crc)
     if problem is not None:
-        return (seq, None, problem)
+        return ((seq, None, problem),)
     try:
-        return (seq, from_row(kind, task_id, attempt, at, data), None)
+        if kind == RAN:
+            started, succeeded = from_ran_row(task_id, attempt or 0, at, data)  # type: ignore[arg-type]
+            return ((seq, started, None), (seq, succeeded, None))
+        return ((seq, from_row(kind, task_id, attempt, at, data), None),)
     except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
-        return (seq, None, f"event {seq} ({kind}) cannot be read: {exc}")
+        return ((seq, None, f"event {seq} ({kind}) cannot be read: {exc}"),)
 
 
 def chain_batch(
@@ -166,6 +181,11 @@ class EventQueue:
         self._queue: list[tuple[Any, ...]] = []
         # (position in `_queue`, fingerprint, tool): successes the cache remembers.
         self._remember: list[tuple[int, str, str]] = []
+        # task id -> the position in `_queue` of its `task_started`, while that is
+        # the task's last row there: its success may join it (`append_succeeded`).
+        self._open: dict[str, int] = {}
+        # Rows in `_queue` that hold two events (`task_ran`).
+        self._joined = 0
         self._batch: asyncio.Future[None] | None = None
         # Called, in the writer's own step, once the batch being appended commits.
         self._listeners: list[Callable[[BaseException | None], None]] = []
@@ -184,9 +204,51 @@ class EventQueue:
         """
         task_id = getattr(event, "task_id", None)
         attempt = getattr(event, "attempt", None)
+        if task_id is not None and self._open:
+            self._open.pop(task_id, None)  # a row after its start: the two stay apart
         return self.append_row(
             run_id, task_id, attempt, kind_of(event), event.at, encode_data(event)
         )
+
+    def append_started(
+        self, run_id: str, task_id: str, attempt: int, at: float, data: bytes | None
+    ) -> asyncio.Future[None]:
+        """`append` of a `task_started`, by its row (the engine makes no event object
+        when nobody watches the run); `data` is `encode_fingerprint`'s."""
+        self._open[task_id] = len(self._queue)
+        return self.append_row(run_id, task_id, attempt, STARTED, at, data)
+
+    def append_succeeded(
+        self,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        at: float,
+        data: bytes,
+        remember: tuple[str, str] | None = None,
+    ) -> asyncio.Future[None]:
+        """`append` of a `task_succeeded`, by its row: `data` is the output, encoded
+        already (the engine checks that it is serialisable). `remember` (a fingerprint
+        and a tool) puts it in the cache, in the same commit.
+
+        If the attempt's `task_started` is still queued, and is the task's last row
+        there, the two become one `task_ran` row in its place (`events.RAN`): they
+        commit together either way, so no reader can tell, and a commit inserts one
+        row an attempt instead of two. Other tasks' rows queued between the two then
+        follow both in the journal, though they came before the success: all of
+        them are one commit, and each task's own rows keep their order.
+        """
+        position = self._open.pop(task_id, None)
+        if position is not None:
+            row = self._queue[position]
+            if row[0] == run_id and row[2] == attempt:  # its own start, not another run's
+                ran = encode_ran(row[5], at, data)
+                self._queue[position] = (run_id, task_id, attempt, RAN, row[4], ran)
+                if remember is not None:
+                    self._remember.append((position, *remember))
+                self._joined += 1
+                return self._batch  # type: ignore[return-value]
+        return self.append_row(run_id, task_id, attempt, SUCCEEDED, at, data, remember)
 
     def append_row(
         self,
@@ -199,13 +261,7 @@ class EventQueue:
         remember: tuple[str, str] | None = None,
     ) -> asyncio.Future[None]:
         """`append`, given the event's row: its columns, and its `data` encoded.
-
-        The engine's path for its two events of every attempt: `task_started`, which
-        it journals without making the event object when nobody watches the run, and
-        `task_succeeded`, whose output it has encoded already (to check that it is
-        serialisable). `remember` (a fingerprint and a tool) puts a `task_succeeded`
-        in the cache, in the same commit.
-        """
+        `remember`: see `append_succeeded`."""
         if remember is not None:
             self._remember.append((len(self._queue), *remember))
         self._queue.append((run_id, task_id, attempt, kind, at, data))
@@ -257,9 +313,11 @@ class EventQueue:
             self._idle = False
 
     async def _let_released_start(self) -> None:
-        """After a commit whose listeners appended a new batch (a chain's next
-        `task_started`): let the tasks they started take their first step before
-        that batch is taken, so that an outcome ready in it joins the same commit."""
+        """Before taking a batch appended while the writer did not wait for one (at
+        its start: a run's first tasks; after a commit whose listeners appended it: a
+        chain's next `task_started`): let the tasks started with it take their first
+        step, so that an outcome ready in it joins the same commit (and its start's
+        row, `append_succeeded`)."""
         if self._batch is not None:
             await asyncio.sleep(0)
 
@@ -280,4 +338,8 @@ class EventQueue:
         assert self._batch is not None
         taken = self._queue, self._batch, self._remember, self._listeners
         self._queue, self._batch, self._remember, self._listeners = [], None, [], []
+        self._open = {}
+        # Counted as taken: a batch that fails to commit stops the run anyway.
+        self.events_written += self._joined
+        self._joined = 0
         return taken

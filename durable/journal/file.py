@@ -22,7 +22,7 @@ from pathlib import Path
 
 from durable.errors import JournalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: A `--db` target that names a PostgreSQL database, not a file (`postgres.py`).
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")

@@ -73,6 +73,7 @@ from durable.journal.postgres import (
 from durable.prune import (
     CANDIDATES,
     DRIVEN,
+    EVENTS_IN_ROWS,
     RUN_TABLES,
     Candidate,
     Pruning,
@@ -88,9 +89,9 @@ FLEET_TABLES = ("work", "fleet_runs")
 #: Each run id's lock in `$1`'s space, tried in order: whether it was taken.
 _TRY_LOCKS = """SELECT pg_try_advisory_xact_lock($1, k)
     FROM unnest($2::integer[]) WITH ORDINALITY AS t (k, i) ORDER BY i"""
-_DELETE_EVENTS = """WITH gone AS (
-        DELETE FROM durable.events WHERE run_id = ANY($1::text[]) RETURNING run_id)
-    SELECT run_id, count(*) FROM gone GROUP BY run_id"""
+_DELETE_EVENTS = f"""WITH gone AS (
+        DELETE FROM durable.events WHERE run_id = ANY($1::text[]) RETURNING run_id, kind)
+    SELECT run_id, {EVENTS_IN_ROWS} FROM gone GROUP BY run_id"""
 _SIZE = """SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
     WHERE c.relnamespace = 'durable'::regnamespace AND c.relkind IN ('r', 'p')"""
 

@@ -56,7 +56,8 @@ from durable.journal.reader import (
 from durable.journal.schema import SESSION_ENDS, SUMMARY_EVERY
 from durable.summary import RunSummary
 
-SCHEMA_VERSION = 3
+#: 4: `task_ran` rows (`events.RAN`), which an older durable must refuse to read.
+SCHEMA_VERSION = 4
 #: table -> the row trigger that refuses its UPDATE and DELETE. `durable prune`
 #: disables them inside its own transaction, and enables them before it commits.
 APPEND_ONLY_TRIGGERS = {"runs": "runs_append_only", "events": "events_append_only"}
@@ -492,7 +493,7 @@ class PgJournal(EventReading, EventQueue):
             )
             if not rows:
                 break
-            chunk = [checked_row(check, *row) for row in rows]
+            chunk = [event for row in rows for event in checked_row(check, *row)]
             empty = False
             after = rows[-1][0]
             yield chunk
@@ -510,6 +511,7 @@ class PgJournal(EventReading, EventQueue):
 
     async def _write_loop(self) -> None:
         asyncpg = _driver()
+        await self._let_released_start()
         while True:
             if self._batch is None:
                 if self._behind:

@@ -181,7 +181,7 @@ class JournalReader(EventReading):
                 (run_id, after),
             )
             while rows := await cursor.fetchmany(20_000):
-                chunk = [checked_row(check, *row[:8]) for row in rows]
+                chunk = [event for row in rows for event in checked_row(check, *row[:8])]
                 empty = False
                 count += len(rows)
                 yield chunk

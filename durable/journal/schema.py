@@ -119,13 +119,21 @@ _MIGRATE_FROM_1 = (
 # Version 2 had no summaries (its runs are folded until a session writes one),
 # no cache and no requests.
 _MIGRATE_FROM_2 = (_SUMMARIES, _CACHE, _REQUESTS, "PRAGMA user_version = 3")
-_MIGRATIONS = {1: _MIGRATE_FROM_1 + _MIGRATE_FROM_2, 2: _MIGRATE_FROM_2}
+# Version 3 had no `task_ran` rows (`events.RAN`); the tables are the same. The
+# number changes so that an older durable refuses the journal as newer than it
+# understands, rather than calling those rows damage.
+_MIGRATE_FROM_3 = ("PRAGMA user_version = 4",)
+_MIGRATIONS = {
+    1: _MIGRATE_FROM_1 + _MIGRATE_FROM_2 + _MIGRATE_FROM_3,
+    2: _MIGRATE_FROM_2 + _MIGRATE_FROM_3,
+    3: _MIGRATE_FROM_3,
+}
 
 _INSERT_EVENTS = "INSERT INTO events (run_id, task_id, attempt, kind, at, data, crc) VALUES "
 # Multi-row INSERTs bind a batch in one call: about a third cheaper per row than
 # `executemany`, which binds row by row from Python. Chunk sizes are fixed so that
 # only these few statements are ever prepared (the sqlite3 module caches them);
-# 2 is a chain's commit: a task's `task_started` and its outcome.
+# 1 is a chain's commit (a task's `task_ran` row), 2 its start and an outcome apart.
 CHUNKS = (256, 32, 4, 2, 1)
 INSERT_CHUNK = {
     size: _INSERT_EVENTS + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * size) for size in CHUNKS

@@ -425,9 +425,19 @@ def count_events(
 def _count_query(
     run_id: str | None, kind: str | None, task_id: str | None
 ) -> tuple[str, tuple[Any, ...]]:
-    """The count of events `count_events` asks either backend (`?` placeholders)."""
-    sql = "SELECT count(*) FROM events WHERE TRUE"
+    """The count of events `count_events` asks either backend (`?` placeholders).
+
+    A `task_ran` row is two events, a task's `task_started` and its `task_succeeded`
+    committed together (`durable.events.RAN`): it counts as one of either kind, and
+    as two events of any kind.
+    """
+    sql = "SELECT coalesce(sum(CASE kind WHEN 'task_ran' THEN 2 ELSE 1 END), 0) FROM events"
+    sql += " WHERE TRUE"
     params: list[Any] = []
+    if kind in ("task_started", "task_succeeded"):
+        sql = "SELECT count(*) FROM events WHERE kind IN (?, 'task_ran')"
+        params.append(kind)
+        kind = None
     for column, value in (("run_id", run_id), ("kind", kind), ("task_id", task_id)):
         if value is not None:
             sql += f" AND {column} = ?"
@@ -487,13 +497,17 @@ def journal_exists(db: Path) -> bool:
 
 
 def journal_kinds(db: Path, run_id: str) -> list[tuple[str | None, str]]:
-    """A run's events as (task_id, kind), in journal order."""
-    return [
-        (task_id, kind)
-        for task_id, kind in journal_rows(
-            db, "SELECT task_id, kind FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-    ]
+    """A run's events as (task_id, kind), in journal order: a `task_ran` row is its
+    task's `task_started` and `task_succeeded`."""
+    kinds: list[tuple[str | None, str]] = []
+    for task_id, kind in journal_rows(
+        db, "SELECT task_id, kind FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+    ):
+        if kind == "task_ran":
+            kinds += [(task_id, "task_started"), (task_id, "task_succeeded")]
+        else:
+            kinds.append((task_id, kind))
+    return kinds
 
 
 def wait_for_events(

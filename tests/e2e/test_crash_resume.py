@@ -148,7 +148,9 @@ def kill(process: subprocess.Popen[bytes]) -> None:
 
 def committed_successes(journal_rows: Callable[..., list[Any]], db: Path, run_id: str) -> set[str]:
     rows = journal_rows(
-        db, "SELECT task_id FROM events WHERE run_id = ? AND kind = 'task_succeeded'", (run_id,)
+        db,
+        "SELECT task_id FROM events WHERE run_id = ? AND kind IN ('task_succeeded', 'task_ran')",
+        (run_id,),
     )
     return {task_id for (task_id,) in rows}
 

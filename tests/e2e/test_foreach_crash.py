@@ -241,7 +241,8 @@ def calls(log: Path) -> list[tuple[str, int, int]]:
 def successes(journal_rows: Callable[..., list[Any]], db: Path) -> list[str]:
     rows = journal_rows(
         db,
-        "SELECT task_id FROM events WHERE run_id = ? AND kind = 'task_succeeded' ORDER BY seq",
+        "SELECT task_id FROM events WHERE run_id = ? AND kind IN ('task_succeeded', 'task_ran')"
+        " ORDER BY seq",
         (RUN_ID,),
     )
     return [task_id for (task_id,) in rows]

@@ -37,7 +37,7 @@ def succeeded(journal_rows, db: Path, run_id: str, group: str) -> set[str]:
     """The instances of `group` whose success is committed."""
     rows = journal_rows(
         db,
-        "SELECT task_id FROM events WHERE run_id = ? AND kind = 'task_succeeded'"
+        "SELECT task_id FROM events WHERE run_id = ? AND kind IN ('task_succeeded', 'task_ran')"
         " AND task_id LIKE ?",
         (run_id, f"{group}[%"),  # `[` is plain text to LIKE
     )
@@ -47,7 +47,8 @@ def succeeded(journal_rows, db: Path, run_id: str, group: str) -> set[str]:
 def starts(journal_rows, db: Path, run_id: str, task_id: str) -> int:
     rows = journal_rows(
         db,
-        "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'task_started' AND task_id = ?",
+        "SELECT count(*) FROM events WHERE run_id = ? AND kind IN ('task_started', 'task_ran')"
+        " AND task_id = ?",
         (run_id, task_id),
     )
     return rows[0][0]

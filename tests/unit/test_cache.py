@@ -139,18 +139,20 @@ def entries(db: Path) -> list[tuple[Any, ...]]:
 
 
 def assert_entries_name_successes(db: Path) -> None:
-    """Each entry names a committed `task_succeeded` of its run, task and attempt, and
-    that attempt's `task_started` carried the entry's fingerprint."""
+    """Each entry names a committed `task_succeeded` of its run, task and attempt (or
+    the `task_ran` row that holds it), and that attempt's `task_started` (in its own
+    row or in that one) carried the entry's fingerprint."""
     connection = sqlite3.connect(db)
     try:
         for fingerprint, _, run_id, task_id, attempt, seq, _ in entries(db):
             row = connection.execute(
                 "SELECT run_id, task_id, attempt, kind FROM events WHERE seq = ?", (seq,)
             ).fetchone()
-            assert row == (run_id, task_id, attempt, "task_succeeded"), (seq, row)
+            assert row[:3] == (run_id, task_id, attempt), (seq, row)
+            assert row[3] in ("task_succeeded", "task_ran"), (seq, row)
             starts = connection.execute(
                 "SELECT data FROM events WHERE run_id = ? AND task_id = ? AND attempt = ?"
-                " AND kind = 'task_started'",
+                " AND kind IN ('task_started', 'task_ran')",
                 (run_id, task_id, attempt),
             ).fetchall()
             assert len(starts) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from journal_reads import journal_events
 
 from durable import spec
+from durable.context import current_context
 from durable.errors import OutputClosed
 from durable.events import (
     RunFinished,
@@ -141,7 +143,14 @@ async def eng_barrier(key: str, parties: int) -> bool:
     return ARRIVED[key] >= parties
 
 
+async def eng_says(line: str) -> str:
+    """Logs a line (a `task_log` row between its start and its success), then returns it."""
+    current_context().log.info(line)
+    return line
+
+
 for _tool in (
+    eng_says,
     eng_gauged,
     eng_slowtool,
     eng_othertool,
@@ -234,7 +243,12 @@ def test_fold_of_a_real_run_equals_the_live_state(db):
     events = assert_fold_matches(result, db)
     assert isinstance(events[0], RunStarted)
     assert events[-1] == RunFinished(at=events[-1].at, status=FAILED)
-    assert [e.at for e in events] == sorted(e.at for e in events)
+    # Each task's events are in the order of their times. Across tasks, the order
+    # within one commit is the rows': a `task_ran` row takes its start's place.
+    times = collections.defaultdict(list)
+    for event in events:
+        times[getattr(event, "task_id", None)].append(event.at)
+    assert all(ats == sorted(ats) for ats in times.values()), times
 
 
 def test_a_watched_run_and_an_unwatched_one_journal_the_same_events(tmp_path):
@@ -616,8 +630,13 @@ def test_dependents_start_only_after_the_dependency_is_committed(db, monkeypatch
 
     def recording_write(self, rows, remember=()):
         original(self, rows, remember)
-        # rows are (run_id, task_id, attempt, kind, at, data); recorded once committed
-        batches.append([(row[1], row[3]) for row in rows])
+        # rows are (run_id, task_id, attempt, kind, at, data); recorded once committed.
+        # A `task_ran` row is a start and a success committed together.
+        batch = []
+        for row in rows:
+            kinds = ("task_started", "task_succeeded") if row[3] == "task_ran" else (row[3],)
+            batch += [(row[1], kind) for kind in kinds]
+        batches.append(batch)
 
     monkeypatch.setattr(Journal, "_write", recording_write)
 
@@ -649,6 +668,39 @@ def test_dependents_start_only_after_the_dependency_is_committed(db, monkeypatch
             )
     # group commit under load: far fewer commits than events
     assert len(batches) < sum(len(batch) for batch in batches) / 2
+
+
+def test_a_fast_attempt_is_one_row_unless_its_task_wrote_a_row_between(db):
+    """An attempt whose start and success share a commit is one `task_ran` row (the
+    first tasks of a run included: the writer lets them take their first step before
+    it takes its first batch); one that logged keeps its start, its line and its
+    success in rows of their own, in that order. Read back, both are the same events,
+    and their fold is the live state."""
+    tasks = [{"id": f"quiet{i}", "tool": "echo", "input": i} for i in range(8)]
+    tasks += [{"id": "chatty", "tool": "eng_says", "input": {"line": "hello"}}]
+    tasks += [{"id": "after", "tool": "echo", "input": "${chatty.output}"}]
+    result = run(workflow(tasks), db, max_concurrency=64)
+    assert result.ok
+    connection = sqlite3.connect(db)
+    try:
+        rows = connection.execute(
+            "SELECT task_id, kind FROM events WHERE run_id = ? ORDER BY seq", (result.run_id,)
+        ).fetchall()
+    finally:
+        connection.close()
+    by_task = collections.defaultdict(list)
+    for task_id, kind in rows:
+        by_task[task_id].append(kind)
+    assert {task_id: by_task[task_id] for task_id in ("quiet0", "quiet7", "after")} == {
+        "quiet0": ["task_ran"],
+        "quiet7": ["task_ran"],
+        "after": ["task_ran"],
+    }
+    assert by_task["chatty"] == ["task_started", "task_log", "task_succeeded"]
+    events = assert_fold_matches(result, db)
+    assert kinds(events, "quiet3") == ["task_started", "task_succeeded"]
+    assert kinds(events, "chatty") == ["task_started", "task_log", "task_succeeded"]
+    assert result.stats.events == len(events)
 
 
 # -- resume --------------------------------------------------------------------------------

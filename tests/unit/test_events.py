@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from durable.events import (
     FIELDS,
     KINDS,
+    RAN,
     RunAmended,
     RunFinished,
     RunInterrupted,
@@ -29,10 +30,15 @@ from durable.events import (
     TaskSucceeded,
     TaskUpstreamFailed,
     encode_data,
+    encode_fingerprint,
+    encode_output,
+    encode_ran,
+    from_ran_row,
     from_row,
     kind_of,
     to_dict,
 )
+from durable.journal.common import checked_row
 
 #: One event of every kind, with non-default values in every field.
 SAMPLES = [
@@ -285,3 +291,52 @@ class TestToDict:
     def test_output_is_carried_as_is(self):
         event = TaskSucceeded(task_id="t", attempt=1, at=1.0, output=[1, {"a": None}])
         assert to_dict(event, "r")["output"] == [1, {"a": None}]
+
+
+# -- task_ran: a start and its success in one row ------------------------------------------
+
+#: Outputs as tools give them back (JSON-like data, every msgpack type a journal holds).
+_OUTPUTS = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    output=_OUTPUTS,
+    fingerprint=st.none() | st.text(min_size=1, max_size=40),
+    started=st.floats(0, 2e9),
+    succeeded=st.floats(0, 2e9),
+)
+def test_a_task_ran_row_is_the_start_and_the_success_it_was_made_of(
+    output, fingerprint, started, succeeded
+):
+    """`encode_ran` joins the two rows' own `data` without decoding them; read back,
+    the row is the two events, field for field (NaN compared by its encoding)."""
+    data = encode_ran(encode_fingerprint(fingerprint), succeeded, encode_output(output))
+    start, success = from_ran_row("t", 3, started, data)
+    assert start == TaskStarted(task_id="t", attempt=3, at=started, fingerprint=fingerprint)
+    assert (success.task_id, success.attempt, success.at) == ("t", 3, succeeded)
+    assert encode_output(success.output) == encode_output(output)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode_output([None, 1.0]),  # two items, not three
+        encode_output([None, "3.0", 1]),  # the success's time is not a float
+        encode_output([7, 3.0, 1]),  # the fingerprint is not text
+        b"\x93\xc0",  # cut short
+        None,
+    ],
+    ids=["two-items", "text-time", "number-fingerprint", "truncated", "null"],
+)
+def test_a_task_ran_row_that_is_not_two_events_is_named_damage(data):
+    """Read through the journal's row check (its checksum passing), a malformed
+    `task_ran` row is an event that cannot be read, never a half-made event."""
+    (checked,) = checked_row(lambda *row: None, 7, "r1", RAN, "t", 1, 2.0, data, 0)
+    seq, event, problem = checked
+    assert (seq, event) == (7, None)
+    assert problem is not None and problem.startswith("event 7 (task_ran) cannot be read")

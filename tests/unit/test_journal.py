@@ -89,7 +89,7 @@ def test_schema_and_user_version(tmp_path):
     asyncio.run(main())
     connection = sqlite3.connect(path)
     try:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         objects = {
             (kind, name)

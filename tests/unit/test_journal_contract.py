@@ -20,7 +20,15 @@ import pytest
 
 from durable import spec as spec_module
 from durable.errors import JournalDamaged, JournalError, RunExists, RunLocked, RunNotFound
-from durable.events import RunFinished, RunStarted, TaskStarted, TaskSucceeded
+from durable.events import (
+    RunFinished,
+    RunStarted,
+    TaskLog,
+    TaskStarted,
+    TaskSucceeded,
+    encode_fingerprint,
+    encode_output,
+)
 from durable.journal import Journal, RunRecord
 from durable.spec import Task, Workflow
 from durable.state import RunState
@@ -100,6 +108,138 @@ def test_a_run_and_its_events_come_back_as_written(target: str) -> None:
             await journal.close()
 
     _run(main())
+
+
+def _rows(target: str, run_id: str) -> list[tuple[Any, ...]]:
+    """A run's rows as the journal holds them: (kind, task id, attempt), by seq."""
+    query = f"SELECT kind, task_id, attempt FROM events WHERE run_id = '{run_id}' ORDER BY seq"
+    if target.startswith("postgresql://"):
+        return [tuple(row) for row in pg.fetch(target, query.replace("events", "durable.events"))]
+    connection = sqlite3.connect(target)
+    try:
+        return connection.execute(query).fetchall()
+    finally:
+        connection.close()
+
+
+def test_a_start_and_its_success_queued_together_are_one_row_read_back_as_both(
+    target: str,
+) -> None:
+    """`task_ran`: an attempt's `task_started` and `task_succeeded` in one commit are one
+    row, and come back as the two events; a success whose start was committed before
+    it is a row of its own."""
+    output = {"x": [1, 2.5], "s": "text"}
+
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        try:
+            await journal.create_run(_record("r1"), RunStarted(at=1.0))
+            started = journal.append_started("r1", "a", 1, 2.0, encode_fingerprint("f" * 32))
+            joined = journal.append_succeeded("r1", "a", 1, 3.0, encode_output(output))
+            assert joined is started  # the same commit
+            journal.append_started("r1", "b", 1, 4.0, None)
+            await journal.flush()
+            journal.append_succeeded("r1", "b", 1, 5.0, encode_output(None))
+            await journal.flush()
+            events = await journal.events("r1")
+            assert [event for _, event in events] == [
+                RunStarted(at=1.0),
+                TaskStarted(task_id="a", attempt=1, at=2.0, fingerprint="f" * 32),
+                TaskSucceeded(task_id="a", attempt=1, at=3.0, output=output),
+                TaskStarted(task_id="b", attempt=1, at=4.0, fingerprint=None),
+                TaskSucceeded(task_id="b", attempt=1, at=5.0, output=None),
+            ]
+            seqs = [seq for seq, _ in events]
+            assert seqs[1] == seqs[2] < seqs[3] < seqs[4]
+            after = await journal.events("r1", after=seqs[2])
+            assert [event for _, event in after] == [event for _, event in events[3:]]
+            assert journal.events_written == 5
+        finally:
+            await journal.close()
+
+    _run(main())
+    assert _rows(target, "r1") == [
+        ("run_started", None, None),
+        ("task_ran", "a", 1),
+        ("task_started", "b", 1),
+        ("task_succeeded", "b", 1),
+    ]
+
+
+def test_a_start_stays_its_own_row_when_its_task_wrote_a_row_after_it(target: str) -> None:
+    """A row of the task between its start and its success (a log line) keeps the
+    three in order, apart; another task's row between does not stop a join, nor does
+    a success of another run's task of the same id."""
+
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        try:
+            await journal.create_run(_record("r1"), RunStarted(at=1.0))
+            await journal.create_run(_record("r2"), RunStarted(at=1.0))
+            journal.append_started("r1", "a", 1, 2.0, None)
+            journal.append_started("r1", "b", 1, 2.1, None)
+            journal.append(
+                "r1", TaskLog(task_id="a", attempt=1, at=2.2, level="INFO", message="hi")
+            )
+            journal.append_succeeded("r1", "a", 1, 2.3, encode_output(1))
+            journal.append_succeeded("r1", "b", 1, 2.4, encode_output(2))
+            journal.append_started("r1", "c", 1, 2.5, None)
+            journal.append_succeeded("r2", "c", 1, 2.6, encode_output(3))
+            journal.append_succeeded("r1", "c", 1, 2.7, encode_output(4))
+            await journal.flush()
+            events = [event for _, event in await journal.events("r1")]
+            assert events[1:] == [
+                TaskStarted(task_id="a", attempt=1, at=2.0),
+                TaskStarted(task_id="b", attempt=1, at=2.1),
+                TaskSucceeded(task_id="b", attempt=1, at=2.4, output=2),
+                TaskLog(task_id="a", attempt=1, at=2.2, level="INFO", message="hi"),
+                TaskSucceeded(task_id="a", attempt=1, at=2.3, output=1),
+                TaskStarted(task_id="c", attempt=1, at=2.5),
+                TaskSucceeded(task_id="c", attempt=1, at=2.7, output=4),
+            ]
+            state = RunState.new(["a", "b", "c"])
+            for event in events:
+                state.apply(event)  # a history the fold accepts
+            assert {task.state for task in state.tasks.values()} == {"succeeded"}
+        finally:
+            await journal.close()
+
+    _run(main())
+    assert _rows(target, "r1")[1:] == [
+        ("task_started", "a", 1),
+        ("task_ran", "b", 1),
+        ("task_log", "a", 1),
+        ("task_succeeded", "a", 1),
+        ("task_started", "c", 1),
+        ("task_succeeded", "c", 1),
+    ]
+
+
+def test_a_changed_task_ran_row_is_damage(target: str) -> None:
+    async def main() -> None:
+        journal = await _open(target)
+        journal.start()
+        await journal.create_run(_record("r1"), RunStarted(at=1.0))
+        journal.append_started("r1", "a", 1, 2.0, None)
+        journal.append_succeeded("r1", "a", 1, 3.0, encode_output("fine"))
+        await journal.flush()
+        await journal.close()
+
+    _run(main())
+    assert _rows(target, "r1")[1:] == [("task_ran", "a", 1)]
+    _tamper(target, "UPDATE events SET at = at + 1 WHERE kind = 'task_ran'")
+
+    async def read() -> None:
+        journal = await _open(target, create=False, readonly=True)
+        try:
+            with pytest.raises(JournalDamaged, match=r"\(task_ran of task 'a'\) does not match"):
+                await journal.events("r1")
+        finally:
+            await journal.close()
+
+    _run(read())
 
 
 def test_many_appends_share_commits_and_keep_their_order(target: str) -> None:

@@ -235,7 +235,7 @@ def test_the_writer_connection_is_set_up_as_documented(tmp_path):
         "synchronous": 1,  # NORMAL
         "busy_timeout": 5000,
         "wal_autocheckpoint": 0,
-        "user_version": 3,
+        "user_version": 4,
     }
 
 
@@ -274,7 +274,7 @@ def test_a_schema_1_journal_is_read_unchecked_and_upgraded_when_written(tmp_path
             await journal.close()
 
     asyncio.run(append_one())
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4
     count, problems = asyncio.run(damage(path, "old"))
     assert (count, problems) == (3, [])
     crcs = [row[0] for row in sqlite3.connect(path).execute("SELECT crc FROM events ORDER BY seq")]

@@ -109,7 +109,9 @@ def pruned(target: str, run_ids: Sequence[str]) -> list[Candidate]:
 
 
 def event_count(target: str, run_id: str) -> int:
-    return int(fetch(target, f"SELECT count(*) FROM events WHERE run_id = '{run_id}'")[0][0])
+    """A run's events: a `task_ran` row holds two."""
+    count = "coalesce(sum(CASE kind WHEN 'task_ran' THEN 2 ELSE 1 END), 0)"
+    return int(fetch(target, f"SELECT {count} FROM events WHERE run_id = '{run_id}'")[0][0])
 
 
 def created(target: str) -> dict[str, float]:
