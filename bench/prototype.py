@@ -8,7 +8,12 @@ only once its outcome has committed. No tools, no inputs rendered, no fold, no
 checksums, no summaries, no CLI. What durable spends per task beyond this is the
 price of everything it does that the prototype does not.
 
-    python bench/prototype.py --shape chain -n 2000 [--durability full] [--repeat 5]
+    python bench/prototype.py --shape chain -n 2000 [--durability full] [--repeat 5] [--joined]
+
+`--joined` writes an attempt's start and success as one row when they are queued
+for the same commit, as durable does (`task_ran`, `durable/events.py`): the
+prototype of durable's design since then. Without it, two rows a task, the design
+the issue's figures were measured on.
 
 Prints the median tasks/s (and µs per task) of `--repeat` runs, each on a fresh
 journal in a fresh temporary folder. Not collected by pytest (no `test_` prefix).
@@ -53,8 +58,11 @@ def dag(shape: str, n: int) -> list[list[int]]:
 
 
 class Prototype:
-    def __init__(self, deps: list[list[int]], conn: sqlite3.Connection, limit: int) -> None:
-        self.deps, self.conn, self.limit = deps, conn, limit
+    def __init__(
+        self, deps: list[list[int]], conn: sqlite3.Connection, limit: int, joined: bool = False
+    ) -> None:
+        self.deps, self.conn, self.limit, self.joined = deps, conn, limit, joined
+        self.open: dict[int, int] = {}  # task -> its start's place in `queue` (`joined`)
         self.dependents: list[list[int]] = [[] for _ in deps]
         for task, upstream in enumerate(deps):
             for dep in upstream:
@@ -72,6 +80,13 @@ class Prototype:
     def append(self, task: int, kind: str) -> None:
         if not self.queue:
             asyncio.get_running_loop().call_soon(self.wake.set)
+        if self.joined:
+            if kind == "task_started":
+                self.open[task] = len(self.queue)
+            elif (position := self.open.pop(task, None)) is not None:
+                row = self.queue[position]
+                self.queue[position] = (*row[:3], "task_ran", row[4], b"\x93\xc0\x00\x00", 0)
+                return
         self.queue.append(("run", f"t{task}", 1, kind, time.time(), b"\x81\xa1n\x00", 0))
 
     def pump(self) -> None:
@@ -95,6 +110,7 @@ class Prototype:
                 await self.wake.wait()
                 continue
             rows, self.queue = self.queue, []
+            self.open.clear()
             finished, self.finished = self.finished, []
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(INSERT, rows)
@@ -117,7 +133,7 @@ class Prototype:
         return time.perf_counter() - started
 
 
-def measure(shape: str, n: int, limit: int, durability: str) -> float:
+def measure(shape: str, n: int, limit: int, durability: str, joined: bool = False) -> float:
     with tempfile.TemporaryDirectory() as folder:
         conn = sqlite3.connect(Path(folder, "proto.db"), isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -129,9 +145,9 @@ def measure(shape: str, n: int, limit: int, durability: str) -> float:
         try:
             import uvloop
 
-            seconds = uvloop.run(Prototype(dag(shape, n), conn, limit).run())
+            seconds = uvloop.run(Prototype(dag(shape, n), conn, limit, joined).run())
         except ImportError:
-            seconds = asyncio.run(Prototype(dag(shape, n), conn, limit).run())
+            seconds = asyncio.run(Prototype(dag(shape, n), conn, limit, joined).run())
         conn.close()
     return n / seconds
 
@@ -143,13 +159,16 @@ def main() -> None:
     parser.add_argument("-j", "--jobs", type=int, default=64)
     parser.add_argument("--durability", choices=("normal", "full"), default="normal")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--joined", action="store_true", help="one row an attempt, as durable")
     args = parser.parse_args()
     rates = [
-        measure(args.shape, args.tasks, args.jobs, args.durability) for _ in range(args.repeat)
+        measure(args.shape, args.tasks, args.jobs, args.durability, args.joined)
+        for _ in range(args.repeat)
     ]
     median = statistics.median(rates)
     print(
-        f"prototype {args.shape} {args.tasks} -j {args.jobs} {args.durability}: "
+        f"prototype{' --joined' if args.joined else ''} {args.shape} {args.tasks} -j {args.jobs} "
+        f"{args.durability}: "
         f"{median:,.0f} tasks/s ({1e6 / median:.1f} µs/task; {min(rates):,.0f}-{max(rates):,.0f})"
     )
 
