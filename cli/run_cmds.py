@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -162,6 +161,8 @@ def _show_plan(as_json: bool, run_id: str, amendment: Any) -> None:
             "runs": [{"task_id": task_id, "reason": why} for task_id, why in amendment.runs],
             "removed": amendment.removed,
         }
+        import json  # only here: a plain run starts without it
+
         click.echo(json.dumps(document))
         return
     click.echo(
@@ -255,6 +256,8 @@ def _explain(workflow: str, overrides: dict[str, Any], session: dict[str, Any]) 
     cached = runner.cache_preview(plan, params, session["db"], session["cache"])
     explanation = explain(plan, max_concurrency=session["jobs"], cached=cached)
     if session["as_json"]:
+        import json
+
         click.echo(json.dumps(to_dict(explanation)))
     else:
         click.echo(render(explanation))
