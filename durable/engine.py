@@ -122,6 +122,9 @@ class Engine(Expansion):
         self.plan = plan
         #: `durable run --cache`: every task reuses earlier successes unless it says not.
         self.cache = cache or plan.workflow.cache
+        # Whether any task may use the cache: in a run where none does, an attempt
+        # asks nothing of it (`caches`, twice an attempt, was 2 % of a wide run).
+        self._may_cache = self.cache or any(task.spec.cache for task in plan.tasks.values())
         #: Tasks answered from the cache in this session.
         self.reused = 0
         self.journal = journal
@@ -307,7 +310,7 @@ class Engine(Expansion):
         # The input is rendered now, from committed outputs, so that `task_started`
         # can carry the fingerprint of the work (`fingerprint.py`).
         value, mark = render_input(plan, self._scope(plan))
-        if mark is not None and self._caches(plan):
+        if mark is not None and self._may_cache and self._caches(plan):
             if self.journal.remote_cache:
                 self._look_up(plan, attempt, value, mark)
                 return
@@ -378,12 +381,11 @@ class Engine(Expansion):
     def _release(self, task_id: str) -> None:
         """Free a task's slot now, and fill it."""
         self._running -= 1
-        self._free_tool_slot(task_id)
+        if self._running_by_tool:
+            self._free_tool_slot(task_id)
         self._pump()
 
     def _free_tool_slot(self, task_id: str) -> None:
-        if not self._running_by_tool:  # only tools with a limit are counted
-            return
         tool = self.plan.tasks[task_id].spec.tool
         if tool in self._running_by_tool:
             self._running_by_tool[tool] -= 1
@@ -415,7 +417,8 @@ class Engine(Expansion):
                 self._failed(plan, attempt, failure.error, failure.retryable)
                 return
             mark = self.state.tasks[task_id].fingerprint
-            remember = (mark, plan.spec.tool) if mark and self._caches(plan) else None
+            caching = mark and self._may_cache and self._caches(plan)
+            remember = (mark, plan.spec.tool) if caching else None
             self._succeed(task_id, attempt, output, data, remember)
         except Exception as exc:  # not a tool failure (those are handled above): a bug
             self._crash(exc)
@@ -513,7 +516,8 @@ class Engine(Expansion):
             for task_id, output, holds_slot in items:
                 if holds_slot:
                     self._running -= 1
-                    self._free_tool_slot(task_id)
+                    if self._running_by_tool:  # only tools with a limit are counted
+                        self._free_tool_slot(task_id)
                 if output is not _NOTHING:
                     if output is _GROUP:
                         # `all_done` dependents of a failed group see what did succeed.

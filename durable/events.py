@@ -11,7 +11,7 @@ its `task_succeeded` when both were committed in the same transaction, as a fast
 tool's are (`EventQueue.append_succeeded`). Its `at` is the start's; its `data`
 the msgpack array `[fingerprint, the success's at, output]`. Read back, it is the
 two events again (`from_ran_row`): nothing above the journal tells the two forms
-apart. A commit then inserts one row an attempt instead of two: 14-18 % more tasks
+apart. A commit then inserts one row an attempt instead of two: 10-20 % more tasks
 a second on every shape of `durable bench` (`bench/README.md`).
 """
 
@@ -247,9 +247,11 @@ def from_ran_row(
 ) -> tuple[TaskStarted, TaskSucceeded]:
     """The two events a `task_ran` row holds (`encode_ran`)."""
     fingerprint, succeeded_at, output = _decoder.decode(data)
-    if task_id is None or not isinstance(succeeded_at, float):
-        raise ValueError("not a task_started and its task_succeeded")
-    if not isinstance(fingerprint, str | None):
+    if (
+        task_id is None
+        or not isinstance(succeeded_at, float)
+        or not isinstance(fingerprint, str | None)
+    ):
         raise ValueError("not a task_started and its task_succeeded")
     return (
         TaskStarted(task_id=task_id, attempt=attempt, at=at, fingerprint=fingerprint),

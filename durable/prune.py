@@ -55,11 +55,10 @@ DELETE_TRIGGERS = ("runs_append_only_delete", "events_append_only_delete")
 #: The tables a run's rows are in, in the order a prune deletes them (its `runs`
 #: row last); a backend may have more (PostgreSQL's fleet tables).
 RUN_TABLES = ("events", "summaries", "cache", "requests", "runs")
-#: A run as a prune lists it: id, workflow, creation time and how many events it
-#: has, two in a `task_ran` row (SQLite's spelling; PostgreSQL's names the schema,
-#: `pg_prune.py`).
 #: How many events rows hold (SQL, both backends): a `task_ran` row holds two.
 EVENTS_IN_ROWS = "coalesce(sum(CASE kind WHEN 'task_ran' THEN 2 ELSE 1 END), 0)"
+#: A run as a prune lists it: id, workflow, creation time and how many events it
+#: has (SQLite's spelling; PostgreSQL's names the schema, `pg_prune.py`).
 CANDIDATES = f"""SELECT r.run_id, r.workflow, r.created_at,
         (SELECT {EVENTS_IN_ROWS} FROM events e WHERE e.run_id = r.run_id)
     FROM runs r"""
