@@ -58,6 +58,7 @@ from durable.summary import RunSummary
 
 #: 4: `task_ran` rows (`events.RAN`), which an older durable must refuse to read.
 SCHEMA_VERSION = 4
+_HAS_SCHEMA = "SELECT to_regclass('durable.schema_version') IS NOT NULL"
 #: table -> the row trigger that refuses its UPDATE and DELETE. `durable prune`
 #: disables them inside its own transaction, and enables them before it commits.
 APPEND_ONLY_TRIGGERS = {"runs": "runs_append_only", "events": "events_append_only"}
@@ -273,7 +274,7 @@ class PgJournal(EventReading, EventQueue):
         journal = cls(dsn, None, None)
         journal._conn = _Reads(journal, await journal._connect())
         try:
-            await journal._check_schema(create and not readonly)
+            await journal._check_schema(create and not readonly, upgrade=not readonly)
             journal._fleet = bool(
                 await journal._conn.fetchval("SELECT to_regclass('durable.work') IS NOT NULL")
             )
@@ -293,12 +294,14 @@ class PgJournal(EventReading, EventQueue):
         except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
             raise JournalError(_shown(self.dsn), f"cannot connect: {_reason(exc)}") from None
 
-    async def _check_schema(self, create: bool) -> None:
-        """Refuse a newer schema or another program's; create (or upgrade) the
-        journal's if `create`. A journal being created by another process right
-        now is waited for (its DDL is one transaction, under an advisory lock), not
-        mistaken for another program's half-made schema."""
-        if await self._schema_ready(create, settled=False):
+    async def _check_schema(self, create: bool, upgrade: bool) -> None:
+        """Refuse a newer schema or another program's; create the journal's if
+        `create`, and upgrade an older one if `upgrade` (opened to write: what it
+        writes may be what only this schema allows, such as `task_ran` rows). A
+        journal being created by another process right now is waited for (its DDL
+        is one transaction, under an advisory lock), not mistaken for another
+        program's half-made schema."""
+        if await self._schema_ready(upgrade, settled=False):
             return
         conn = self._conn
         # A session lock, taken outside any transaction: the checks after it then run
@@ -306,9 +309,9 @@ class PgJournal(EventReading, EventQueue):
         # it (one begun before would still see no `schema_version`).
         await conn.execute("SELECT pg_advisory_lock($1, 0)", _LOCK_SPACE)
         try:
-            if await self._schema_ready(create, settled=True):  # made meanwhile
+            if await self._schema_ready(upgrade, settled=True):  # made meanwhile
                 return
-            if not create:
+            if not create and not await conn.fetchval(_HAS_SCHEMA):
                 raise JournalError(_shown(self.dsn), "no durable journal in this database yet")
             async with conn.transaction():
                 for statement in _SCHEMA:
@@ -320,11 +323,12 @@ class PgJournal(EventReading, EventQueue):
             if not conn.is_closed():  # a closed one has let go of it already
                 await conn.execute("SELECT pg_advisory_unlock($1, 0)", _LOCK_SPACE)
 
-    async def _schema_ready(self, create: bool, settled: bool) -> bool:
-        """Whether the journal's schema is there and usable as it is. `settled`: read
-        under the creation lock, so what looks half-made is another program's."""
+    async def _schema_ready(self, upgrade: bool, settled: bool) -> bool:
+        """Whether the journal's schema is there and usable as it is (an older one
+        is, unless to `upgrade`). `settled`: read under the creation lock, so what
+        looks half-made is another program's."""
         conn = self._conn
-        if await conn.fetchval("SELECT to_regclass('durable.schema_version') IS NOT NULL"):
+        if await conn.fetchval(_HAS_SCHEMA):
             version = await conn.fetchval("SELECT max(version) FROM durable.schema_version")
             if version is not None and version > SCHEMA_VERSION:
                 raise JournalError(
@@ -332,7 +336,7 @@ class PgJournal(EventReading, EventQueue):
                     f"journal schema version {version} is newer than this durable "
                     f"understands ({SCHEMA_VERSION}); upgrade durable",
                 )
-            return version == SCHEMA_VERSION or (version is not None and not create)
+            return version == SCHEMA_VERSION or (version is not None and not upgrade)
         foreign = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'durable'")
         if foreign and settled:
             raise JournalError(

@@ -394,6 +394,61 @@ def test_a_newer_schema_is_refused(target: str) -> None:
         _run(_open(target))
 
 
+def _schema_version(target: str) -> int:
+    if target.startswith("postgresql://"):
+        return int(pg.fetch(target, "SELECT max(version) FROM durable.schema_version")[0][0])
+    connection = sqlite3.connect(target)
+    try:
+        return int(connection.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        connection.close()
+
+
+def test_a_schema_3_journal_is_read_as_it_is_and_upgraded_when_written(target: str) -> None:
+    """Schema 3 had no `task_ran` rows and the same tables: read-only it stays 3; the
+    first writer makes it 4, which an older durable refuses as newer."""
+
+    async def create() -> None:
+        journal = await _open(target)
+        journal.start()
+        await journal.create_run(_record("r1"), RunStarted(at=1.0))
+        journal.append("r1", TaskStarted(task_id="a", attempt=1, at=2.0))
+        journal.append("r1", TaskSucceeded(task_id="a", attempt=1, at=3.0, output=1))
+        await journal.close()
+
+    _run(create())
+    if target.startswith("postgresql://"):
+        pg.execute(target, "UPDATE durable.schema_version SET version = 3")
+    else:
+        connection = sqlite3.connect(target)
+        connection.execute("PRAGMA user_version = 3")
+        connection.commit()
+        connection.close()
+    assert _rows(target, "r1")[1:] == [("task_started", "a", 1), ("task_succeeded", "a", 1)]
+
+    async def read() -> list[Any]:
+        journal = await _open(target, create=False, readonly=True)
+        try:
+            return [event for _, event in await journal.events("r1")]
+        finally:
+            await journal.close()
+
+    assert len(_run(read())) == 3
+    assert _schema_version(target) == 3
+
+    async def write() -> None:
+        journal = await _open(target, create=False)
+        journal.start()
+        journal.append_started("r1", "b", 1, 4.0, None)
+        journal.append_succeeded("r1", "b", 1, 5.0, encode_output(2))
+        await journal.close()
+
+    _run(write())
+    assert _schema_version(target) == 4
+    assert _rows(target, "r1")[-1] == ("task_ran", "b", 1)
+    assert len(_run(read())) == 5
+
+
 def test_the_cache_answers_a_second_run_on_either_backend(target: str) -> None:
     """Through the engine: a second cached run reuses every task, from the first run;
     on PostgreSQL the lookups are awaited off the loop's turn (`Engine._look_up`)."""
