@@ -123,7 +123,7 @@ class Engine(Expansion):
         #: `durable run --cache`: every task reuses earlier successes unless it says not.
         self.cache = cache or plan.workflow.cache
         # Whether any task may use the cache: in a run where none does, an attempt
-        # asks nothing of it (`caches`, twice an attempt, was 2 % of a wide run).
+        # asks nothing of it (`caches`, twice an attempt: about 1.5 % of a wide run).
         self._may_cache = self.cache or any(task.spec.cache for task in plan.tasks.values())
         #: Tasks answered from the cache in this session.
         self.reused = 0
