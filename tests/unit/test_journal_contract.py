@@ -383,15 +383,24 @@ def test_a_newer_schema_is_refused(target: str) -> None:
         await (await _open(target)).close()
 
     _run(create())
-    if target.startswith("postgresql://"):
-        pg.execute(target, "INSERT INTO durable.schema_version VALUES (999)")
-    else:
-        connection = sqlite3.connect(target)
-        connection.execute("PRAGMA user_version = 999")
-        connection.commit()
-        connection.close()
+    _set_schema_version(target, 999)
     with pytest.raises(JournalError, match="newer"):
         _run(_open(target))
+
+
+def _set_schema_version(target: str, version: int) -> None:
+    """Mark the journal as of `version`, behind durable's back."""
+    if target.startswith("postgresql://"):
+        pg.execute(
+            target,
+            "DELETE FROM durable.schema_version",
+            f"INSERT INTO durable.schema_version VALUES ({version})",
+        )
+        return
+    connection = sqlite3.connect(target)
+    connection.execute(f"PRAGMA user_version = {version}")
+    connection.commit()
+    connection.close()
 
 
 def _schema_version(target: str) -> int:
@@ -417,13 +426,7 @@ def test_a_schema_3_journal_is_read_as_it_is_and_upgraded_when_written(target: s
         await journal.close()
 
     _run(create())
-    if target.startswith("postgresql://"):
-        pg.execute(target, "UPDATE durable.schema_version SET version = 3")
-    else:
-        connection = sqlite3.connect(target)
-        connection.execute("PRAGMA user_version = 3")
-        connection.commit()
-        connection.close()
+    _set_schema_version(target, 3)
     assert _rows(target, "r1")[1:] == [("task_started", "a", 1), ("task_succeeded", "a", 1)]
 
     async def read() -> list[Any]:
