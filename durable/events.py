@@ -12,7 +12,8 @@ tool's are (`EventQueue.append_succeeded`). Its `at` is the start's; its `data`
 the msgpack array `[fingerprint, the success's at, output]`. Read back, it is the
 two events again (`from_ran_row`): nothing above the journal tells the two forms
 apart. A commit then inserts one row an attempt instead of two: 10-20 % more tasks
-a second on every shape of `durable bench` (`bench/README.md`).
+a second on every shape of `durable bench`, 2-3 points of it from checkpoints, which
+come every so many rows (`bench/README.md`).
 """
 
 from __future__ import annotations

@@ -333,13 +333,14 @@ class EventQueue:
         asyncio.Future[None],
         list[tuple[int, str, str]],
         list[Callable[[BaseException | None], None]],
+        int,
     ]:
-        """Everything queued, for one commit; appends from now on make a new batch."""
+        """Everything queued, for one commit, and how many events its rows hold (two
+        in a `task_ran` row); appends from now on make a new batch."""
         assert self._batch is not None
-        taken = self._queue, self._batch, self._remember, self._listeners
+        events = len(self._queue) + self._joined
+        taken = self._queue, self._batch, self._remember, self._listeners, events
         self._queue, self._batch, self._remember, self._listeners = [], None, [], []
         self._open = {}
-        # Counted as taken: a batch that fails to commit stops the run anyway.
-        self.events_written += self._joined
         self._joined = 0
         return taken

@@ -533,7 +533,7 @@ class PgJournal(EventReading, EventQueue):
                     return
                 await self._wait_for_work()
                 continue
-            rows, batch, remember, listeners = self._take()
+            rows, batch, remember, listeners, events = self._take()
             summaries = self._due_summaries(rows)
             try:
                 async with self._write_lock:
@@ -543,6 +543,7 @@ class PgJournal(EventReading, EventQueue):
                 error = JournalError(_shown(self.dsn), f"cannot write: {_reason(exc)}")
                 self._settle(batch, listeners, error)
             else:
+                self.events_written += events
                 self._settle(batch, listeners, None)
             await self._let_released_start()
 
@@ -599,7 +600,6 @@ class PgJournal(EventReading, EventQueue):
             elif run_id in self._summaries:
                 self._behind[run_id] = seqs[position]
         self.commits += 1
-        self.events_written += len(rows)
 
     async def _write_summaries(self) -> None:
         """Bring the summaries left behind up to their runs' last committed event.

@@ -154,13 +154,15 @@ REMEMBER = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?, ?)"
 SUMMARY_EVERY = 0.05
 SESSION_ENDS = frozenset({"run_finished", "run_interrupted"})
 
-#: Events between two checkpoints (`Journal._start_checkpoint`).
+#: Rows written between two checkpoints (`Journal._start_checkpoint`): rows, not
+#: events, since the WAL grows by the rows and the pages a commit writes (a
+#: `task_ran` row is two events in one row).
 CHECKPOINT_EVERY = 2000
 
 #: The WAL's length past which a checkpoint takes a second pass, with the writer
 #: waiting, so that the WAL starts over (`Journal._finish_checkpoint`). A chain of
-#: tasks adds about 10 MB to it every `CHECKPOINT_EVERY` events (two pages a commit),
-#: a wide DAG under 1 MB.
+#: tasks adds about 17 MB to it every `CHECKPOINT_EVERY` rows (a row and two pages a
+#: commit), a wide DAG about 0.5 MB.
 WAL_LIMIT = 64 * 2**20
 
 

@@ -245,7 +245,7 @@ class Journal(JournalReader, EventQueue):
                 continue
             if self._second_pass:
                 await self._finish_checkpoint(loop)
-            rows, batch, remember, listeners = self._take()
+            rows, batch, remember, listeners, events = self._take()
             try:
                 self._write(rows, remember)
             except sqlite3.Error as exc:
@@ -256,6 +256,7 @@ class Journal(JournalReader, EventQueue):
                 error = JournalError(str(self.path), f"cannot write: {describe(exc, self.path)}")
                 self._settle(batch, listeners, error)
             else:
+                self.events_written += events
                 self._uncheckpointed += len(rows)
                 if self._uncheckpointed >= CHECKPOINT_EVERY and self._checkpoint is None:
                     self._start_checkpoint(loop)
@@ -351,7 +352,6 @@ class Journal(JournalReader, EventQueue):
                     )
         chain.update(heads)
         self.commits += 1
-        self.events_written += total
         if due:
             self._summaries_committed(due, ends, first_seq)
 
