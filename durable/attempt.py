@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from durable.context import _current as current
 from durable.errors import DurableError
 from durable.events import decode_output, encode_output
 from durable.executors import Executors, TaskContext, TaskReports, idempotency_key
@@ -72,15 +73,16 @@ async def call_tool(
     task_id = plan.id
     context = TaskContext(run_id, task_id, attempt, idempotency_key(run_id, task_id))
     timeout = plan.spec.timeout
+    token = current.set(context)
     try:
         try:
             if timeout is None:
-                output = await executors.call(plan.tool, value, context)
+                output = await executors.start(plan.tool, value, context)
             else:
                 deadline = asyncio.timeout(timeout)
                 try:
                     async with deadline:
-                        output = await executors.call(plan.tool, value, context)
+                        output = await executors.start(plan.tool, value, context)
                 except TimeoutError:
                     if deadline.expired():
                         raise AttemptFailed(f"timed out after {timeout:g}s") from None
@@ -98,6 +100,7 @@ async def call_tool(
             ) from None
         return decode_output(data), data
     finally:
+        current.reset(token)
         reports.settle(task_id, attempt)
 
 

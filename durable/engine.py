@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -75,6 +76,12 @@ from durable.state import (
 
 #: The status of a run stopped by `durable cancel`: finished, and resumable.
 RUN_CANCELLED = "cancelled"
+
+#: How an attempt's task is made: on Python 3.12+, started eagerly, its first step
+#: run at once (`asyncio.Task`'s `eager_start`). A tool that returns without waiting
+#: then costs no turn of the loop, and its task is never in asyncio's set of live
+#: tasks.
+_EAGER: dict[str, bool] = {"eager_start": True} if sys.version_info >= (3, 12) else {}
 
 #: Process deaths while a task ran after which it is failed rather than started again.
 MAX_DEATHS = 3
@@ -146,6 +153,7 @@ class Engine(Expansion):
         self._alone: str | None = None  # a suspect running by itself
         self._parked: dict[str, deque[str]] = {}
         self._running = 0
+        self._pumping = False
         self._running_by_tool: dict[str, int] = {}
         self._active: dict[str, asyncio.Task[None]] = {}
         self._backoff: dict[str, asyncio.TimerHandle] = {}
@@ -274,7 +282,20 @@ class Engine(Expansion):
             self._ready.append(task_id)
 
     def _pump(self) -> None:
-        """Start ready tasks while there are free slots; suspects first, each alone."""
+        """Start ready tasks while there are free slots; suspects first, each alone.
+
+        Not re-entered: an attempt that runs eagerly (`_EAGER`) and gives its slot
+        back at once (a retry) calls it from inside it; the loop below goes on.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._fill()
+        finally:
+            self._pumping = False
+
+    def _fill(self) -> None:
         if self._alone is not None or self._suspects:
             if self._running or self._stopping:
                 return  # a suspect waits for an empty engine, and runs in one
@@ -322,13 +343,16 @@ class Engine(Expansion):
 
     def _start_attempt(self, plan: TaskPlan, attempt: int, value: Any, mark: str | None) -> None:
         task_id = plan.id
-        # The task is scheduled before `task_started` wakes the writer, so a tool
-        # that finishes in its first step gets both events into one commit.
-        task = self._loop.create_task(self._attempt(plan, attempt, value), name=task_id)
-        self._active[task_id] = task
         started = self._emit_started(task_id, attempt, mark)
         if self._starts is not None:
             self._starts[task_id] = started
+        # Eager where it can be (`_EAGER`): an attempt whose tool does not wait may be
+        # over, its success queued beside its start, before the task is made.
+        task = asyncio.Task(
+            self._attempt(plan, attempt, value), loop=self._loop, name=task_id, **_EAGER
+        )
+        if not task.done():
+            self._active[task_id] = task
 
     def _look_up(self, plan: TaskPlan, attempt: int, value: Any, mark: str) -> None:
         """Ask a remote journal's cache (a round trip) while the task holds its slot;
@@ -423,7 +447,7 @@ class Engine(Expansion):
         except Exception as exc:  # not a tool failure (those are handled above): a bug
             self._crash(exc)
         finally:
-            del self._active[task_id]
+            self._active.pop(task_id, None)  # not there if it ended in its eager step
             if self._stopping:
                 self._check_stopped()
 

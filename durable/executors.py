@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any
@@ -97,30 +97,41 @@ class Executors:
         self._in_process: set[Future[Any]] = set()
 
     async def call(self, tool: ToolDef, value: Any, context: TaskContext) -> Any:
-        args, kwargs = call_args(value)
+        """Call `tool` with `value`, the call seeing `context`; return its output."""
         token = _current.set(context)
         try:
-            if tool.is_async:
-                return await tool.fn(*args, **kwargs)
-            if tool.cpu_bound:
-                fn = tool.fn
-                job = partial(
-                    _in_process,
-                    fn.__module__,
-                    fn.__qualname__,
-                    context,
-                    list(sys.path),
-                    args,
-                    kwargs,
-                )
-                return await self._call_in_process(job)
-            if self._threads is None:
-                self._threads = DaemonThreadPool(self._max_threads)
-            # copy_context carries the TaskContext into the worker thread.
-            job = partial(contextvars.copy_context().run, tool.fn, *args, **kwargs)
-            return await asyncio.wrap_future(self._threads.submit(job))
+            return await self.start(tool, value, context)
         finally:
             _current.reset(token)
+
+    def start(self, tool: ToolDef, value: Any, context: TaskContext) -> Awaitable[Any]:
+        """Start a call of `tool` with `value`: what it returns is awaited for the
+        output. The caller has set `context` as the current one (`_current`), and
+        resets it once the call is over (`call`, `attempt.call_tool`).
+
+        Not a coroutine of its own: an async tool's coroutine is handed back as it
+        is, so that an attempt awaits one frame fewer, a few per cent of a wide run.
+        """
+        args, kwargs = call_args(value)
+        if tool.is_async:
+            return tool.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if tool.cpu_bound:
+            fn = tool.fn
+            job = partial(
+                _in_process,
+                fn.__module__,
+                fn.__qualname__,
+                context,
+                list(sys.path),
+                args,
+                kwargs,
+            )
+            return self._call_in_process(job)
+        if self._threads is None:
+            self._threads = DaemonThreadPool(self._max_threads)
+        # copy_context carries the TaskContext into the worker thread.
+        job = partial(contextvars.copy_context().run, tool.fn, *args, **kwargs)
+        return asyncio.wrap_future(self._threads.submit(job))
 
     async def _call_in_process(self, job: Callable[[], Any]) -> Any:
         from concurrent.futures.process import BrokenProcessPool

@@ -158,9 +158,9 @@ class JournalReader(EventReading):
         rows = []
         if self._has_summaries:
             rows = await self.query(
-                "SELECT last_seq, data, crc, (SELECT max(seq) FROM events WHERE run_id = ?1)"
-                " FROM summaries WHERE run_id = ?1",
-                (run_id,),
+                "SELECT last_seq, data, crc, (SELECT max(seq) FROM events WHERE run_id = ?)"
+                " FROM summaries WHERE run_id = ?",
+                (run_id, run_id),
             )
         if not rows:
             return SummaryRow(run_id, None)
