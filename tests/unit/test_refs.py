@@ -215,6 +215,32 @@ class TestConstant:
         assert not Template({"x": "${params.n}"}).is_constant
 
 
+class TestMappings:
+    """A mapping with references renders as a fresh dict, its keys in the order written,
+    whichever of them are references (one or several) and whichever constants."""
+
+    def test_keys_keep_their_order_around_references(self) -> None:
+        value = {"a": 1, "b": "${calc.output.value}", "c": [1], "d": "${params.n}", "e": "x"}
+        rendered = render(value)
+        assert list(rendered) == ["a", "b", "c", "d", "e"]  # type: ignore[arg-type]
+        assert rendered == {"a": 1, "b": 42, "c": [1], "d": 3, "e": "x"}
+
+    def test_one_reference_among_constants(self) -> None:
+        template = Template({"first": "${search.output.items[1].title}", "then": 2})
+        one, two = template.render(SCOPE), template.render(SCOPE)
+        assert one == {"first": "second", "then": 2}
+        assert list(one) == ["first", "then"]
+        assert one is not two  # each render its own dict: a tool may not share another's
+
+    def test_a_render_changes_nothing_for_the_next(self) -> None:
+        template = Template({"n": "${calc.output.value}", "k": "const"})
+        first = template.render(SCOPE)
+        first["n"] = "changed"
+        other = Scope(params={}, run_id="r", outputs={"calc": {"value": 7}})
+        assert template.render(other) == {"n": 7, "k": "const"}
+        assert template.render(SCOPE) == {"n": 42, "k": "const"}
+
+
 class TestRefs:
     def test_refs_in_order(self) -> None:
         value = {"a": "${b.output}", "c": ["x ${params.p} ${run.id}", "${d.output.k[0]}"]}

@@ -291,7 +291,7 @@ def test_a_workflow_built_in_code_nested_too_deep_is_refused_without_a_traceback
     # Named down to its field where Python's recursion limit lets the walk get there (3.13).
     with pytest.raises(
         SpecError,
-        match="^workflow 'deep': (task 'a': field 'input': )?nested deeper than 100 levels$",
+        match=r"^workflow 'deep': (task 'a': field 'input': )?nested deeper than 100 levels$",
     ):
         durable.run(workflow, db=tmp_path / "j.db")
     assert not (tmp_path / "j.db").exists()
