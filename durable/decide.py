@@ -54,12 +54,16 @@ def decide(
     """
     task_id = plan.id
     trigger = plan.spec.trigger
-    if trigger != "all_done":
-        dep_states = [tasks[dep].state for dep in plan.deps]
-        if any(state in _BLOCKING for state in dep_states):
-            return Ending(TaskUpstreamFailed(task_id=task_id, at=now))
-        if trigger == "all_success" and SKIPPED in dep_states:
-            skipped = next(dep for dep in plan.deps if tasks[dep].state == SKIPPED)
+    if trigger != "all_done" and plan.deps:
+        # One loop, not a list and two scans: every task that runs passes here.
+        skipped = None
+        for dep in plan.deps:
+            state = tasks[dep].state
+            if state in _BLOCKING:
+                return Ending(TaskUpstreamFailed(task_id=task_id, at=now))
+            if state == SKIPPED and skipped is None:
+                skipped = dep
+        if skipped is not None and trigger == "all_success":
             reason = f"upstream '{skipped}' skipped"
             return Ending(TaskSkipped(task_id=task_id, at=now, reason=reason))
     deaths = tasks[task_id].deaths

@@ -536,6 +536,7 @@ class Engine(Expansion):
                 return
             remaining = self._remaining
             tasks = self.plan.tasks
+            states = self.state.tasks
             outputs = self.scope.outputs
             for task_id, output, holds_slot in items:
                 if holds_slot:
@@ -549,15 +550,21 @@ class Engine(Expansion):
                             outputs[task_id] = group_output(self.state.tasks, task_id, n)  # type: ignore[index]
                     else:
                         outputs[task_id] = output  # type: ignore[index]
-                self._settle(task_id)
-                if (group := tasks[task_id].group) is not None:
-                    self._instance_done(group)
-                for dependent in tasks[task_id].dependents:
+                if states[task_id].state in TERMINAL:  # `_settle`, its checks after the loop
+                    self._unfinished -= 1
+                plan = tasks[task_id]
+                if plan.group is not None:
+                    self._instance_done(plan.group)
+                for dependent in plan.dependents:
                     if dependent not in remaining:
                         continue  # kept from an earlier session (e.g. an all_done cleanup)
                     remaining[dependent] -= 1
-                    if remaining[dependent] == 0 and self.state.tasks[dependent].state == PENDING:
+                    if remaining[dependent] == 0 and states[dependent].state == PENDING:
                         self._decide(dependent)
+            if self._unfinished == 0:
+                self._done.set()
+            if self._stopping:
+                self._check_stopped()
             self._pump()
         except BaseException as exc:  # a bug in a callback must not hang the run
             self._crash(exc)
