@@ -330,7 +330,8 @@ class Engine(Expansion):
         plan = self.plan.tasks[task_id]
         # The input is rendered now, from committed outputs, so that `task_started`
         # can carry the fingerprint of the work (`fingerprint.py`).
-        value, mark = render_input(plan, self._scope(plan))
+        scope = self.scope if plan.index is None else self._scope(plan)
+        value, mark = render_input(plan, scope)
         if mark is not None and self._may_cache and self._caches(plan):
             if self.journal.remote_cache:
                 self._look_up(plan, attempt, value, mark)
@@ -440,9 +441,11 @@ class Engine(Expansion):
             except AttemptFailed as failure:
                 self._failed(plan, attempt, failure.error, failure.retryable)
                 return
-            mark = self.state.tasks[task_id].fingerprint
-            caching = mark and self._may_cache and self._caches(plan)
-            remember = (mark, plan.spec.tool) if caching else None
+            remember = None
+            if self._may_cache:
+                mark = self.state.tasks[task_id].fingerprint
+                if mark and self._caches(plan):
+                    remember = (mark, plan.spec.tool)
             self._succeed(task_id, attempt, output, data, remember)
         except Exception as exc:  # not a tool failure (those are handled above): a bug
             self._crash(exc)

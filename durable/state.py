@@ -195,7 +195,9 @@ class RunState(msgspec.Struct):
         """`task_started`'s rule, by its fields: `apply` of a `TaskStarted` comes here,
         and so does the engine, which starts an attempt without making the event
         object when nobody watches the run (`Engine._emit_started`)."""
-        task = self._task(task_id, TaskStarted, _STARTS)
+        task = self.tasks.get(task_id)  # `_task`, inlined: this is the hottest rule
+        if task is None or task.state not in _STARTS:
+            raise self._illegal(task_id, TaskStarted)
         self._move(task, RUNNING)
         task.attempts = attempt
         task.fingerprint = fingerprint
@@ -211,7 +213,9 @@ class RunState(msgspec.Struct):
     def succeeded(self, task_id: str, at: float, output: Any) -> None:
         """`task_succeeded`'s rule, by its fields, as `started` (`Engine._succeed`);
         the task's count of attempts is its `task_started`'s."""
-        task = self._task(task_id, TaskSucceeded, _ENDS_RUNNING)
+        task = self.tasks.get(task_id)  # `_task`, inlined, as in `started`
+        if task is None or task.state not in _ENDS_RUNNING:
+            raise self._illegal(task_id, TaskSucceeded)
         self._move(task, SUCCEEDED)
         task.output, task.finished_at = output, at
         if (opened := task.attempt_started_at) is not None:  # `_end_attempt`, inlined:
@@ -370,13 +374,18 @@ class RunState(msgspec.Struct):
     def _task(self, task_id: str, kind: type[Event], allowed: tuple[str, ...]) -> TaskState:
         """The task an event of class `kind` may move now (`allowed` its states)."""
         task = self.tasks.get(task_id)
-        if task is None:
-            raise IllegalTransition(f"{kind.__name__} for unknown task '{task_id}'")
-        if task.state not in allowed:
-            raise IllegalTransition(
-                f"task '{task_id}': {kind.__name__} is illegal in state '{task.state}'"
-            )
+        if task is None or task.state not in allowed:
+            raise self._illegal(task_id, kind)
         return task
+
+    def _illegal(self, task_id: str, kind: type[Event]) -> IllegalTransition:
+        """Why an event of class `kind` may not move the task now."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return IllegalTransition(f"{kind.__name__} for unknown task '{task_id}'")
+        return IllegalTransition(
+            f"task '{task_id}': {kind.__name__} is illegal in state '{task.state}'"
+        )
 
 
 #: What a task's success ends: an attempt, or (`foreach`) its instances.
