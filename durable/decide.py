@@ -69,9 +69,11 @@ def decide(
     deaths = tasks[task_id].deaths
     if deaths >= max_deaths:
         return Ending(TaskFailed(task_id=task_id, at=now, error=poison_error(deaths)))
-    if plan.foreach is not None:
+    # The spec's fields first: most tasks have neither, and `plan.foreach` and
+    # `plan.when` compile on first use.
+    if plan.spec.foreach is not None and plan.foreach is not None:
         return EXPAND
-    if plan.when is not None:
+    if plan.spec.when is not None and plan.when is not None:
         try:
             go = bool(plan.when.evaluate(scope))
         except DurableError as exc:

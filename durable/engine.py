@@ -264,7 +264,8 @@ class Engine(Expansion):
         if self._stopping:
             return
         plan = self.plan.tasks[task_id]
-        verdict = decide(plan, self.state.tasks, self._scope(plan), time.time(), self.max_deaths)
+        scope = self.scope if plan.index is None else self._scope(plan)
+        verdict = decide(plan, self.state.tasks, scope, time.time(), self.max_deaths)
         if verdict == RUN:
             self._enqueue(task_id)
         elif verdict == EXPAND:
