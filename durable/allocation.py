@@ -8,7 +8,8 @@ the duration and restores whatever it was.
 
 Pausing it is not enough. Every object made meanwhile is still in the youngest
 generation, and the first allocation after the GC is back sets off a collection
-that walks them all: 28 % of planning a 40k-task workflow (`bench/README.md`).
+that walks them all: a fifth of the time of planning a 40k-task workflow
+(`bench/README.md`).
 So they are moved into the oldest generation first (`gc.freeze` then
 `gc.unfreeze`: two list splices, nothing walked). A run then freezes them for its
 whole length (`Engine.run`), so that they are not walked at all.
