@@ -68,8 +68,10 @@ def chain_batch(
     """A batch's rows with their checksums, flattened row after row for a multi-row
     INSERT (seven columns a row), each chained from its run's previous row.
 
-    `chain` holds every run's last committed checksum (the writer reads the ones it
-    does not know from the journal first). Returns the values, each run's new head
+    `chain` holds every run's last committed checksum; a run it does not hold raises
+    KeyError. The writers read those from the journal: PostgreSQL's before the
+    batch, SQLite's on that error (a set of the batch's runs per commit cost a
+    chain of tasks more than the rare retry). Returns the values, each run's new head
     (to become the chain once the batch has committed, not before: a failed batch
     leaves the chain where the journal is), and each run's last position in the batch.
     """

@@ -327,9 +327,12 @@ class Journal(JournalReader, EventQueue):
         """
         conn = self._writable
         chain = self._chain
-        for run_id in {row[0] for row in rows}.difference(chain):
-            chain[run_id] = self._chain_head(run_id)  # as the file has it
-        values, heads, ends = chain_batch(rows, chain)
+        try:
+            values, heads, ends = chain_batch(rows, chain)
+        except KeyError:  # a run not written by this process yet (a resume's first batch)
+            for run_id in {row[0] for row in rows}.difference(chain):
+                chain[run_id] = self._chain_head(run_id)  # as the file has it
+            values, heads, ends = chain_batch(rows, chain)
         total = len(rows)
         due = self._summaries_to_write(rows, ends) if self._summaries else {}
         if total in INSERT_CHUNK and not remember and not any(due.values()):
