@@ -62,6 +62,9 @@ def _insert(conn: sqlite3.Connection, values: list[Any], total: int) -> int:
     """Insert a batch's `total` rows (`values`, seven a row) by the fixed chunk
     statements, largest first; return the first row's seq. A batch of one of
     `CHUNKS`' sizes is one statement."""
+    statement = INSERT_CHUNK.get(total)
+    if statement is not None:  # one statement: a chain's every batch
+        return conn.execute(statement, values).lastrowid - total + 1  # type: ignore[operator]
     start = 0
     for size in CHUNKS:
         statement = INSERT_CHUNK[size]
