@@ -21,7 +21,8 @@ rewritten only at a session's end here, not every `SUMMARY_EVERY`: under valgrin
 run is 50x slower and would write one at every commit. Instructions are not time:
 work that misses the CPU's caches (the garbage collector walking a large heap, say)
 costs far more time than its count says, so a change is also timed. Needs valgrind.
-Not collected by pytest (no `test_` prefix).
+Not collected by pytest (no `test_` prefix); `test_instructions.py` guards its
+figures.
 """
 
 from __future__ import annotations
@@ -78,20 +79,25 @@ def instructions(python: str, mode: str, shape: str, tasks: int) -> int:
     return int(found.group(1))
 
 
+def per_task(python: str, shape: str, small: int, large: int) -> tuple[float, float]:
+    """A run's instructions a task, and planning's (see the module docstring)."""
+    count = {
+        (mode, n): instructions(python, mode, shape, n)
+        for mode in ("run", "plan")
+        for n in (small, large)
+    }
+    plan = (count["plan", large] - count["plan", small]) / (large - small)
+    run = (count["run", large] - count["run", small]) / (large - small) - plan
+    return run, plan
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=("wide", "chain", "layered"), default="wide")
     parser.add_argument("-n", "--tasks", type=int, nargs=2, default=(1000, 3000))
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args()
-    small, large = args.tasks
-    count = {
-        (mode, n): instructions(args.python, mode, args.shape, n)
-        for mode in ("run", "plan")
-        for n in (small, large)
-    }
-    plan = (count["plan", large] - count["plan", small]) / (large - small)
-    run = (count["run", large] - count["run", small]) / (large - small) - plan
+    run, plan = per_task(args.python, args.shape, *args.tasks)
     print(f"{args.shape}: run {run:,.0f} instructions a task, planning {plan:,.0f}")
 
 
