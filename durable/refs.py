@@ -250,7 +250,7 @@ def _mapping(parts: dict[str, Any]) -> Any:
     its references' slots held (so that its keys keep their order), filled in.
     Per render, a C-speed copy and one call per reference, not one per key.
 
-    The renderers take what they need as default arguments, not from closure cells:
+    The renderer takes what it needs as default arguments, not from closure cells:
     planning makes one per task, and every cell is one more object for the garbage
     collector to walk while it does."""
     shape: dict[str, Any] = {}
@@ -261,14 +261,6 @@ def _mapping(parts: dict[str, Any]) -> Any:
         else:
             shape[k] = None
             filled.append((k, p))
-    if len(filled) == 1:
-
-        def render_one(scope: Scope, _shape: Any = shape, _only: Any = filled[0]) -> Any:
-            value = _shape.copy()
-            value[_only[0]] = _only[1](scope)
-            return value
-
-        return render_one
 
     def render(scope: Scope, _shape: Any = shape, _filled: Any = tuple(filled)) -> Any:
         value = _shape.copy()
