@@ -38,3 +38,11 @@ def test_a_command_loads_only_its_own_module() -> None:
     assert "durable_cli.run_cmds" in loaded
     assert not [m for m in loaded if m.endswith("_cmds") and m != "durable_cli.run_cmds"]
     assert "durable.runner" not in loaded and "durable.engine" not in loaded
+
+
+def test_importing_the_command_registers_no_exit_callback() -> None:
+    """`main` registers its exit (`_Leave`) first, so that it is called last, after every
+    other `atexit` callback: nothing imported before `main` runs may register one."""
+    code = "import atexit\nimport durable_cli.main\nprint(atexit._ncallbacks())\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
