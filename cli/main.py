@@ -92,7 +92,8 @@ def cli() -> None:
 def main() -> None:
     """The `durable` command: `cli`, then an exit without the interpreter's teardown."""
     leave = _Leave()
-    atexit.register(leave)  # the first registered, so the last called
+    if getattr(atexit, "_ncallbacks", lambda: 1)() == 0:
+        atexit.register(leave)  # the first registered, so the last called
     try:
         cli(prog_name="durable")
     except SystemExit as exit:
@@ -112,7 +113,9 @@ class _Leave:
     code `cli` gave. What it skips is the finalizing of objects still alive then: a
     Python tool must close or flush a file it writes, as for a process that may be
     killed. A bug's traceback (no `SystemExit`), an exit with a message, or a flush
-    that fails (a closed pipe) take Python's usual exit.
+    that fails (a closed pipe) take Python's usual exit; so does a process in which
+    something registered an `atexit` callback before `main` ran (a `sitecustomize`,
+    coverage measuring subprocesses), which this one would otherwise skip.
     """
 
     def __init__(self) -> None:

@@ -4,12 +4,15 @@ and without skipping what a process owes before it exits.
 A tool's `atexit` callback still runs, a thread it started that is not a daemon
 still finishes, what either prints last reaches a pipe (standard output to a pipe
 is flushed only when its buffer fills, or at the exit), and each exit code is the
-command's.
+command's. A callback registered before `main` (coverage's, a `sitecustomize`'s)
+makes `main` leave the exit to Python.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +102,23 @@ def test_every_line_reaches_a_pipe_and_exit_codes_hold(
     no_traceback(missing)
     listed = durable("runs", "--db", db, "--json", cwd=tmp_path, check=0)
     assert [run["status"] for run in json.loads(listed.stdout)] == ["failed"]
+
+
+def test_a_callback_registered_before_main_still_runs(tmp_path: Path) -> None:
+    """Coverage of subprocesses, or a `sitecustomize`, registers its callback before
+    `main` runs: `main` then leaves the exit to Python, which calls it."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(print, 'registered before main')\n"
+        "sys.argv = ['durable', 'run', 'exit.yaml', '--db', 'j.db', '--no-live']\n"
+        "from durable_cli.main import main\n"
+        "main()\n"
+    )
+    (tmp_path / "exit.yaml").write_text(
+        "name: exit\ntasks:\n  - {id: one, tool: echo, input: {n: 1}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "registered before main", done.stdout
