@@ -97,7 +97,8 @@ def main() -> None:
     try:
         cli(prog_name="durable")
     except SystemExit as exit:
-        leave.code = exit.code
+        if exit.code is None or type(exit.code) is int:  # not a message to print
+            leave.code = exit.code or 0
         raise
 
 
@@ -119,18 +120,18 @@ class _Leave:
     """
 
     def __init__(self) -> None:
-        self.code: object = "unset"
+        #: The exit code, once `cli` has exited with one (None: Python's usual exit).
+        self.code: int | None = None
 
     def __call__(self) -> None:
-        code = self.code
-        if code is not None and (type(code) is not int):
+        if self.code is None:
             return
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         except (OSError, ValueError):
             return
-        os._exit(code or 0)
+        os._exit(self.code)
 
 
 if __name__ == "__main__":
