@@ -4,7 +4,8 @@ and without skipping what a process owes before it exits.
 A tool's `atexit` callback still runs, a thread it started that is not a daemon
 still finishes, what either prints last reaches a pipe (standard output to a pipe
 is flushed only when its buffer fills, or at the exit), and each exit code is the
-command's. A callback registered before `main` (coverage's, a `sitecustomize`'s)
+command's; an object still alive at the exit is not finalized (the teardown is
+skipped). A callback registered before `main` (coverage's, a `sitecustomize`'s)
 makes `main` leave the exit to Python.
 """
 
@@ -22,11 +23,24 @@ pytestmark = pytest.mark.e2e
 
 TOOLS = '''\
 import atexit
+import os
 import threading
 import time
 from pathlib import Path
 
 import durable
+
+
+class Finalized:
+    """Alive until the exit: a normal teardown finalizes it, the fast exit does not.
+    (`os.mkdir` is bound now: by the time a teardown clears this module, its globals
+    may be gone.)"""
+
+    def __del__(self, mkdir=os.mkdir) -> None:
+        mkdir("finalized")
+
+
+KEPT = Finalized()
 
 
 @durable.tool
@@ -78,6 +92,8 @@ def test_a_tools_exit_callback_and_thread_still_run(durable: Any, tmp_path: Path
     assert (tmp_path / "atexit.txt").read_text() == "called"
     assert (tmp_path / "thread.txt").read_text() == "finished"
     assert ran.stdout.splitlines()[-2:] == ["the thread's last words", "the callback's last words"]
+    # The teardown was skipped (what makes the exit fast): nothing finalized the object.
+    assert not (tmp_path / "finalized").exists()
 
 
 def test_every_line_reaches_a_pipe_and_exit_codes_hold(
@@ -106,7 +122,8 @@ def test_every_line_reaches_a_pipe_and_exit_codes_hold(
 
 def test_a_callback_registered_before_main_still_runs(tmp_path: Path) -> None:
     """Coverage of subprocesses, or a `sitecustomize`, registers its callback before
-    `main` runs: `main` then leaves the exit to Python, which calls it."""
+    `main` runs: `main` then leaves the exit to Python, which calls it (and the
+    teardown finalizes what is still alive)."""
     code = (
         "import atexit, sys\n"
         "atexit.register(print, 'registered before main')\n"
@@ -114,11 +131,11 @@ def test_a_callback_registered_before_main_still_runs(tmp_path: Path) -> None:
         "from durable_cli.main import main\n"
         "main()\n"
     )
-    (tmp_path / "exit.yaml").write_text(
-        "name: exit\ntasks:\n  - {id: one, tool: echo, input: {n: 1}}\n"
-    )
+    (tmp_path / "tools.py").write_text(TOOLS)
+    (tmp_path / "exit.yaml").write_text(WORKFLOW)
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "registered before main", done.stdout
+    assert (tmp_path / "finalized").is_dir()
