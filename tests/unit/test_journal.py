@@ -420,15 +420,19 @@ def test_a_busy_journal_starts_its_wal_over(tmp_path, monkeypatch):
     without more, the WAL grows by every commit of the run. Past `WAL_LIMIT`, a
     second pass with the writer waiting copies the rest, and the WAL starts over."""
     mb = 2**20
-    grown, waits = _wal_lengths(tmp_path / "grown.db", monkeypatch, limit=1 << 60)
-    assert len(grown) >= 10 and waits == 0
-    assert max(grown) > 16 * mb, [round(n / mb, 1) for n in grown]
-
     # The limit, plus what the writer adds between two checkpoints and during a
     # first pass (about 2 MB each here).
+    bound = 8 * mb
+    grown, waits = _wal_lengths(tmp_path / "grown.db", monkeypatch, limit=1 << 60)
+    assert len(grown) >= 10 and waits == 0
+    # About 1.7 MB more at each checkpoint, to 25 MB. A first pass that the writer
+    # happens not to outrun (a loaded machine) may copy it whole once and start it
+    # over, so only the bound is asserted, not the 25 MB.
+    assert max(grown) > bound, [round(n / mb, 1) for n in grown]
+
     bounded, waits = _wal_lengths(tmp_path / "bounded.db", monkeypatch, limit=mb // 4)
     assert len(bounded) >= 10 and waits >= 3
-    assert max(bounded) < 8 * mb, [round(n / mb, 1) for n in bounded]
+    assert max(bounded) < bound, [round(n / mb, 1) for n in bounded]
     assert any(later < earlier for earlier, later in pairwise(bounded))
 
 
