@@ -17,6 +17,7 @@ import shlex
 import signal
 from typing import Any
 
+from durable.refs import is_one_reference
 from durable.tools import REGISTRY
 
 
@@ -40,9 +41,6 @@ async def sleep(seconds: float, result: Any = None) -> Any:
     return result
 
 
-_WHOLE_REFERENCE = re.compile(r"\s*\$\{[^{}]*\}\s*")
-
-
 def shell_words(raw_input: Any) -> Any:
     """Split a string `command` into argv words before any `${...}` is substituted.
 
@@ -53,7 +51,7 @@ def shell_words(raw_input: Any) -> Any:
         raw_input = {"command": raw_input}
     if isinstance(raw_input, dict):
         command = raw_input.get("command")
-        if isinstance(command, str) and not _WHOLE_REFERENCE.fullmatch(command):
+        if isinstance(command, str) and not is_one_reference(command):
             return {**raw_input, "command": shlex.split(command)}
     return raw_input
 

@@ -26,7 +26,6 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from durable.errors import DurableError
-from durable.refs import Scope, instance_id
+from durable.refs import Scope, instance_id, is_one_reference
 from durable.state import CANCELLED, FAILED, SKIPPED, SUCCEEDED, UPSTREAM_FAILED, TaskState
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 #: Instances a `foreach` task may expand into unless it sets `max_items`.
 DEFAULT_MAX_ITEMS = 10_000
 
-_ONE_REF = re.compile(r"\s*\$\{[^{}]*\}\s*")
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -52,7 +50,7 @@ def foreach_problem(value: Any) -> str | None:
     or a string that is exactly one reference (to a list)."""
     if isinstance(value, list):
         return None
-    if isinstance(value, str) and _ONE_REF.fullmatch(value):
+    if isinstance(value, str) and is_one_reference(value):
         return None
     if isinstance(value, str):
         return (

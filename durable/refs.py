@@ -33,6 +33,7 @@ _STEP = re.compile(rf"\.({_NAME})|\[\s*(-?\d+)\s*\]|\[\s*\"([^\"]*)\"\s*\]|\[\s*
 _DOTTED = re.compile(rf"{_NAME}(?:\.{_NAME})+")
 #: An instance's id as `instance_id` writes it: no sign, no leading zero.
 _INSTANCE = re.compile(r"([^\[\]]+)\[(0|[1-9][0-9]*)\]")
+_ONE = re.compile(r"\s*\$\{[^{}]*\}\s*")
 
 
 #: The names a `foreach` task's input and `when` may use for their instance.
@@ -48,6 +49,12 @@ def split_instance(task_id: str) -> tuple[str, int] | None:
     """`fetch[3]` as ("fetch", 3); None for an id that is not an instance's."""
     match = _INSTANCE.fullmatch(task_id)
     return (match[1], int(match[2])) if match else None
+
+
+def is_one_reference(text: str) -> bool:
+    """Whether `text` is one `${...}` and nothing else but spaces: its value arrives as
+    data of its own type (a list to expand, words for a program), not as text."""
+    return _ONE.fullmatch(text) is not None
 
 
 def group_of(task_id: str) -> str:

@@ -12,6 +12,7 @@ from durable.refs import (
     as_text,
     find_refs,
     instance_id,
+    is_one_reference,
     parse_ref,
     resolve,
     split_instance,
@@ -327,3 +328,15 @@ def test_split_instance_undoes_instance_id(index: int) -> None:
 )
 def test_split_instance_refuses_what_instance_id_never_writes(task_id: str) -> None:
     assert split_instance(task_id) is None
+
+
+@pytest.mark.parametrize("text", ["${search.output.urls}", "  ${ search.output }\n", "${params.n}"])
+def test_one_reference_is_the_whole_text(text: str) -> None:
+    assert is_one_reference(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "plain", "x ${a.output}", "${a.output} ${b.output}", "${a.output}!", "${a.{b}}"]
+)
+def test_text_around_or_between_references_is_not_one_reference(text: str) -> None:
+    assert not is_one_reference(text)
