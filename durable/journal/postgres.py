@@ -353,9 +353,12 @@ class PgJournal(EventReading, EventQueue):
     async def is_driven(self, run_id: str) -> bool:
         """A live session holds the run's advisory lock (`pg_locks` of other backends),
         or the run is the fleet's and has work left (`fleet/`): workers drive it, and
-        whichever is alive or comes next takes it on."""
+        whichever is alive or comes next takes it on. An advisory lock belongs to its
+        database, but `pg_locks` lists the server's: a run of the same id driven in
+        another database is not this one."""
         if await self._conn.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2"
             " AND pid <> pg_backend_pid()",
             _LOCK_SPACE,

@@ -313,6 +313,28 @@ def test_one_process_drives_a_run_and_others_can_tell(target: str) -> None:
     _run(main())
 
 
+def test_a_driver_in_another_database_does_not_drive_this_run() -> None:
+    """Advisory locks belong to one database, but `pg_locks` lists the whole server's:
+    a run of the same id driven in another database is not driven here."""
+
+    async def main() -> None:
+        with pg.fresh_database() as elsewhere, pg.fresh_database() as this:
+            there = await _open(elsewhere)
+            here = await _open(this)
+            try:
+                await there.create_run(_record("r1"), RunStarted(at=1.0))
+                await here.create_run(_record("r1"), RunStarted(at=1.0))
+                async with there.lock("r1"):
+                    assert not await here.is_driven("r1")
+                    async with here.lock("r1"):  # the locks themselves were always apart
+                        assert await here.is_driven("r1")
+            finally:
+                await here.close()
+                await there.close()
+
+    _run(main())
+
+
 def _tamper(target: str, sql: str) -> None:
     """Change a row behind durable's back, the append-only triggers set aside."""
     if target.startswith("postgresql://"):
