@@ -33,7 +33,6 @@ _STEP = re.compile(rf"\.({_NAME})|\[\s*(-?\d+)\s*\]|\[\s*\"([^\"]*)\"\s*\]|\[\s*
 _DOTTED = re.compile(rf"{_NAME}(?:\.{_NAME})+")
 #: An instance's id as `instance_id` writes it: no sign, no leading zero.
 _INSTANCE = re.compile(r"([^\[\]]+)\[(0|[1-9][0-9]*)\]")
-_ONE = re.compile(r"\s*\$\{[^{}]*\}\s*")
 
 
 #: The names a `foreach` task's input and `when` may use for their instance.
@@ -52,9 +51,16 @@ def split_instance(task_id: str) -> tuple[str, int] | None:
 
 
 def is_one_reference(text: str) -> bool:
-    """Whether `text` is one `${...}` and nothing else but spaces: its value arrives as
-    data of its own type (a list to expand, words for a program), not as text."""
-    return _ONE.fullmatch(text) is not None
+    """Whether `text` is exactly one `${...}`, nothing around it: its value arrives as
+    data of its own type (a list to expand, words for a program), not as text. The
+    checks ask this, so that they agree with the renderer (`_compile_string`)."""
+    return _whole(text) is not None
+
+
+def _whole(text: str) -> re.Match[str] | None:
+    """The match of `text` when it is exactly one reference (not a `$${...}` escape)."""
+    match = _REF.fullmatch(text)
+    return match if match is not None and not match.group(1) else None
 
 
 def group_of(task_id: str) -> str:
@@ -313,8 +319,8 @@ class _Const:
 def _compile_string(text: str, refs: list[Ref]) -> Any:
     if "$" not in text:
         return _Const(text)
-    whole = _REF.fullmatch(text)
-    if whole is not None and not whole.group(1):  # exactly one reference: its value
+    whole = _whole(text)
+    if whole is not None:  # exactly one reference: its value
         only = parse_ref(whole.group(2))
         refs.append(only)
         return _resolver(only)

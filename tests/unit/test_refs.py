@@ -330,13 +330,33 @@ def test_split_instance_refuses_what_instance_id_never_writes(task_id: str) -> N
     assert split_instance(task_id) is None
 
 
-@pytest.mark.parametrize("text", ["${search.output.urls}", "  ${ search.output }\n", "${params.n}"])
+@pytest.mark.parametrize("text", ["${search.output.urls}", "${ search.output }", "${params.n}"])
 def test_one_reference_is_the_whole_text(text: str) -> None:
     assert is_one_reference(text)
 
 
 @pytest.mark.parametrize(
-    "text", ["", "plain", "x ${a.output}", "${a.output} ${b.output}", "${a.output}!", "${a.{b}}"]
+    "text",
+    [
+        "",
+        "plain",
+        "x ${a.output}",
+        "${a.output} ${b.output}",
+        "${a.output}!",
+        "${a.{b}}",
+        "  ${a.output}\n",  # spaces are text: the value would be interpolated into them
+        "$${a.output}",  # an escape is the literal text
+    ],
 )
 def test_text_around_or_between_references_is_not_one_reference(text: str) -> None:
     assert not is_one_reference(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["${numbers.output}", " ${numbers.output}", "${numbers.output} ", "$${numbers.output}"]
+)
+def test_one_reference_is_what_the_renderer_gives_its_value_for(text: str) -> None:
+    """The checks (a `foreach`, a shell command's split) ask `is_one_reference`; the
+    renderer decides the same thing on its own. They must agree, or validate passes
+    what the run then fails."""
+    assert is_one_reference(text) == (render(text) == [1, 2, 3])

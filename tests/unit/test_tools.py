@@ -332,6 +332,14 @@ class TestShellWords:
             "command": ["echo", "${a.output}", "two words"]
         }
 
+    def test_a_command_that_is_one_reference_is_left_for_its_value(self) -> None:
+        assert shell_words("${plan.output.argv}") == {"command": "${plan.output.argv}"}
+
+    def test_spaces_around_one_reference_make_it_a_command_to_split(self) -> None:
+        """Split before substitution, as any text around a reference: the value is one
+        word of data, never words of a command line."""
+        assert shell_words(" ${a.output} ") == {"command": ["${a.output}"]}
+
     def test_mapping_command(self) -> None:
         assert shell_words({"command": "ls -l", "cwd": "/"}) == {
             "command": ["ls", "-l"],
