@@ -157,6 +157,11 @@ def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dic
                 value = msgspec.json.decode(value)
             except msgspec.DecodeError:
                 pass
+            except RecursionError:  # deeper than Python's stack: far past MAX_DEPTH
+                raise ParamError(f"param '{name}': nested deeper than {MAX_DEPTH} levels") from None
+        problem = spec_module.data_problem(value, 3)  # as deep as a param in a file
+        if problem is not None:
+            raise ParamError(f"param '{name}': {problem}")
         params[name] = value
     return params
 

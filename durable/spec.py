@@ -7,14 +7,15 @@ the *shape* of a workflow; whether it makes sense as a graph is `graph.py`'s job
 the bytes of a YAML, JSON or TOML file become plain data, within limits that keep a
 hostile file from hurting the process, is `formats.py`'s.
 
-Free-form data (`params`, task `input`) nested deeper than `formats.MAX_DEPTH` levels
-is refused here, after decoding, a level at a time: every later stage (conversion,
-templates, the journal's encoder) recurses.
+Free-form data (`params`, task `input` and `foreach`) that a run could not keep is
+refused here, after decoding (`data_problem`): nested deeper than `formats.MAX_DEPTH`
+levels, an integer over 64 bits, infinity or NaN.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,8 +32,12 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_-]*\Z"
 
 TaskId = Annotated[str, Meta(pattern=IDENTIFIER)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
-Seconds = Annotated[float, Meta(ge=0)]
-PositiveSeconds = Annotated[float, Meta(gt=0)]
+#: The longest time a field may give, about 31 years: a bound that keeps infinity out
+#: (the run keeps its workflow as JSON, which would write it as null) and every sum
+#: of times finite.
+MAX_SECONDS = 1e9
+Seconds = Annotated[float, Meta(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, Meta(gt=0, le=MAX_SECONDS)]
 Concurrency = Annotated[int, Meta(ge=1)]
 
 TRIGGERS = ("all_success", "none_failed", "all_done")
@@ -133,7 +138,7 @@ def read(path: str | Path) -> Decoded:
         if not isinstance(raw, dict):
             raise SpecError(source, not_a_mapping(raw))
         decoded = _decode(raw, SourceLines(data) if decode is formats.decode_yaml else None)
-        _check_depth(decoded, source)
+        _check_data(decoded, source)
         return decoded
     except RecursionError:  # a last resort: the depth checks should have refused it first
         raise SpecError(source, f"nested deeper than {MAX_DEPTH} levels") from None
@@ -162,7 +167,7 @@ def from_data(raw: Any, source: str = "<workflow>", text: bytes | None = None) -
         raise SpecError(source, not_a_mapping(raw))
     try:
         decoded = _decode(raw, SourceLines(text) if text is not None else None)
-        _check_depth(decoded, source)
+        _check_data(decoded, source)
     except RecursionError:  # data built in code, as deep as Python allowed
         raise SpecError(source, f"nested deeper than {MAX_DEPTH} levels") from None
     if decoded.problems or decoded.workflow is None:
@@ -183,67 +188,80 @@ def decode(data: bytes) -> Workflow:
     return msgspec.json.decode(data, type=Workflow)
 
 
-def _check_depth(decoded: Decoded, source: str) -> None:
-    """Refuse free-form data (`params`, task `input` and `foreach`) nested deeper than `MAX_DEPTH`.
+#: The integers the journal can hold (msgpack's 64 bits, signed or not).
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+
+_HUGE = "an integer outside 64 bits (-2**63 to 2**64-1), which the journal cannot keep"
+_ENDLESS = "is no number a run can keep (it keeps its workflow as JSON: no inf, no nan)"
+
+
+def data_problem(value: Any, level: int) -> str | None:
+    """What keeps free-form data (a param, a task's `input` or `foreach`) out of a run,
+    or None. `level` is how deep `value` sits in its file (the top mapping is 1).
+
+    - Nested deeper than `MAX_DEPTH` levels: every later stage (conversion,
+      templates, the journal's encoder) recurses.
+    - An integer outside 64 bits: the journal's msgpack cannot hold it, so the run
+      could not record the work it fingerprints.
+    - Infinity or NaN: the run keeps its workflow as JSON, which has neither, so a
+      resume would hand the tool null where the first session handed it `inf`.
+
+    Walked a level at a time, without recursion: the depth is what is checked.
+    """
+    values = [value]
+    while values:
+        below: list[Any] = []
+        for item in values:
+            kind = item.__class__
+            if kind is str or item is None:  # most of it: tested first
+                continue
+            if kind is int:
+                if not INT_MIN <= item <= INT_MAX:
+                    return _HUGE
+            elif kind is float:
+                if not math.isfinite(item):
+                    return f"{item} {_ENDLESS}"
+            elif isinstance(item, dict | list):
+                if level > MAX_DEPTH:
+                    return f"nested deeper than {MAX_DEPTH} levels"
+                below.extend(item.values() if isinstance(item, dict) else item)
+        values = below
+        level += 1
+    return None
+
+
+def _check_data(decoded: Decoded, source: str) -> None:
+    """Refuse free-form data (`params`, task `input` and `foreach`) a run cannot keep
+    (`data_problem`), naming the first field that holds it.
 
     Only those fields hold data of any shape: every other field has a type, which a
-    deeper value would already have failed. Checked a level at a time, without
-    recursion, over all of them at once (a per-task walk cost more than the check).
+    deeper value would already have failed. Checked in one walk over all of them
+    (a walk per field cost more than the check); the field is looked for only when
+    there is a problem.
     """
     workflow = decoded.workflow
     if workflow is None:
         return
-    containers = (dict, list)
-    params = [v for v in workflow.params.values() if isinstance(v, containers)]
-    inputs = [
-        value
-        for t in workflow.tasks
-        for value in (t.input, t.foreach)
-        if isinstance(value, containers)
-    ]
-    for start, level in ((3, params), (4, inputs)):  # the top-level mapping is level 1
-        depth = start
-        while level:
-            if depth > MAX_DEPTH:
-                raise SpecError(
-                    source, f"{_deep_field(decoded)}nested deeper than {MAX_DEPTH} levels"
-                )
-            level = [
-                child
-                for value in level
-                for child in (value.values() if value.__class__ is dict else value)
-                if isinstance(child, containers)
-            ]
-            depth += 1
-
-
-def _deep_field(decoded: Decoded) -> str:
-    """ "line 7: task 'a': field 'input': ", naming where data is too deep (an error path)."""
-    assert decoded.workflow is not None
-
-    def depth(value: Any) -> int:
-        level, count = [value], 0
-        while level:
-            level = [
-                c
-                for v in level
-                if isinstance(v, dict | list)
-                for c in (v.values() if isinstance(v, dict) else v)
-            ]
-            count += 1
-        return count - 1
-
+    params = list(workflow.params.values())
+    inputs = [value for t in workflow.tasks for value in (t.input, t.foreach)]
+    # As items of one list, each value sits a level deeper than the list.
+    if data_problem(params, 2) is None and data_problem(inputs, 3) is None:
+        return
     lines = decoded.lines
-    for name, value in decoded.workflow.params.items():
-        if 2 + depth(value) > MAX_DEPTH:
+    for name, value in workflow.params.items():
+        problem = data_problem(value, 3)
+        if problem is not None:
             line = lines.line(["params", name]) if lines is not None else None
-            return (f"line {line}: " if line else "") + f"field 'params.{name}': "
-    for position, task in enumerate(decoded.workflow.tasks):
+            where = (f"line {line}: " if line else "") + f"field 'params.{name}': "
+            raise SpecError(source, where + problem)
+    for position, task in enumerate(workflow.tasks):
         for field, value in (("input", task.input), ("foreach", task.foreach)):
-            if 3 + depth(value) > MAX_DEPTH:
+            problem = data_problem(value, 4)
+            if problem is not None:
                 line = lines.task(position, field) if lines is not None else None
-                return (f"line {line}: " if line else "") + f"task '{task.id}': field '{field}': "
-    return ""
+                where = (f"line {line}: " if line else "") + f"task '{task.id}': field '{field}': "
+                raise SpecError(source, where + problem)
 
 
 # -- shape: raw data to Structs, every problem collected ---------------------------

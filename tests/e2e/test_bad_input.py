@@ -231,8 +231,11 @@ def test_unknown_run_id(durable, journal_rows, journal: dict[str, Path], command
     [
         (("-p", "nosuch=1"), "nosuch"),
         (("-p", "noequals"), "noequals"),
+        # The journal keeps 64-bit integers: a larger one crashed the run it started.
+        (("-p", "count=100000000000000000000000"), "param 'count': an integer outside 64 bits"),
+        (("-p", "count=" + "[" * 3000 + "]" * 3000), "param 'count': nested deeper than 100"),
     ],
-    ids=["undeclared-param", "malformed-param"],
+    ids=["undeclared-param", "malformed-param", "huge-integer-param", "deep-param"],
 )
 def test_bad_param(
     durable, journal_rows, journal: dict[str, Path], args: tuple[str, ...], culprit: str

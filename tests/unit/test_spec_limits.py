@@ -176,6 +176,63 @@ class TestDepth:
             spec.from_data({"name": "w", "tasks": [{"id": "a", "tool": "echo", "input": value}]})
 
 
+class TestNumbersARunCannotKeep:
+    """A run keeps its workflow as JSON and its work as msgpack: an integer over 64 bits
+    crashed the run that fingerprinted it (and every resume), and infinity came back
+    from the journal as null, so a resumed run handed its tool other input."""
+
+    BIG = "100000000000000000000000"
+
+    @pytest.mark.parametrize(
+        ("value", "problem"),
+        [
+            (BIG, "an integer outside 64 bits"),
+            ("-9223372036854775809", "an integer outside 64 bits"),
+            (".inf", "inf is no number a run can keep"),
+            ("-.inf", "-inf is no number a run can keep"),
+            (".nan", "nan is no number a run can keep"),
+            (f"{{deep: [1, [2, {BIG}]]}}", "an integer outside 64 bits"),
+        ],
+    )
+    def test_input_is_refused_naming_the_task_and_line(
+        self, tmp_path: Path, value: str, problem: str
+    ) -> None:
+        text = f"name: w\ntasks:\n  - id: a\n    tool: echo\n    input: {{n: {value}}}\n"
+        assert refused(write(tmp_path, "w.yaml", text)).startswith(
+            f"line 5: task 'a': field 'input': {problem}"
+        )
+
+    def test_params_and_foreach_are_refused_too(self, tmp_path: Path) -> None:
+        params = f"name: w\nparams:\n  p: [{self.BIG}]\ntasks: []\n"
+        assert refused(write(tmp_path, "p.yaml", params)).startswith(
+            "line 3: field 'params.p': an integer outside 64 bits"
+        )
+        foreach = 'name = "w"\n[[tasks]]\nid = "a"\ntool = "echo"\nforeach = [1.0, inf]\n'
+        assert refused(write(tmp_path, "f.toml", foreach)).startswith(
+            "task 'a': field 'foreach': inf is no number a run can keep"
+        )
+
+    def test_the_64_bit_bounds_themselves_load(self, tmp_path: Path) -> None:
+        text = (
+            "name: w\ntasks:\n  - {id: a, tool: echo, "
+            "input: [18446744073709551615, -9223372036854775808, 1.5e+300]}\n"
+        )
+        assert spec.load(write(tmp_path, "w.yaml", text)).tasks[0].input == [
+            2**64 - 1,
+            -(2**63),
+            1.5e300,
+        ]
+
+    @pytest.mark.parametrize("field", ["retry_delay", "timeout", "cache_ttl"])
+    def test_an_endless_time_is_refused(self, tmp_path: Path, field: str) -> None:
+        text = f"name: w\ntasks:\n  - {{id: a, tool: echo, {field}: .inf}}\n"
+        with pytest.raises(ValidationError) as info:
+            plan_file(write(tmp_path, "w.yaml", text))
+        assert f"line 3: task 'a': field '{field}': expected `float` <= 1000000000.0" in str(
+            info.value
+        )
+
+
 class TestEncoding:
     @pytest.mark.parametrize("suffix", [".yaml", ".json", ".toml"])
     def test_latin1_is_refused_with_the_byte_and_its_place(
