@@ -307,7 +307,13 @@ def build_trusted(
         raise ValidationError(source, problems)
     for plan in tasks.values():
         for dep in plan.deps:
-            tasks[dep].dependents.append(plan.id)
+            try:
+                tasks[dep].dependents.append(plan.id)
+            except KeyError:
+                # Validated, a reference names a declared task: this name came from
+                # a mapping's key (literal text), in a run started before keys that
+                # hold `${` were refused. It is no dependency.
+                plan.deps = tuple(d for d in plan.deps if d in tasks)
     return Plan(workflow, tasks)
 
 

@@ -236,6 +236,11 @@ class Template:
         return not self.refs
 
 
+def _holds_reference(text: str) -> bool:
+    """Whether `text` holds a `${...}` that is not a `$${...}` escape."""
+    return any(not match.group(1) for match in _REF.finditer(text))
+
+
 def _compile(value: Any, refs: list[Ref]) -> Any:
     """Return a function scope -> value. Constant subtrees are returned as they are."""
     if isinstance(value, str):
@@ -243,6 +248,12 @@ def _compile(value: Any, refs: list[Ref]) -> Any:
     # A part is constant exactly when compiling it found no reference.
     before = len(refs)
     if isinstance(value, dict):
+        for key in value:
+            if key.__class__ is str and "${" in key and _holds_reference(key):
+                raise ReferenceSyntaxError(
+                    f"the key '{key}' holds a reference, but keys are taken as written, "
+                    "never substituted: put the reference in a value"
+                )
         parts = {
             k: _compile_string(v, refs) if v.__class__ is str else _compile(v, refs)
             for k, v in value.items()

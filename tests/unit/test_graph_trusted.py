@@ -22,6 +22,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
         "$$${a.output} is a dollar then an escape",
         {"n": 3, "s": "no references at all"},
         '${x-y_z.output["key with spaces"]}',
+        {"x": 'a "${b.output}": b', "y": "${c.output}", "$${k.output}": 1},
     ],
 )
 def test_scan_agrees_with_the_parser(value: object) -> None:
@@ -52,3 +53,20 @@ def test_trusted_plan_of_the_examples(name: str) -> None:
     }
     for task_id, plan in trusted.tasks.items():
         assert (plan.when.source if plan.when else None) == checked.tasks[task_id].spec.when
+
+
+def test_a_key_in_a_run_journaled_before_keys_were_refused_is_no_dependency() -> None:
+    """A run started before keys that hold `${` were refused: its resume plans it
+    (a scan sees the key's text), and the key names no dependency."""
+    workflow = spec.from_data(
+        {
+            "name": "old",
+            "tasks": [
+                {"id": "a", "tool": "echo", "input": {"${zz.output}": "${b.output}"}},
+                {"id": "b", "tool": "echo"},
+            ],
+        }
+    )
+    trusted = graph.build_trusted(workflow, tools.REGISTRY.resolve)
+    assert trusted.tasks["a"].deps == ("b",)
+    assert trusted.tasks["b"].dependents == ["a"]

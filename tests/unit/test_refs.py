@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from durable.errors import ReferenceSyntaxError, ResolutionError
@@ -252,9 +254,6 @@ class TestRefs:
             "${d.output.k[0]}",
         ]
 
-    def test_dict_keys_are_not_references(self) -> None:
-        assert find_refs({"${a.output}": 1}) == ()
-
 
 class TestSyntaxErrors:
     @pytest.mark.parametrize(
@@ -360,3 +359,16 @@ def test_one_reference_is_what_the_renderer_gives_its_value_for(text: str) -> No
     renderer decides the same thing on its own. They must agree, or validate passes
     what the run then fails."""
     assert is_one_reference(text) == (render(text) == [1, 2, 3])
+
+
+class TestKeys:
+    """Keys are taken as written, never substituted: a key that holds a reference is
+    refused (it was taken for a dependency by the scan a resume plans with)."""
+
+    def test_a_key_that_holds_a_reference_is_refused(self) -> None:
+        with pytest.raises(ReferenceSyntaxError, match=re.escape("key 'x ${a.output}' holds a")):
+            Template({"n": 1, "deep": [{"x ${a.output}": "${b.output}"}]})
+
+    def test_escaped_and_plain_keys_are_kept_as_written(self) -> None:
+        value = {"$${a.output}": "${numbers.output}", "cost $": 1, 7: "${params.n}"}
+        assert render(value) == {"$${a.output}": [1, 2, 3], "cost $": 1, 7: 3}
