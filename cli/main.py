@@ -11,6 +11,7 @@ import atexit
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -42,12 +43,21 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# click 8.2+ raises this usage error to show a group's help when it is given no
+# command (`durable`, `durable cache`); that stays help, as click prints it.
+_HELP_NOT_ERROR: type[click.UsageError] | tuple[()] = getattr(
+    click.exceptions, "NoArgsIsHelpError", ()
+)
+
+
 class DurableGroup(click.Group):
     """Turns a `DurableError` into one line on stderr (then detail lines) and its exit code.
 
-    Nothing else is caught: an exception that is not a `DurableError` is a bug, and
-    its traceback is what a bug report needs. Commands are loaded from `COMMANDS` on
-    first use.
+    click's usage errors (a bad option value, a missing argument, an unknown option or
+    command) take the same way, as `usage_error` makes them: the problem first, in
+    click's words, then its usage line and help hint. Nothing else is caught: an
+    exception that is neither is a bug, and its traceback is what a bug report needs.
+    Commands are loaded from `COMMANDS` on first use.
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -60,17 +70,55 @@ class DurableGroup(click.Group):
             self.add_command(listed[0] if listed else getattr(module, cmd_name))
         return self.commands.get(cmd_name)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """`durable`'s own options; a command's are parsed in `invoke`."""
+        try:
+            return super().parse_args(ctx, args)
+        except _HELP_NOT_ERROR:
+            raise
+        except click.UsageError as exc:
+            if ctx.resilient_parsing:  # shell completion: click's, untouched
+                raise
+            refuse(ctx, usage_error(exc))
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except DurableError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            refuse(ctx, exc)
+        except _HELP_NOT_ERROR:
+            raise
+        except click.UsageError as exc:
+            refuse(ctx, usage_error(exc))
         except KeyboardInterrupt:
             # Ctrl-C before a run's own handler is installed (while validating a
             # large file, say): nothing was journaled yet, nothing to resume.
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+
+
+def refuse(ctx: click.Context, exc: DurableError) -> NoReturn:
+    """Print `error: MESSAGE` (then its detail lines) on stderr and exit with its code."""
+    click.echo(f"error: {exc}", err=True)
+    ctx.exit(exc.exit_code)
+
+
+def usage_error(exc: click.UsageError) -> DurableError:
+    """click's usage error as durable's: click's message, naming the option or argument,
+    then the command's usage line and `Try 'durable CMD --help' for help.` as details.
+
+    click's own layout puts the usage first and its `Error:` line last.
+    """
+    details: list[str] = []
+    ctx = exc.ctx
+    if ctx is not None:
+        details.append(" ".join(ctx.get_usage().split()))  # one line, however wide
+        if ctx.command.get_help_option(ctx) is not None:
+            option = max(ctx.command.get_help_option_names(ctx), key=len)
+            details.append(f"Try '{ctx.command_path} {option}' for help.")
+    error = DurableError(exc.format_message(), details)
+    error.exit_code = exc.exit_code
+    return error
 
 
 @click.group(cls=DurableGroup, context_settings={"help_option_names": ["-h", "--help"]})

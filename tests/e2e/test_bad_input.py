@@ -255,6 +255,64 @@ def test_missing_workflow_file(durable, journal_rows, journal: dict[str, Path]) 
     assert digest(journal_rows, db) == before
 
 
+# click's usage errors, in durable's layout: `error:` and click's words for the problem
+# (which name the option or argument) first, then the usage line and the help hint.
+USAGE_ERRORS = [
+    pytest.param(("run", "WORKFLOW", "-j", "0"), "durable run", "'--jobs'", id="jobs-0"),
+    pytest.param(
+        ("run", "WORKFLOW", "--durability", "bogus"),
+        "durable run",
+        "'--durability'",
+        id="durability",
+    ),
+    pytest.param(
+        ("run", "WORKFLOW", "--db", "."),
+        "durable run",
+        "'--db'",
+        id="db-directory",
+        marks=pytest.mark.sqlite_only("a --db that is a directory"),
+    ),
+    pytest.param(("runs", "--since", "soon"), "durable runs", "'--since'", id="since"),
+    pytest.param(("runs", "--limit", "0"), "durable runs", "'--limit'", id="limit-0"),
+    pytest.param(("runs", "--status", "bogus"), "durable runs", "'--status'", id="status"),
+    pytest.param(("prune", "--older-than", "soon"), "durable prune", "'--older-than'", id="age"),
+    pytest.param(
+        ("graph", "WORKFLOW", "--format", "bogus"), "durable graph", "'--format'", id="format"
+    ),
+    pytest.param(
+        ("run", "WORKFLOW", "--json", "-q"), "durable run", "--json and --quiet", id="json-quiet"
+    ),
+    pytest.param(("run",), "durable run", "'WORKFLOW'", id="missing-argument"),
+    pytest.param(("run", "WORKFLOW", "--bogus"), "durable run", "'--bogus'", id="unknown-option"),
+    pytest.param(("--bogus",), "durable", "'--bogus'", id="unknown-top-option"),
+    pytest.param(("bogus",), "durable", "'bogus'", id="unknown-command"),
+    pytest.param(("cache", "bogus"), "durable cache", "'bogus'", id="unknown-subcommand"),
+]
+
+
+@pytest.mark.parametrize(("args", "command", "culprit"), USAGE_ERRORS)
+def test_usage_error_says_error_first(
+    durable,
+    journal_rows,
+    journal: dict[str, Path],
+    args: tuple[str, ...],
+    command: str,
+    culprit: str,
+) -> None:
+    db = journal["db"]
+    before = digest(journal_rows, db)
+    args = tuple(str(journal["workflow"]) if arg == "WORKFLOW" else arg for arg in args)
+    env = {"DURABLE_DB": str(db)}
+    result = durable(*args, env=env, cwd=journal["folder"])
+    assert_refused(result, 2, culprit)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("error: "), result.stderr
+    assert lines[1].startswith(f"  Usage: {command} "), result.stderr
+    assert lines[2] == f"  Try '{command} --help' for help.", result.stderr
+    assert result.stdout == ""
+    assert digest(journal_rows, db) == before
+
+
 # A command that would create the journal, one that reads it, one that would drive a run.
 JOURNAL_COMMANDS = [("run", "WORKFLOW"), ("status", "known"), ("resume", "known")]
 

@@ -242,4 +242,4 @@ def test_json_opening_carries_workflow_and_size_and_refuses_quiet(
     assert opening["kind"] == "run_resumed"
     assert (opening["workflow"], opening["tasks"], opening["kept"]) == ("gates", 5, 4)
     both = durable("run", wf, "--db", "j.db", "--json", "--quiet", cwd=tmp_path, check=2)
-    assert "--json and --quiet cannot be combined" in both.stderr
+    assert both.stderr.splitlines()[0] == "error: --json and --quiet cannot be combined"

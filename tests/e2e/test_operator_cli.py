@@ -455,9 +455,11 @@ def test_prune_refuses_an_unknown_run_and_prunes_nothing(
     for args in ([], ["done-1", "--older-than", "1d"]):
         result = durable("prune", *args, "--db", "j.db", cwd=tmp_path, check=2)
         no_traceback(result)
-        assert "give either RUN_ID... or --older-than AGE" in result.stderr
+        assert first_line(result.stderr) == "error: give either RUN_ID... or --older-than AGE"
     result = durable("prune", "--older-than", "soon", "--db", "j.db", cwd=tmp_path, check=2)
-    assert "neither an age" in result.stderr
+    assert first_line(result.stderr).startswith(
+        "error: Invalid value for '--older-than': 'soon' is neither an age"
+    )
     assert journal_rows(db, f"{EVENTS} ORDER BY seq") == before
 
 
