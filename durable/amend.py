@@ -8,7 +8,9 @@ had succeeded (or been skipped) and nothing it depends on changed:
 - none of its upstream tasks runs again;
 - the fingerprint of its work (`fingerprint.py`), recomputed from the new definition
   with its upstream outputs, equals the one its attempt recorded: so an input
-  rewritten to the same value keeps it, and a tool whose code changed does not.
+  rewritten to the same value keeps it, and a tool whose code changed does not;
+- for a `foreach` task, finished or not: its list renders to the same items (the
+  expansion's digest), and every instance that succeeded passes the test above.
 
 Everything else runs again, each with its reason; a task the new file no longer has
 is removed from the run. The plan is journaled as a `run_amended` event: the run's
@@ -24,6 +26,7 @@ from typing import Any
 import msgspec
 
 from durable.errors import DurableError
+from durable.fanout import digest
 from durable.fingerprint import fingerprint, tool_identity
 from durable.graph import Plan, TaskPlan
 from durable.refs import Scope, group_of, instance_id
@@ -109,31 +112,58 @@ def _why(
         return NEW
     spec = plan.spec
     changed = _changed(spec, old, plan, reasons)
+    if changed is None and task.instances is not None:
+        # A foreach task whose instances ran, finished or not: the ones that
+        # succeeded are kept only if the list and each one's work are the same, or
+        # the group's output would mix the old work with the new.
+        changed = _group_changed(plan, old, task, scope, state)
     if task.state not in KEPT:
         return changed or NOT_DONE
-    if changed is not None:
-        return changed
-    if task.state == SKIPPED:
-        return None  # its `when` and upstreams are unchanged: it would be skipped again
-    recorded, value = task.fingerprint, None
+    if changed is not None or task.state == SKIPPED or task.instances is not None:
+        return changed  # skipped: its `when` and upstreams are unchanged, as it would be
     try:
-        if task.instances is not None:  # a foreach task: its first instance stands for all
-            if not task.instances:
-                return None
-            first = state.tasks[instance_id(spec.id, 0)]
-            items = plan.foreach.render(scope) if plan.foreach is not None else []
-            recorded = first.fingerprint
-            value = plan.template.render(scope.bind(items[0], 0))
-        else:
-            value = plan.template.render(scope)
+        value = plan.template.render(scope)
     except (DurableError, IndexError, TypeError, KeyError):
         return "input changed"
+    return _work_changed(plan, old, task.fingerprint, value)
+
+
+def _group_changed(
+    plan: TaskPlan, old: Task, task: TaskState, scope: Scope, state: RunState
+) -> str | None:
+    """Why a foreach task's instances that succeeded cannot be kept: its list renders
+    to other items (`fanout.digest`), or the work of one of them changed."""
+    try:
+        items = plan.foreach.render(scope) if plan.foreach is not None else []
+    except (DurableError, IndexError, TypeError, KeyError):
+        # Its list cannot be rendered now (an upstream that failed, say): a run that
+        # did not finish runs it again as any resume would; a kept one cannot be kept.
+        return None if task.state not in KEPT else "input changed"
+    if not isinstance(items, list) or (len(items), digest(items)) != (task.instances, task.digest):
+        return "its list changed"
+    for index, item in enumerate(items):
+        instance = state.tasks.get(instance_id(plan.id, index))
+        if instance is None or instance.state != SUCCEEDED:
+            continue  # nothing of it is kept: it runs (or is skipped) anew
+        try:
+            value = plan.template.render(scope.bind(item, index))
+        except (DurableError, IndexError, TypeError, KeyError):
+            return "input changed"
+        why = _work_changed(plan, old, instance.fingerprint, value)
+        if why is not None:
+            return why
+    return None
+
+
+def _work_changed(plan: TaskPlan, old: Task, recorded: str | None, value: Any) -> str | None:
+    """Why work that succeeded with fingerprint `recorded` is not the work `value`
+    asks of the task's tool now, or None when it is the same."""
     if recorded is None:  # written before fingerprints: only the file can tell
-        return "input changed" if spec.input != old.input else None
+        return "input changed" if plan.spec.input != old.input else None
     assert plan.tool is not None
     if fingerprint(tool_identity(plan.tool), value) == recorded:
         return None
-    return "input changed" if spec.input != old.input else "tool code changed"
+    return "input changed" if plan.spec.input != old.input else "tool code changed"
 
 
 def _changed(spec: Task, old: Task, plan: TaskPlan, reasons: dict[str, str]) -> str | None:

@@ -65,11 +65,19 @@ def _first_run(tmp_path: Path, tasks: list[dict[str, Any]] = BASE) -> tuple[Path
     return db, result.run_id
 
 
-def _plan(tmp_path: Path, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> Any:
-    """The plan for `new` against a real run of `old` (its state, from the engine)."""
+def _plan(
+    tmp_path: Path,
+    old: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    tamper: Any = None,
+) -> Any:
+    """The plan for `new` against a real run of `old` (its state, from the engine,
+    changed by `tamper(state)` where given)."""
     db = tmp_path / "j.db"
     result = asyncio.run(arun(_workflow(old), db=db, durability="off"))
     state = RunState(tasks=result.tasks)
+    if tamper is not None:
+        tamper(state)
     return plan_amendment(state, _workflow(old), build(_workflow(new), REGISTRY.resolve), {}, "r")
 
 
@@ -143,6 +151,34 @@ def test_a_foreach_task_is_kept_or_reset_with_its_instances(tmp_path):
     assert plan.runs == [("m", "input changed")] and plan.reset == ["m"]
     more = [{**old[0], "foreach": [1, 2, 3]}]
     assert _plan(tmp_path / "3", old, more).runs == [("m", "foreach changed")]
+
+
+def test_every_instance_of_a_foreach_task_is_compared_not_only_the_first(tmp_path):
+    """The first instance stood for all: one skipped (no fingerprint), or one whose
+    item had not changed, let the others' changed work be kept."""
+    old = [{"id": "m", "tool": "amend_add", "foreach": [1, 2, 3], "input": {"x": "${item}"}}]
+
+    def other_work_at_1(state: RunState) -> None:  # as a tool whose code changed
+        state.tasks["m[1]"].fingerprint = "0" * 32
+
+    plan = _plan(tmp_path / "1", old, old, other_work_at_1)
+    assert plan.runs == [("m", "tool code changed")] and plan.reset == ["m"]
+
+    def other_list(state: RunState) -> None:  # as an upstream rerun alone
+        state.tasks["m"].digest = "00000000"
+
+    plan = _plan(tmp_path / "2", old, old, other_list)
+    assert plan.runs == [("m", "its list changed")] and plan.reset == ["m"]
+
+
+def test_a_foreach_task_that_failed_keeps_no_old_work_beside_new(tmp_path):
+    """Its instances that succeeded ran the old input: an edited input runs them all
+    again, not only the one that failed, or its output would mix the two."""
+    old = [{"id": "m", "tool": "amend_add", "foreach": [1, "two", 3], "input": {"x": "${item}"}}]
+    assert _plan(tmp_path / "1", old, old).runs == [("m", NOT_DONE)]  # as any resume
+    changed = [{**old[0], "input": {"x": "${item}", "y": 1}}]
+    plan = _plan(tmp_path / "2", old, changed)
+    assert plan.runs == [("m", "input changed")] and plan.reset == ["m"]
 
 
 # -- the fold of run_amended ------------------------------------------------------------
