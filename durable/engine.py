@@ -340,7 +340,7 @@ class Engine(Expansion):
                 self._look_up(plan, attempt, value, mark)
                 return
             hit = self.journal.cached(mark, self._newer_than(plan))
-            if hit is not None:
+            if hit is not None and self._answers(plan, hit):
                 self._reuse(plan, mark, hit)
                 return
         self._start_attempt(plan, attempt, value, mark)
@@ -378,7 +378,7 @@ class Engine(Expansion):
                 self._check_stopped()
                 return
             hit = lookup.result()
-            if hit is not None:
+            if hit is not None and self._answers(plan, hit):
                 self._reuse(plan, mark, hit)
             else:
                 self._start_attempt(plan, attempt, value, mark)
@@ -388,6 +388,13 @@ class Engine(Expansion):
 
     def _caches(self, plan: TaskPlan) -> bool:
         return caches(plan, self.cache)
+
+    def _answers(self, plan: TaskPlan, hit: CacheHit) -> bool:
+        """Whether a cache entry may answer the task: any but the task's own earlier
+        success in this run. A task of this run starts over only when it was asked
+        to (`rerun`, `resume --reload`); answered from its own success, it would not
+        run again. Asked of the journal's entry, so it holds after a crash too."""
+        return hit.task_id != plan.id or hit.run_id != self.run_id
 
     def _newer_than(self, plan: TaskPlan) -> float | None:
         return newer_than(plan, self.plan.workflow, time.time())

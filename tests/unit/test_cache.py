@@ -35,7 +35,7 @@ from durable.events import (
 )
 from durable.journal import cache as cache_index
 from durable.prune import SqlitePruning
-from durable.runner import RunResult, aresume, arun
+from durable.runner import Edit, RunResult, aresume, arun
 from durable.state import FAILED, PENDING, SUCCEEDED, IllegalTransition, RunState
 from durable.tools import REGISTRY
 
@@ -671,3 +671,25 @@ def test_a_retry_whose_work_was_cached_meanwhile_finishes(db):
     assert result.ok, result.tasks
     assert result.outputs == {"a": "ok k", "b": "ok k"}
     assert_fold_matches(result, db)
+
+
+def test_a_rerun_runs_the_task_though_its_own_success_is_cached(db):
+    """`rerun` asks for the work again: the task's own earlier success in this run
+    must not answer it. Another run's equal work still may (that is the cache)."""
+    wf = workflow(
+        [
+            {"id": "a", "tool": "cache_echo", "input": {"key": "a"}},
+            {"id": "b", "tool": "cache_echo", "input": {"key": "b", "value": "${a.output}"}},
+        ],
+        cache=True,
+    )
+    first = run(wf, db)
+    assert first.ok and dict(CALLS) == {"a": 1, "b": 1}
+    again = resume(first.run_id, db, edit=Edit(rerun=["a"]))
+    assert again.ok and dict(CALLS) == {"a": 2, "b": 1}
+    assert reused_events(db, first.run_id) == {}
+    assert_entries_name_successes(db)
+
+    second = run(wf, db)  # a new run: the first run's successes answer it
+    assert dict(CALLS) == {"a": 2, "b": 1}
+    assert set(reused_events(db, second.run_id)) == {"a", "b"}
