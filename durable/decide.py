@@ -92,3 +92,15 @@ def poison_error(deaths: int) -> str:
         f"again (a tool that exits or crashes the process?); resume with "
         f"--max-deaths {deaths + 1} to try it once more"
     )
+
+
+#: The longest wait between two attempts that doubling reaches, unless `retry_delay`
+#: itself is longer: the 20th retry of a 1 s delay would wait six days.
+MAX_BACKOFF = 3600.0
+
+
+def backoff(retry_delay: float, retry: int) -> float:
+    """Seconds before retry number `retry` (1 for the first): `retry_delay`, doubled
+    at each retry up to `MAX_BACKOFF` (or `retry_delay`, if it is longer). Computed
+    in floats from a bounded exponent, so that no number of retries overflows."""
+    return min(retry_delay * 2.0 ** min(retry - 1, 64), max(retry_delay, MAX_BACKOFF))

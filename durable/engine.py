@@ -41,7 +41,7 @@ from functools import partial
 from typing import Any
 
 from durable.attempt import AttemptFailed, call_tool, render_input
-from durable.decide import EXPAND, RUN, Ending, decide
+from durable.decide import EXPAND, RUN, Ending, backoff, decide
 from durable.errors import OutputClosed
 from durable.events import (
     Event,
@@ -473,7 +473,7 @@ class Engine(Expansion):
         task_id = plan.id
         tries = self._tries[task_id]
         if retryable and tries <= plan.spec.retries and not self._stopping:
-            delay = plan.spec.retry_delay * 2 ** (tries - 1)
+            delay = backoff(plan.spec.retry_delay, tries)
             self.emit(
                 TaskRetrying(
                     task_id=task_id, attempt=attempt, at=time.time(), error=error, delay=delay

@@ -38,6 +38,7 @@ from typing import Any
 
 from durable import tools
 from durable.attempt import AttemptFailed, call_tool
+from durable.decide import backoff
 from durable.errors import DurableError
 from durable.events import (
     Event,
@@ -382,7 +383,7 @@ class Worker:
         spec = claim.plan.spec
         now = time.time()
         if failure.retryable and claim.tries < spec.retries and not self._stopping:
-            delay = spec.retry_delay * 2**claim.tries
+            delay = backoff(spec.retry_delay, claim.tries + 1)
             return TaskRetrying(
                 task_id=claim.task_id,
                 attempt=claim.attempt,

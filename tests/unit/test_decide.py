@@ -8,7 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from durable import spec
-from durable.decide import RUN, Ending, decide
+from durable.decide import MAX_BACKOFF, RUN, Ending, backoff, decide
 from durable.events import TaskSkipped, TaskUpstreamFailed
 from durable.loader import plan_workflow
 from durable.refs import Scope
@@ -70,3 +70,19 @@ def test_the_verdict_follows_the_dependencies_states(trigger: str, states: list[
         assert verdict.event.task_id == "t"
         assert verdict.event.at == 5.0
     assert got == _expected(trigger, states, deps)
+
+
+def test_the_delay_doubles_at_each_retry_up_to_the_cap() -> None:
+    assert [backoff(0.5, retry) for retry in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff(1.0, 12) == 2048.0 and backoff(1.0, 13) == MAX_BACKOFF
+    assert backoff(2 * MAX_BACKOFF, 5) == 2 * MAX_BACKOFF  # a longer delay is its own cap
+
+
+@given(
+    st.floats(min_value=0, max_value=spec.MAX_SECONDS), st.integers(min_value=1, max_value=10**6)
+)
+@example(0.0, 1100)  # a delay of 0 retried past 1,024 times overflowed the int-to-float
+@example(spec.MAX_SECONDS, 10**6)
+def test_no_number_of_retries_overflows(delay: float, retry: int) -> None:
+    waited = backoff(delay, retry)
+    assert delay <= waited <= max(delay, MAX_BACKOFF)
