@@ -13,6 +13,7 @@ import inspect
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar, overload
 
 import msgspec
@@ -95,7 +96,7 @@ class Registry:
         if not module_name or not attr:
             raise ToolNotFound(f"tool '{name}': expected 'module:function'")
         try:
-            module = importlib.import_module(module_name)
+            module = _import(module_name)
         except Exception as exc:  # an import can fail in any way (SyntaxError, its own errors)
             raise ToolNotFound(
                 f"tool '{name}': cannot import module '{module_name}': {type(exc).__name__}: {exc}"
@@ -184,10 +185,21 @@ def import_modules(imports: Iterable[str], base_dir: str | Path) -> list[str]:
         ):
             del sys.modules[module_name]
         try:
-            importlib.import_module(module_name)
+            _import(module_name)
         except Exception as exc:  # an import can fail in any way; report it, don't crash
             problems.append(f"imports: cannot import '{module_name}': {type(exc).__name__}: {exc}")
     return problems
+
+
+def _import(module_name: str) -> ModuleType:
+    """`importlib.import_module`, where a module that calls `sys.exit` as it is
+    imported (`sys.exit("API_KEY is not set")`) fails to import, as one that raises
+    does: a problem to report, naming it, not the exit of the whole command."""
+    try:
+        return importlib.import_module(module_name)
+    except SystemExit as exc:
+        why = "" if exc.code is None else f": {exc.code}"
+        raise ImportError(f"it called sys.exit{why}") from None
 
 
 def add_search_path(folder: str) -> None:

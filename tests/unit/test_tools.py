@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -198,6 +199,26 @@ class TestModuleFunction:
             "tool 'boom_mod_for_test:f': cannot import module 'boom_mod_for_test': "
             "RuntimeError: boom"
         )
+
+    @pytest.mark.parametrize(
+        ("body", "why"),
+        [
+            ("import sys\nsys.exit('MY_KEY is not set')\n", ": MY_KEY is not set"),
+            ("raise SystemExit(3)\n", ": 3"),
+            ("raise SystemExit\n", ""),
+        ],
+    )
+    def test_a_module_that_exits_as_it_is_imported(
+        self, tmp_path: Path, body: str, why: str
+    ) -> None:
+        """It fails to import, naming itself, as one that raises: it does not end the
+        command (which printed the bare message, or nothing, with its own code)."""
+        name = f"exits_{abs(hash(body))}_for_test"
+        write_module(tmp_path, name, body)
+        why = f"'{name}': ImportError: it called sys.exit{why}"
+        assert import_modules([name], tmp_path) == [f"imports: cannot import {why}"]
+        with pytest.raises(ToolNotFound, match=re.escape(f"cannot import module {why}")):
+            Registry().resolve(f"{name}:f")
 
 
 class TestUnknown:
