@@ -7,7 +7,6 @@ the one command that removes history; the journal side of it, and why it may, is
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,8 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, allow_dash=True),
     default=None,
     metavar="FILE",
-    help="Write the document to FILE (a temporary file renamed over it) instead of stdout.",
+    help="Write the document to FILE instead of stdout (a regular file is replaced "
+    "atomically: a temporary file renamed over it).",
 )
 @db_option
 def export(run_id: str, output_path: str | None, db: str | None) -> None:
@@ -40,6 +40,7 @@ def export(run_id: str, output_path: str | None, db: str | None) -> None:
     """
     import msgspec
     from durable_cli.journal_cmds import _with_journal
+    from durable_cli.output_file import write_output
 
     from durable.inspection import export_document, resolve_run_id, view_run
 
@@ -53,46 +54,9 @@ def export(run_id: str, output_path: str | None, db: str | None) -> None:
         click.echo(encoded.decode(), nl=False)
         return
     path = Path(output_path)
-    _write_atomically(path, encoded)
+    write_output(path, encoded)
     tasks = len(document["tasks"])
     click.echo(f"wrote {path} ({tasks} task{'s' if tasks != 1 else ''})")
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the whole new one.
-
-    A temporary file in the same folder, synced, then renamed over `path`. It gets
-    the mode a plain write would have given it: the old file's, or 0666 less umask.
-    """
-    import tempfile
-
-    from durable.errors import DurableError
-
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    temporary = None
-    try:
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-        temporary = None
-    except OSError as exc:
-        raise DurableError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if temporary is not None:
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
 
 
 def _older_than(what: str) -> Any:

@@ -29,9 +29,9 @@ def timeline(run_id: str, db: str | None, output_path: str | None, open_it: bool
     chart, running tasks against the concurrency bound, and the critical path.
     """
     from durable_cli.journal_cmds import _with_journal
+    from durable_cli.output_file import write_output
 
     from durable import timeline_html
-    from durable.errors import DurableError
     from durable.timeline import Timeline, build
 
     async def collect(journal: Any) -> Timeline:
@@ -51,10 +51,7 @@ def timeline(run_id: str, db: str | None, output_path: str | None, open_it: bool
         click.echo(page, nl=False)
         return
     path = Path(output_path or f"timeline-{drawn.run_id}.html")
-    try:
-        path.write_text(page, encoding="utf-8")
-    except OSError as exc:
-        raise DurableError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_output(path, page.encode("utf-8"))
     tasks = len(drawn.states)
     click.echo(f"wrote {path} ({len(drawn.attempts)} attempts of {tasks} tasks)")
     if open_it:
