@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import click
-from durable_cli.options import durability_option, json_option
+from durable_cli.options import FiniteFloatRange, durability_option, json_option
 
 
 @click.command()
@@ -33,7 +33,7 @@ from durable_cli.options import durability_option, json_option
 @durability_option
 @click.option(
     "--sleep",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Each task sleeps this many seconds instead of echoing (I/O-bound mode).",

@@ -171,6 +171,23 @@ def task_argument(required: bool = False):  # type: ignore[no-untyped-def]
     return click.argument("task", required=required, shell_complete=complete_task_id)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A `click.FloatRange` that also refuses `nan` and `inf`, which `float()` reads.
+
+    A range alone lets both through: `nan` compares false with every bound, and a
+    range open above takes `inf`. Such a value is no amount of anything, and would
+    only fail later, far from the option that brought it.
+    """
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None):  # type: ignore[no-untyped-def]
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return number
+
+
 class Since(click.ParamType):
     """`--since`: an age (`90s`, `30m`, `2h`, `3d`, `1w`) or an ISO date or date-time
     (local time unless it names its zone); the result is a UNIX time."""

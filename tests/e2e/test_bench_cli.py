@@ -49,3 +49,33 @@ def test_bench_chain_commits_once_per_task_and_sleep_mode_runs_in_parallel(bench
     io = bench("--tasks", "40", "--sleep", "0.1", "-j", "40", "--repeat", "2")
     assert io["seconds"] < 2.0  # parallel, not one after the other
     assert io["runs"] == 2 and io["tasks_per_s_min"] <= io["tasks_per_s"] <= io["tasks_per_s_max"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--sleep", "nan"),
+        ("--sleep", "inf"),
+        ("--sleep", "1e400"),  # read as inf
+        ("--sleep", "-1"),
+        ("--sleep", "-inf"),
+        ("--tasks", "0"),
+        ("--tasks", "nan"),
+        ("-j", "0"),
+        ("-j", "inf"),
+        ("--repeat", "0"),
+        ("--repeat", "1.5"),
+    ],
+)
+def test_a_bad_option_value_is_refused_before_anything_runs(
+    durable, no_traceback, tmp_path: Path, option: str, value: str
+) -> None:
+    """`--sleep nan` once ran the benchmark, whose tasks failed, and ended in a
+    traceback (`RuntimeError: benchmark run ... ended failed`); then in an error about
+    a task of a workflow the user never wrote. Now click refuses it, naming the option."""
+    result = durable("bench", "--tasks", "2", option, value, cwd=tmp_path, timeout=30, check=2)
+    no_traceback(result)
+    assert result.stdout == ""
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: Invalid value for ") and f"'{option}'" in error, result.stderr
+    assert value in error, error
