@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import click
-from durable_cli.options import db_option, json_option
+from durable_cli.options import FiniteFloatRange, db_option, json_option
 
 
 @click.command()
@@ -32,7 +32,7 @@ from durable_cli.options import db_option, json_option
 )
 @click.option(
     "--lease",
-    type=click.FloatRange(min=0.1),
+    type=FiniteFloatRange(min=0.1),
     default=10.0,
     show_default=True,
     help="Seconds a claimed task stays this worker's without a renewal (renewed every "
@@ -40,7 +40,7 @@ from durable_cli.options import db_option, json_option
 )
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=30.0,
     show_default=True,
     help="On SIGTERM, seconds to let running tasks finish before handing them back.",

@@ -287,6 +287,9 @@ USAGE_ERRORS = [
     pytest.param(("--bogus",), "durable", "'--bogus'", id="unknown-top-option"),
     pytest.param(("bogus",), "durable", "'bogus'", id="unknown-command"),
     pytest.param(("cache", "bogus"), "durable cache", "'bogus'", id="unknown-subcommand"),
+    # click's FloatRange reads `nan` and `inf`, and lets them through.
+    pytest.param(("worker", "--lease", "nan"), "durable worker", "'--lease'", id="lease-nan"),
+    pytest.param(("worker", "--grace", "inf"), "durable worker", "'--grace'", id="grace-inf"),
 ]
 
 

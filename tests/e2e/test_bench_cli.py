@@ -76,6 +76,6 @@ def test_a_bad_option_value_is_refused_before_anything_runs(
     result = durable("bench", "--tasks", "2", option, value, cwd=tmp_path, timeout=30, check=2)
     no_traceback(result)
     assert result.stdout == ""
-    error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("Error: Invalid value for ") and f"'{option}'" in error, result.stderr
+    error = result.stderr.splitlines()[0]
+    assert error.startswith("error: Invalid value for ") and f"'{option}'" in error, result.stderr
     assert value in error, error
