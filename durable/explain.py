@@ -370,10 +370,8 @@ def render(explanation: Explanation) -> str:
         if f.items is None:
             over = f.over if f.over is not None and len(f.over) <= _IDS else "a reference"
             text = f"over {over}: count known at run time (max_items {f.max_items})"
-        else:
+        else:  # validation refused a list written out longer than max_items
             text = f"over a list of {_count(f.items, 'item')}"
-            if f.items > f.max_items:
-                text += f"; more than max_items ({f.max_items}), so it will fail"
         if f.cached:
             text += f"; {f.cached} from cache"
         lines.append(f"foreach: {f.id}[*] {text}")

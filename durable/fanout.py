@@ -45,11 +45,12 @@ DEFAULT_MAX_ITEMS = 10_000
 _encode = msgspec.msgpack.Encoder().encode
 
 
-def foreach_problem(value: Any) -> str | None:
-    """What is wrong with a `foreach` value as written, or None: it must be a list,
-    or a string that is exactly one reference (to a list)."""
+def foreach_problem(value: Any, max_items: int | None = None) -> str | None:
+    """What is wrong with a `foreach` value as written, or None: it must be a list
+    (of at most `max_items` items, as at run time), or a string that is exactly one
+    reference (to a list)."""
     if isinstance(value, list):
-        return None
+        return items_problem(value, max_items)
     if isinstance(value, str) and is_one_reference(value):
         return None
     if isinstance(value, str):
@@ -60,10 +61,13 @@ def foreach_problem(value: Any) -> str | None:
     return f"expected a list or one reference to a list, got {type(value).__name__}"
 
 
-def items_problem(items: Any, max_items: int) -> str | None:
-    """What is wrong with the list a `foreach` rendered to, at run time."""
+def items_problem(items: Any, max_items: int | None) -> str | None:
+    """What is wrong with the list a `foreach` rendered to (or is, as written), given
+    the task's `max_items` (None: `DEFAULT_MAX_ITEMS`)."""
     if not isinstance(items, list):
         return f"expected a list, got {_kind(items)}"
+    if max_items is None:
+        max_items = DEFAULT_MAX_ITEMS
     if len(items) > max_items:
         return (
             f"{len(items)} items, more than max_items ({max_items}); "
@@ -122,6 +126,5 @@ def render_items(plan: TaskPlan, scope: Scope) -> tuple[list[Any] | None, str | 
         items = plan.foreach.render(scope)
     except DurableError as exc:
         return None, f"foreach: {exc.message}"
-    max_items = plan.spec.max_items
-    problem = items_problem(items, DEFAULT_MAX_ITEMS if max_items is None else max_items)
+    problem = items_problem(items, plan.spec.max_items)
     return (None, f"foreach: {problem}") if problem else (items, None)

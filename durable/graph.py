@@ -402,7 +402,7 @@ def _plan_task(
             problems.append(f"{lines.task(position, 'when')}{where}: field 'when': {exc.message}")
 
     if task.foreach is not None:
-        problem = foreach_problem(task.foreach)
+        problem = foreach_problem(task.foreach, task.max_items)
         if problem is None:
             try:
                 foreach_refs = Template(task.foreach).refs

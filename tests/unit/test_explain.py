@@ -133,13 +133,6 @@ def test_foreach_over_a_literal_list_is_counted() -> None:
     assert "critical path: tags[*] -> report (2 tasks)" in text
 
 
-def test_foreach_over_a_literal_list_longer_than_max_items() -> None:
-    e = explain(plan(task("tags", foreach=[1, 2, 3], max_items=2, input="${item}")))
-    assert "foreach: tags[*] over a list of 3 items; more than max_items (2), so it will fail" in (
-        lines(e)
-    )
-
-
 def test_foreach_by_reference_is_counted_at_run_time() -> None:
     e = explain(
         plan(

@@ -379,10 +379,19 @@ def test_a_list_that_is_not_one_fails_the_task_clearly(db, foreach, max_items, e
 
 
 def test_the_default_cap_is_documented_and_enforced(db):
+    """At run time for a list that a reference gives; at validation for one written out."""
     assert DEFAULT_MAX_ITEMS == 10_000
-    result = _run([{"id": "m", "tool": "echo", "foreach": list(range(10_001))}], db)
+    items = list(range(10_001))
+    tasks = [
+        {"id": "src", "tool": "echo", "input": items},
+        {"id": "m", "tool": "echo", "foreach": "${src.output}"},
+    ]
+    result = _run(tasks, db)
     assert result.tasks["m"].state == FAILED
     assert "more than max_items (10000)" in (result.tasks["m"].error or "")
+    with pytest.raises(ValidationError, match=r"'foreach': 10001 items, more than max_items"):
+        _run([{"id": "m", "tool": "echo", "foreach": items}], db)
+    assert _run([{"id": "m", "tool": "echo", "foreach": items[:-1]}], db).status == SUCCEEDED
 
 
 def test_instances_count_against_max_concurrency_and_tool_limits(db):
