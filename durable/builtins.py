@@ -10,13 +10,13 @@ and accept what that means.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shlex
-import signal
+from collections.abc import Callable
 from typing import Any
 
+from durable.child import start
 from durable.refs import is_one_reference
 from durable.tools import REGISTRY
 
@@ -80,88 +80,59 @@ async def shell(
         raise ToolFailed("shell: empty command")
     full_env = {**os.environ, **{k: str(v) for k, v in env.items()}} if env else None
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Its own process group, so that a timeout or Ctrl-C kills the whole tree
-            # (an `sh -c` and whatever it started), not just the direct child.
-            start_new_session=True,
-        )
+        child = start(argv, cwd=cwd, env=full_env, stdin=stdin is not None)
     except OSError as exc:
         raise ToolFailed(f"shell: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
     data = stdin.encode() if stdin is not None else None
     try:
-        if progress:
-            out, err = await _communicate_reporting(process, data, progress == "stderr")
-        else:
-            out, err = await process.communicate(data)
+        out, err = await child.communicate(data, _progress_reporter(progress))
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
+        await child.stop()
         raise
     result = {
-        "returncode": process.returncode,
+        "returncode": child.returncode,
         "stdout": out.decode(errors="replace"),
         "stderr": err.decode(errors="replace"),
     }
-    if check and process.returncode != 0:
+    if check and child.returncode != 0:
         tail = result["stderr"].strip().splitlines()[-1:] or [""]
-        raise ToolFailed(
-            f"shell: {argv[0]} exited with {process.returncode}: {tail[0]}".rstrip(": ")
-        )
+        raise ToolFailed(f"shell: {argv[0]} exited with {child.returncode}: {tail[0]}".rstrip(": "))
     return result
 
 
 _LINE_END = re.compile(rb"[\r\n]")
 
 
-async def _communicate_reporting(
-    process: asyncio.subprocess.Process, data: bytes | None, from_stderr: bool
-) -> tuple[bytes, bytes]:
-    """`communicate`, reporting the last complete line of one stream as progress.
+def _progress_reporter(progress: bool | str) -> Callable[[int, bytes], None] | None:
+    """The `on_output` of `Child.communicate` that reports the last complete line of
+    the chosen stream (1 for stdout, 2 for stderr) as the task's progress; None
+    without `progress`, or outside a task.
 
     Reported once per chunk read, not per line; `ctx.progress` keeps only the latest
     anyway, and journals it at most twice a second.
     """
+    if not progress:
+        return None
     from durable.executors import _current
 
     context = _current.get()
+    if context is None:
+        return None
+    wanted = 2 if progress == "stderr" else 1
+    partial = b""
 
-    async def feed() -> None:
-        assert process.stdin is not None
-        if data:
-            process.stdin.write(data)
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await process.stdin.drain()
-        process.stdin.close()
+    def report(stream: int, chunk: bytes) -> None:
+        nonlocal partial
+        if stream != wanted:
+            return
+        *whole, partial = _LINE_END.split(partial + chunk)
+        partial = partial[-4096:]  # a stream with no line ends is not held twice
+        for line in reversed(whole):
+            if line.strip():
+                context.progress(None, line.decode(errors="replace").strip())
+                break
 
-    async def read(stream: asyncio.StreamReader, report: bool) -> bytes:
-        chunks: list[bytes] = []
-        partial = b""
-        while chunk := await stream.read(65536):
-            chunks.append(chunk)
-            if not report or context is None:
-                continue
-            *whole, partial = _LINE_END.split(partial + chunk)
-            partial = partial[-4096:]  # a stream with no line ends is not held twice
-            for line in reversed(whole):
-                if line.strip():
-                    context.progress(None, line.decode(errors="replace").strip())
-                    break
-        return b"".join(chunks)
-
-    assert process.stdout is not None and process.stderr is not None
-    jobs = [read(process.stdout, not from_stderr), read(process.stderr, from_stderr)]
-    if process.stdin is not None:
-        jobs.append(feed())
-    out, err, *_ = await asyncio.gather(*jobs)
-    await process.wait()
-    return out, err
+    return report
 
 
 async def http(

@@ -28,6 +28,8 @@ from durable.runner import RunResult
 from durable.spec import Task, Workflow
 
 PYTHON = sys.executable
+# asyncio's own loop, and uvloop's, which `durable run` uses where it is installed.
+LOOPS = ["asyncio", "uvloop"]
 # Prints its own argv (after the program) as JSON: shows how many words a value became.
 SHOW_ARGV = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
@@ -39,10 +41,17 @@ def isolated_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_workflow(
-    tmp_path: Path, tasks: list[dict[str, Any]], params: dict[str, Any] | None = None
+    tmp_path: Path,
+    tasks: list[dict[str, Any]],
+    params: dict[str, Any] | None = None,
+    loop: str = "asyncio",
 ) -> RunResult:
+    """Run `tasks` on asyncio's own loop, or on uvloop's (`loop="uvloop"`), the one
+    `durable run` uses where it is installed."""
+    factory = pytest.importorskip("uvloop").new_event_loop if loop == "uvloop" else None
     workflow = Workflow(name="builtins", params=params or {}, tasks=[Task(**t) for t in tasks])
-    return asyncio.run(runner.arun(workflow, db=tmp_path / "journal.db", base_dir=tmp_path))
+    with asyncio.Runner(loop_factory=factory) as on_loop:
+        return on_loop.run(runner.arun(workflow, db=tmp_path / "journal.db", base_dir=tmp_path))
 
 
 def run_one(tmp_path: Path, tool: str, input: Any, **task: Any) -> RunResult:
@@ -356,7 +365,8 @@ def _running(argv: list[str]) -> list[int]:
     return pids
 
 
-def test_shell_timeout_kills_the_process(in_tmp: Path) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_shell_timeout_kills_the_process(in_tmp: Path, loop: str) -> None:
     pid_file = in_tmp / "child.pid"
     plain = ["sleep", "30.0417"]  # an unusual duration, to find this very process
     started = time.monotonic()
@@ -371,6 +381,7 @@ def test_shell_timeout_kills_the_process(in_tmp: Path) -> None:
                 "timeout": 0.3,
             },
         ],
+        loop=loop,
     )
     elapsed = time.monotonic() - started
     pid = _wait_for_pid(pid_file)
@@ -387,13 +398,13 @@ def test_shell_timeout_kills_the_process(in_tmp: Path) -> None:
                 os.kill(leftover, 9)
 
 
-def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path, loop: str) -> None:
     """A timed-out command's grandchildren cannot keep its task waiting.
 
     `sh -c` forks `sleep`, which inherits the stdout pipe. Killing only `sh` would
-    leave `sleep` holding it, and waiting for the process (on 3.11 that waits for
-    the pipes too) would last as long as the grandchild: 30 s here, against a
-    timeout of 0.3 s.
+    leave `sleep` holding it, and waiting for the pipes' ends would last as long as
+    the grandchild: 30 s here, against a timeout of 0.3 s.
     """
     pid_file = in_tmp / "grandchild.pid"
     started = time.monotonic()
@@ -407,6 +418,7 @@ def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path) -> None:
                 "timeout": 0.3,
             }
         ],
+        loop=loop,
     )
     elapsed = time.monotonic() - started
     pid = _wait_for_pid(pid_file)
@@ -414,6 +426,45 @@ def test_shell_timeout_is_not_held_up_by_a_grandchild(in_tmp: Path) -> None:
         assert result.tasks["t"].state == "failed"
         assert "timed out" in (result.tasks["t"].error or "")
         assert elapsed < 10, f"a 0.3 s timeout took {elapsed:.1f} s"
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("exit_seen_by", ["pidfd", "thread"])
+def test_shell_ends_with_its_program_not_with_a_background_child_that_let_go_of_its_output(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, loop: str, exit_seen_by: str
+) -> None:
+    """`sleep 5 >/dev/null 2>&1 &` holds neither pipe, so `sh` exiting ends the task.
+
+    On uvloop the program used to hold a second, inheritable copy of each pipe's
+    writing end, under another descriptor number, which the background `sleep`
+    inherited and kept: the task lasted the 5 s of the sleep, and a `timeout`
+    shorter than that failed it. Where there is no pidfd (macOS, Linux before
+    5.3), the exit is awaited in a thread instead.
+    """
+    if exit_seen_by == "thread":
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    pid_file = in_tmp / "background.pid"
+    background = f"sleep 5 >/dev/null 2>&1 & echo $! > {pid_file}; echo started"
+    tasks = [
+        {
+            "id": "t",
+            "tool": "shell",
+            "input": {"command": ["sh", "-c", background], "progress": True},
+            "timeout": 4,
+        }
+    ]
+    started = time.monotonic()
+    result = run_workflow(in_tmp, tasks, loop=loop)
+    elapsed = time.monotonic() - started
+    pid = _wait_for_pid(pid_file)
+    try:
+        assert result.tasks["t"].state == "succeeded", result.tasks["t"].error
+        assert result.tasks["t"].output["stdout"] == "started\n"
+        assert elapsed < 2, f"the task waited {elapsed:.1f} s for a background sleep"
+        assert _alive(pid), "the task killed a background child it had no reason to"
     finally:
         if _alive(pid):
             os.kill(pid, 9)
