@@ -728,6 +728,8 @@ def random_workflows(draw: st.DrawFn) -> list[dict[str, Any]]:
                 value["index"] = "${index}"
                 value["fail_index"] = rng.choice([None, None, 0, 1])
             spec_["foreach"] = rng.choice(lists)
+            if isinstance(spec_["foreach"], list) and len(spec_["foreach"]) > 1:
+                spec_.pop("max_items", None)  # a list written out over it fails validation
             value["v"] = "${item}"
             when = rng.choice([None, None, None, "${index} > 0", "${item} != 2", "false"])
             groups.append(task_id)
