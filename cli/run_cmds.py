@@ -325,17 +325,21 @@ def resume(
 @run_id_argument()
 @click.argument("tasks", nargs=-1, required=True, metavar="TASK...")
 @click.option("--downstream", is_flag=True, help="Run what depends on them again too.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @session_options
-def rerun(run_id: str, tasks: tuple[str, ...], downstream: bool, **session: Any) -> None:
+def rerun(
+    run_id: str, tasks: tuple[str, ...], downstream: bool, dry_run: bool, **session: Any
+) -> None:
     """Run finished tasks of a run again, in the same run, keeping everything else.
 
     The tasks (an instance too: 'fetch[2]') start over; with --downstream, so does
-    everything that depends on them. The request is journaled (`run_amended`), and
-    refused while another process drives the run.
+    everything that depends on them. The plan is printed first (what did not
+    succeed runs too, as on any resume); --dry-run stops there. The request is
+    journaled (`run_amended`), and refused while another process drives the run.
     """
     from durable import runner
 
-    edit = runner.Edit(rerun=list(tasks), downstream=downstream)
+    edit = runner.Edit(rerun=list(tasks), downstream=downstream, dry_run=dry_run)
     _drive(lambda **options: runner.aresume(run_id, edit=edit, **options), **session)
 
 

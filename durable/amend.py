@@ -229,6 +229,8 @@ def plan_rerun(state: RunState, plan: Plan, task_ids: list[str], downstream: boo
         group = group_of(task_id)
         if group != task_id and group in reasons and task_id not in reasons:
             reasons[task_id] = f"its task '{group}' runs again"
+        elif task_id not in reasons and state.tasks[task_id].state not in KEPT:
+            reasons[task_id] = NOT_DONE  # as any resume runs it: the plan says so
     runs = [(task_id, reasons[task_id]) for task_id in order if task_id in reasons]
     return Amendment(
         kept=[task_id for task_id in order if task_id not in reasons],
@@ -236,7 +238,8 @@ def plan_rerun(state: RunState, plan: Plan, task_ids: list[str], downstream: boo
         removed=[],
         reset=[
             task_id
-            for task_id, _ in runs
-            if group_of(task_id) == task_id or group_of(task_id) not in reasons
+            for task_id, why in runs
+            if why != NOT_DONE
+            and (group_of(task_id) == task_id or group_of(task_id) not in reasons)
         ],
     )

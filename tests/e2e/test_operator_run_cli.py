@@ -193,6 +193,22 @@ def chain(durable, write, tmp_path: Path) -> tuple[Path, Path]:
 # -- rerun ----------------------------------------------------------------------------
 
 
+def test_rerun_dry_run_prints_the_plan_and_changes_nothing(
+    durable, as_json, no_traceback, journal_rows, chain
+):
+    folder, db = chain
+    before = journal_rows(db, "SELECT count(*) FROM events")
+    result = durable("rerun", "r1", "b", "--downstream", "--dry-run", "--db", db, cwd=folder)
+    no_traceback(result)
+    assert result.stdout.splitlines()[:2] == [
+        "plan for run r1: 7 kept, 3 to run, 0 removed",
+        "  run b: asked to run again",
+    ], result.stdout
+    assert calls(folder) == []
+    assert journal_rows(db, "SELECT count(*) FROM events") == before
+    assert status(durable, as_json, folder, db, "r1").get("amended", 0) == 0
+
+
 def test_rerun_runs_the_named_task_and_with_downstream_its_descendants(
     durable, as_json, no_traceback, chain
 ):

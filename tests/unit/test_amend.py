@@ -293,3 +293,17 @@ def test_rerun_of_a_foreach_task_expands_it_anew_numbering_attempts_on(tmp_path)
     assert sorted(CALLS) == ["add:1:0", "add:2:0"]
     assert [result.tasks[f"m[{i}]"].attempts for i in range(2)] == [2, 2]
     assert result.outputs["m"] == [1, 2]
+
+
+def test_a_rerun_plan_names_what_did_not_succeed_too(tmp_path):
+    """A rerun is a resume: a task that had failed runs as well, and its plan says so
+    (it printed "1 kept" for a run that then kept none)."""
+    old = [*BASE, {"id": "f", "tool": "amend_fail", "input": {"x": 1}}]
+    db, run_id = _first_run(tmp_path, old)
+    plans: list[Any] = []
+    hooks = Hooks(on_plan=lambda run, plan: plans.append(plan))
+    asyncio.run(
+        aresume(run_id, db=db, durability="off", hooks=hooks, edit=Edit(rerun=["d"], dry_run=True))
+    )
+    assert plans[0].runs == [("d", "asked to run again"), ("f", NOT_DONE)]
+    assert plans[0].reset == ["d"] and plans[0].kept == ["a", "b", "c", "s"]
