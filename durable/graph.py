@@ -25,7 +25,7 @@ from durable.expr import parse as parse_expression
 from durable.fanout import foreach_problem
 from durable.refs import ITEM_NAMES, Ref, Template, group_of, instance_id, referenced_tasks
 from durable.spec import TRIGGERS, SourceLines, Task, Workflow
-from durable.tools import ToolDef
+from durable.tools import ToolDef, arguments_problem
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -378,19 +378,24 @@ def _plan_task(
                 + "".join(f" ({d})" for d in exc.details)
             )
 
+    refused: str | None = None
     try:
-        template = Template(tool.template_source(task.input) if tool else task.input)
+        source = tool.template_source(task.input) if tool else task.input
+        template = Template(source)
+        refused = arguments_problem(tool, source) if tool else None
     except ReferenceSyntaxError as exc:
         problems.append(
             f"{lines.task(position, 'input', '${')}{where}: field 'input': {exc.message}"
         )
         template = Template(None)
     except ValueError as exc:  # a tool's `prepare` refused the input, e.g. shell's unclosed quote
+        refused = str(exc)
+        template = Template(None)
+    if refused is not None:  # the arguments the call would pass, or what `prepare` said
         problems.append(
             f"{lines.task(position, 'input')}{where}: field 'input': "
-            f"tool '{task.tool}' cannot take it: {exc}"
+            f"tool '{task.tool}' cannot take it: {refused}"
         )
-        template = Template(None)
     refs = [(ref, "input") for ref in template.refs]
 
     when = None

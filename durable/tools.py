@@ -8,6 +8,7 @@ registration at all. Whether a tool is async or CPU-bound decides where it runs
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TypeVar, overload
 import msgspec
 
 from durable.errors import ToolNotFound
+from durable.refs import is_one_reference
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -162,6 +164,53 @@ def tool(
         return function
 
     return register(fn) if fn is not None else register
+
+
+def arguments_problem(tool: ToolDef, source: Any) -> str | None:
+    """What keeps a task's input as written (`source`, after the tool's `prepare`)
+    from being arguments of the tool's function, as `executors.call_args` passes
+    them, or None: a mapping's keys are keyword arguments (known as written, even
+    where the values are references), null is none, anything else is one argument.
+    A text that is one whole reference may become any of these: it is not checked."""
+    if isinstance(source, dict):
+        odd = next((key for key in source if key.__class__ is not str), None)
+        if odd is not None:
+            return f"the key {odd!r} is no argument name (a mapping's keys name arguments)"
+        return _binding_problem(tool.fn, "keywords", tuple(source))
+    if isinstance(source, str) and is_one_reference(source):
+        return None
+    return _binding_problem(tool.fn, "none" if source is None else "one", ())
+
+
+@functools.lru_cache(maxsize=1024)
+def _binding_problem(fn: Callable[..., Any], kind: str, keys: tuple[str, ...]) -> str | None:
+    """Whether `fn` takes those arguments; cached, as most tasks of a workflow call a
+    few tools with the same keys, and a signature costs microseconds."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable Python cannot describe: the call will tell
+        return None
+    parameters = signature.parameters
+    named = [
+        p.name for p in parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    unknown = [key for key in keys if key not in named]
+    if unknown and not takes_any:  # before what is missing: a misspelt name is the cause
+        return (
+            f"it has no argument {', '.join(repr(key) for key in unknown)} "
+            f"(it takes: {', '.join(named) or 'none'})"
+        )
+    try:
+        if kind == "keywords":
+            signature.bind(**dict.fromkeys(keys))
+        elif kind == "one":
+            signature.bind(None)
+        else:
+            signature.bind()
+    except TypeError as exc:
+        return str(exc)
+    return None
 
 
 def import_modules(imports: Iterable[str], base_dir: str | Path) -> list[str]:

@@ -91,6 +91,7 @@ def adv_work(
     fail_mod: int = 0,
     index: int | None = None,
     fail_index: int | None = None,
+    **rendered_only: Any,  # keys some tests render (`i`, `all`) but never call it with
 ) -> Any:
     """Deterministic: fails when told to (`fail`, `v` a multiple of `fail_mod`, or
     `index` equal to `fail_index`), else returns `v`, a small number `n` mixed from

@@ -25,6 +25,7 @@ from journal_reads import journal_events
 
 import durable
 from durable import runner
+from durable.errors import ValidationError
 from durable.executors import Executors, TaskContext, call_args, current_context, idempotency_key
 from durable.runner import RunResult
 from durable.spec import Task, Workflow
@@ -316,7 +317,14 @@ def test_executors_call_passes_input_as_arguments(
 
 
 def test_input_that_does_not_fit_the_signature_fails_the_task(tmp_path: Path) -> None:
-    result = run_workflow(tmp_path, [{"id": "t", "tool": "x_flaky_sync", "input": {"nope": 1}}])
+    """Written out, validation refuses it; a whole reference is known only at run time."""
+    with pytest.raises(ValidationError, match="tool 'x_flaky_sync' cannot take it: it has no"):
+        run_workflow(tmp_path, [{"id": "t", "tool": "x_flaky_sync", "input": {"nope": 1}}])
+    tasks = [
+        {"id": "src", "tool": "echo", "input": {"nope": 1}},
+        {"id": "t", "tool": "x_flaky_sync", "input": "${src.output}"},
+    ]
+    result = run_workflow(tmp_path, tasks)
     assert result.tasks["t"].state == "failed"
     assert "TypeError" in (result.tasks["t"].error or "")
 

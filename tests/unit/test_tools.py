@@ -15,7 +15,7 @@ import pytest
 from durable import tool
 from durable.builtins import shell_words
 from durable.errors import ToolNotFound
-from durable.tools import REGISTRY, Registry, ToolDef, import_modules
+from durable.tools import REGISTRY, Registry, ToolDef, arguments_problem, import_modules
 
 
 @pytest.fixture(autouse=True)
@@ -369,3 +369,41 @@ class TestShellWords:
 
     def test_list_command_is_left_alone(self) -> None:
         assert shell_words({"command": ["sh", "-c", "x"]}) == {"command": ["sh", "-c", "x"]}
+
+
+def _takes(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def _takes_any(*args: object, **kwargs: object) -> None:
+    return None
+
+
+class TestArgumentsProblem:
+    """What validate asks of a task's input as written: the arguments the call will
+    pass (`executors.call_args`) must bind to the tool's function."""
+
+    TOOL = ToolDef(name="takes", fn=_takes, is_async=False)
+
+    @pytest.mark.parametrize(
+        ("source", "problem"),
+        [
+            ({"x": 1}, None),
+            ({"x": "${a.output}", "y": 2}, None),  # values are references: keys still count
+            ({"x": 1, "z": 2}, "it has no argument 'z' (it takes: x, y)"),
+            ({"y": 1}, "missing a required argument: 'x'"),
+            ({1: 1}, "the key 1 is no argument name (a mapping's keys name arguments)"),
+            (None, "missing a required argument: 'x'"),
+            (5, None),  # one argument
+            ("text ${a.output}", None),  # renders to text: one argument
+            ("${a.output}", None),  # one whole reference: anything, known at run time
+            ([1, 2], None),
+        ],
+    )
+    def test_the_input_binds_to_the_function(self, source: object, problem: str | None) -> None:
+        assert arguments_problem(self.TOOL, source) == problem
+
+    def test_a_function_that_takes_anything_takes_any_keys(self) -> None:
+        anything = ToolDef(name="any", fn=_takes_any, is_async=False)
+        assert arguments_problem(anything, {"whatever": 1, "else": 2}) is None
+        assert arguments_problem(anything, None) is None
