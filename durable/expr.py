@@ -9,8 +9,8 @@ comprehensions, f-strings, anything else Python's grammar allows. The text is pa
 with `ast` and compiled into a tree of closures from a whitelist of node types, so
 there is no path to Python's internals. Arithmetic is on numbers only (plus string
 concatenation), and `**` is refused when the result would exceed 10,000 bits.
-Sub-expressions without references are evaluated at parse time, so `9**9**9` is a
-validation error, not a hung run.
+Sub-expressions without references are evaluated at parse time, so `9**9**9`, or
+`${a.output} > 1/0`, is a validation error, not a hung or failed run.
 Expressions nested deeper than `MAX_DEPTH` are refused too, so evaluating one can
 never exhaust the stack.
 """
@@ -154,21 +154,22 @@ class _Compiler:
         return ExpressionError(f"'{self.source}': {what} are not allowed")
 
     def compile(self, node: ast.AST) -> Node:
-        compiled, constant = self._compile(node)
-        if constant:
-            # Fold constants now, so that `9**9**9` fails validation, not the run.
-            value = self._fold(compiled)
-            return lambda scope: value
-        return compiled
-
-    def _fold(self, compiled: Node) -> Any:
-        try:
-            return compiled(_EMPTY_SCOPE)
-        except EvaluationError as exc:
-            raise ExpressionError(exc.message) from None
+        return self._compile(node)[0]
 
     def _compile(self, node: ast.AST) -> tuple[Node, bool]:
-        """Return (closure, is_constant)."""
+        """Return (closure, is_constant). Every constant part is folded now, whatever
+        holds references beside it, so that `9**9**9` or `${a.output} > 1/0` fails
+        validation, not the run."""
+        compiled, constant = self._compile_node(node)
+        if constant and not isinstance(node, ast.Constant | ast.Name):
+            try:
+                value = compiled(_EMPTY_SCOPE)
+            except EvaluationError as exc:
+                raise ExpressionError(exc.message) from None
+            return (lambda scope: value), True
+        return compiled, constant
+
+    def _compile_node(self, node: ast.AST) -> tuple[Node, bool]:
         match node:
             case ast.Constant(value=value):
                 if value is not None and not isinstance(value, bool | int | float | str):

@@ -224,6 +224,25 @@ class TestRefused:
     def test_float_overflow(self) -> None:
         assert "number too large" in refused("2.0 ** 10000")
 
+    @pytest.mark.parametrize(
+        ("source", "reason"),
+        [
+            ("${a.output.n} > 2 ** 20000", "exponent too large"),
+            ("${a.output.n} > 1 / 0", "division by zero"),
+            ("${a.output.n} > 'x' + 1", "cannot apply '+' to str and int"),
+            ("[${a.output.n}, -'x']", "cannot negate a str"),
+        ],
+    )
+    def test_a_constant_part_beside_a_reference_is_folded_at_parse_time(
+        self, source: str, reason: str
+    ) -> None:
+        """Only a whole expression without references was folded: these passed
+        validation and failed the run."""
+        assert reason in refused(source)
+
+    def test_a_folded_part_keeps_its_value(self) -> None:
+        assert parse("${a.output.n} < 2 ** 3 + 1").evaluate(SCOPE) is True
+
     def test_huge_power_of_a_reference_fails_at_run_time(self) -> None:
         expression = parse("${a.output.n} ** 100000 > 1")
         with pytest.raises(EvaluationError, match="exponent too large"):
