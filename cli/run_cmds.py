@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -232,7 +233,7 @@ def run(
 
     overrides = _parse_params(params)
     if dry_run:
-        _explain(workflow, overrides, session)
+        _explain(workflow, overrides, run_id, session)
         return
     if workers or detach:
         from durable.fleet.submit import submit
@@ -245,14 +246,38 @@ def run(
     _drive(lambda **options: runner.arun(workflow, overrides, run_id=run_id, **options), **session)
 
 
-def _explain(workflow: str, overrides: dict[str, Any], session: dict[str, Any]) -> None:
-    """`run --dry-run`: the plan of the run, and what the cache would answer."""
+def _explain(
+    workflow: str, overrides: dict[str, Any], run_id: str | None, session: dict[str, Any]
+) -> None:
+    """`run --dry-run`: the plan of the run, and what the cache would answer. What
+    the run would refuse is refused here too: a bad run id, one the journal holds,
+    a journal that is not durable's. Nothing is written (the journal is read, if
+    there is one)."""
     from durable import runner
+    from durable.errors import JournalAbsent, RunExists
     from durable.explain import explain, render, to_dict
+    from durable.journal import default_path
+    from durable.journal.file import is_postgres
     from durable.loader import plan_file
+    from durable.runlock import check_run_id
 
     plan, _ = plan_file(workflow)
     params = runner.merge_params(plan.workflow, overrides)
+    if run_id is not None:
+        check_run_id(run_id)
+    target = str(session["db"] or default_path())
+    if is_postgres(target) or os.path.exists(target):
+        from durable_cli.journal_cmds import _with_journal
+
+        async def taken(journal: Any) -> bool:  # opening it checks it is durable's
+            return run_id is not None and await journal.has_run(run_id)
+
+        try:
+            exists = _with_journal(session["db"], taken)
+        except JournalAbsent:  # a PostgreSQL database durable has not written to yet
+            exists = False
+        if exists:
+            raise RunExists(str(run_id))
     cached = runner.cache_preview(plan, params, session["db"], session["cache"])
     explanation = explain(plan, max_concurrency=session["jobs"], cached=cached)
     if session["as_json"]:

@@ -75,6 +75,10 @@ class JournalError(DurableError):
         self.path = path
 
 
+class JournalAbsent(JournalError):
+    """No journal there yet, where one is only to be read: nothing it could hold."""
+
+
 class RunNotFound(DurableError):
     def __init__(self, run_id: str, path: str) -> None:
         super().__init__(

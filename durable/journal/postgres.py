@@ -34,6 +34,7 @@ import msgspec
 
 from durable.errors import (
     DurableError,
+    JournalAbsent,
     JournalDamaged,
     JournalError,
     RunExists,
@@ -312,7 +313,7 @@ class PgJournal(EventReading, EventQueue):
             if await self._schema_ready(upgrade, settled=True):  # made meanwhile
                 return
             if not create and not await conn.fetchval(_HAS_SCHEMA):
-                raise JournalError(_shown(self.dsn), "no durable journal in this database yet")
+                raise JournalAbsent(_shown(self.dsn), "no durable journal in this database yet")
             async with conn.transaction():
                 for statement in _SCHEMA:
                     await conn.execute(statement)

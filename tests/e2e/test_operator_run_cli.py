@@ -508,6 +508,27 @@ def test_run_dry_run_says_what_would_run_and_writes_nothing(
     assert calls(tmp_path) == []
 
 
+def test_run_dry_run_refuses_what_the_run_would(
+    durable, write, no_traceback, journal_digest, journal_exists, tmp_path
+):
+    """A dry run said what a run would do where the run itself was refused: a bad
+    run id, one the journal already holds, a journal that is not durable's."""
+    workflow = setup(write, tmp_path, DRY)
+    db = tmp_path / "j.db"
+    result = durable("run", workflow, "--dry-run", "--run-id", "bad id", "--db", db, cwd=tmp_path)
+    assert result.returncode == 2 and error_lines(result)[0].startswith("error: bad run id")
+    assert not journal_exists(db)
+
+    durable("run", workflow, "--db", db, "--run-id", "taken", "-q", cwd=tmp_path, check=0)
+    before = journal_digest(db)
+    result = durable("run", workflow, "--dry-run", "--run-id", "taken", "--db", db, cwd=tmp_path)
+    no_traceback(result)
+    assert result.returncode == 2 and result.stdout == ""
+    assert error_lines(result)[0] == "error: run 'taken' already exists", result.stderr
+    assert journal_digest(db) == before
+    durable("run", workflow, "--dry-run", "--run-id", "free", "--db", db, cwd=tmp_path, check=0)
+
+
 def test_run_dry_run_of_a_cyclic_workflow_is_refused(
     durable, write, no_traceback, journal_exists, tmp_path
 ):
