@@ -82,7 +82,9 @@ async def shell(
     try:
         child = start(argv, cwd=cwd, env=full_env, stdin=stdin is not None)
     except OSError as exc:
-        raise ToolFailed(f"shell: cannot run {argv[0]!r}: {exc.strerror or exc}") from None
+        # Popen names the folder it could not enter in the error: say which is missing.
+        where = f" in cwd {cwd!r}" if cwd is not None and exc.filename == cwd else ""
+        raise ToolFailed(f"shell: cannot run {argv[0]!r}{where}: {exc.strerror or exc}") from None
     data = stdin.encode() if stdin is not None else None
     try:
         out, err = await child.communicate(data, _progress_reporter(progress))

@@ -188,6 +188,14 @@ def test_shell_unknown_program_fails_with_its_name(tmp_path: Path) -> None:
     assert "durable-no-such-program-xyz" in (result.tasks["t"].error or "")
 
 
+def test_shell_missing_cwd_is_named_not_taken_for_a_missing_program(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope")
+    result = run_one(tmp_path, "shell", {"command": ["true"], "cwd": missing})
+    assert result.tasks["t"].error == (
+        f"ToolFailed: shell: cannot run 'true' in cwd '{missing}': No such file or directory"
+    )
+
+
 def test_shell_empty_command_fails(tmp_path: Path) -> None:
     result = run_one(tmp_path, "shell", {"command": []})
     assert result.tasks["t"].state == "failed"
