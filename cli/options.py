@@ -207,7 +207,7 @@ class Since(click.ParamType):
         if age:
             return time.time() - float(age.group(1)) * self._UNITS[age.group(2)]
         try:
-            return datetime.fromisoformat(text).timestamp()
+            when = datetime.fromisoformat(text)
         except ValueError:
             self.fail(
                 f"'{value}' is neither an age (30m, 2h, 3d, 1w) nor an ISO date "
@@ -215,6 +215,10 @@ class Since(click.ParamType):
                 param,
                 ctx,
             )
+        try:
+            return when.timestamp()
+        except (ValueError, OverflowError, OSError):  # 0001-01-01 in a zone east of UTC
+            self.fail(f"'{value}' is a date, but too far from 1970 to compare", param, ctx)
 
 
 def _statuses(

@@ -273,6 +273,12 @@ USAGE_ERRORS = [
         marks=pytest.mark.sqlite_only("a --db that is a directory"),
     ),
     pytest.param(("runs", "--since", "soon"), "durable runs", "'--since'", id="since"),
+    pytest.param(  # a date Python reads, and cannot turn into a time (it said "no date")
+        ("runs", "--since", "0001-01-01"),
+        "durable runs",
+        "too far from 1970",
+        id="since-0001",
+    ),
     pytest.param(("runs", "--limit", "0"), "durable runs", "'--limit'", id="limit-0"),
     pytest.param(("runs", "--status", "bogus"), "durable runs", "'--status'", id="status"),
     pytest.param(("prune", "--older-than", "soon"), "durable prune", "'--older-than'", id="age"),
