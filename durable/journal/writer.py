@@ -176,7 +176,10 @@ class Journal(JournalReader, EventQueue):
                 access.cleanup()
             raise JournalError(str(resolved), f"cannot open: {describe(exc, resolved)}") from None
         except OSError as exc:
-            raise JournalError(str(resolved), f"cannot open: {exc.strerror or exc}") from None
+            # A file where a folder should be: `mkdir` says "File exists", which it is not.
+            blocking = next((p for p in resolved.parents if p.exists() and not p.is_dir()), None)
+            why = f"{blocking} is not a folder" if blocking else exc.strerror or exc
+            raise JournalError(str(resolved), f"cannot open: {why}") from None
         journal = cls(resolved, reader, writer, version, access)
         if writer is not None:
             stat = os.stat(resolved)

@@ -343,6 +343,16 @@ def test_journal_that_is_not_sqlite(durable, write, tmp_path: Path, args: tuple[
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "simple.yaml"]
 
 
+@pytest.mark.sqlite_only("a --db path through a file")
+@pytest.mark.parametrize("below", ["j.db", "sub/j.db"])
+def test_journal_under_a_file_names_the_file(durable, write, tmp_path: Path, below: str) -> None:
+    """mkdir said "File exists" (or "Not a directory"): the file in the way is named."""
+    workflow = write(tmp_path, "simple.yaml", SIMPLE)
+    result = durable("run", workflow, "--db", f"{workflow}/{below}", cwd=tmp_path)
+    assert_refused(result, 2, f"{workflow}/{below}: cannot open: {workflow} is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["simple.yaml"]
+
+
 @pytest.fixture(scope="module")
 def newer_journal(journal: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The bytes of a valid journal whose schema version says a newer durable wrote it."""
