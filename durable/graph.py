@@ -208,6 +208,10 @@ def build(
         )
         used_tools.add(task.tool)
 
+    if not workflow.name.isprintable():
+        # Line breaks and other control characters would break every table and
+        # line that shows the name (`runs`, `status`, the live view).
+        problems.append(f"{at.field('name')}field 'name': must be one line of printable text")
     for name, limit in workflow.limits.items():
         if name not in used_tools:
             problems.append(f"{at.field('limits', name)}field 'limits': no task uses tool '{name}'")
