@@ -418,11 +418,11 @@ def _plan_task(
             except ReferenceSyntaxError as exc:
                 problem = exc.message
             else:
-                for ref in foreach_refs:
-                    if ref.kind in ITEM_NAMES:
+                for ref in foreach_refs:  # every one: the others' problems are reported too
+                    if ref.kind not in ITEM_NAMES:
+                        refs.append((ref, "foreach"))
+                    elif problem is None:
                         problem = f"{ref} is each item of the list, not part of it"
-                        break
-                    refs.append((ref, "foreach"))
         if problem is not None:
             problems.append(f"{lines.task(position, 'foreach')}{where}: field 'foreach': {problem}")
     else:

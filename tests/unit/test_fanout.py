@@ -167,7 +167,7 @@ def test_validation_names_the_task_and_field_of_each_problem():
             {"id": "b", "tool": "echo", "foreach": "x ${a.output}"},
             {"id": "c", "tool": "echo", "foreach": 3},
             {"id": "d", "tool": "echo", "input": "${a[2].output}", "max_items": 3},
-            {"id": "g", "tool": "echo", "foreach": ["${item}"]},
+            {"id": "g", "tool": "echo", "foreach": ["${item}", "${params.nope}"]},
             {"id": "h", "tool": "echo", "when": "${index} > 1"},
             {"id": "item", "tool": "echo"},
             {"id": "index", "tool": "echo"},  # allowed: `${index.output}` is its output
@@ -182,6 +182,8 @@ def test_validation_names_the_task_and_field_of_each_problem():
         "task 'd': field 'max_items': only a task with foreach has items",
         "task 'd': reference ${a[2].output}: task 'a' has no foreach, so no instances",
         "task 'g': field 'foreach': ${item} is each item of the list, not part of it",
+        # reported beside it: the first problem of a list hid the others
+        "task 'g': reference ${params.nope}: unknown param 'nope' (declare it under params)",
         "task 'h': field 'when': reference ${index}: only a task with foreach has an index",
         "task 'item': field 'id': 'item' is reserved (${item...} is a foreach task's item)",
     ]
