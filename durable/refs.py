@@ -338,7 +338,7 @@ def _compile_string(text: str, refs: list[Ref]) -> Any:
     pieces: list[str | Ref] = []
     pos = 0
     for match in _REF.finditer(text):
-        pieces.append(text[pos : match.start()])
+        pieces.append(_literal(text, text[pos : match.start()]))
         if match.group(1):  # `$${...}` escapes a literal `${...}`
             pieces.append("${" + match.group(2) + "}")
         else:
@@ -346,8 +346,7 @@ def _compile_string(text: str, refs: list[Ref]) -> Any:
             refs.append(ref)
             pieces.append(ref)
         pos = match.end()
-    pieces.append(text[pos:])
-    _check_unclosed(text)
+    pieces.append(_literal(text, text[pos:]))
     pieces = [p for p in pieces if p != ""]
     if len(pieces) == 1 and isinstance(pieces[0], Ref):
         return _resolver(pieces[0])
@@ -358,10 +357,21 @@ def _compile_string(text: str, refs: list[Ref]) -> Any:
     )
 
 
-def _check_unclosed(text: str) -> None:
-    stripped = _REF.sub("", text)
-    if "${" in stripped:
-        raise ReferenceSyntaxError(f"bad reference in '{text}': '${{' is never closed")
+_OPENING = re.compile(r"\$(\$?)\{")
+
+
+def _literal(text: str, piece: str) -> str:
+    """A piece of `text` between its references, as it renders: a `$${` there is a
+    literal `${` (one that is never closed too); a `${` is a reference never closed."""
+    if "${" not in piece:
+        return piece
+
+    def escaped(match: re.Match[str]) -> str:
+        if not match.group(1):
+            raise ReferenceSyntaxError(f"bad reference in '{text}': '${{' is never closed")
+        return "${"
+
+    return _OPENING.sub(escaped, piece)
 
 
 _TASK_REF = re.compile(

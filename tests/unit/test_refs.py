@@ -182,6 +182,14 @@ class TestEscape:
         assert template.refs == ()
         assert template.render(SCOPE) == "${params.query}"
 
+    @pytest.mark.parametrize(
+        ("text", "rendered"),
+        [("cost $${x", "cost ${x"), ("${params.n} $${", "3 ${"), ("$${a $${b}", "${a ${b}")],
+    )
+    def test_double_dollar_never_closed_is_a_literal_too(self, text: str, rendered: str) -> None:
+        """It was refused as a `${` never closed, though `$${` is a literal `${`."""
+        assert Template(text).render(SCOPE) == rendered
+
     def test_escape_next_to_a_reference(self) -> None:
         template = Template("$${params.query} is ${params.query}")
         assert [str(r) for r in template.refs] == ["${params.query}"]
