@@ -76,9 +76,16 @@ tasks:
 """
 
 
-def test_a_tools_exit_callback_and_thread_still_run(durable: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def exit_folder(tmp_path: Path) -> Path:
+    """`tmp_path` with the tool module and the workflow that runs it."""
     (tmp_path / "tools.py").write_text(TOOLS)
     (tmp_path / "exit.yaml").write_text(WORKFLOW)
+    return tmp_path
+
+
+def test_a_tools_exit_callback_and_thread_still_run(durable: Any, exit_folder: Path) -> None:
+    tmp_path = exit_folder
     ran = durable(
         "run",
         "exit.yaml",
@@ -120,7 +127,7 @@ def test_every_line_reaches_a_pipe_and_exit_codes_hold(
     assert [run["status"] for run in json.loads(listed.stdout)] == ["failed"]
 
 
-def test_a_callback_registered_before_main_still_runs(tmp_path: Path) -> None:
+def test_a_callback_registered_before_main_still_runs(exit_folder: Path) -> None:
     """Coverage of subprocesses, or a `sitecustomize`, registers its callback before
     `main` runs: `main` then leaves the exit to Python, which calls it (and the
     teardown finalizes what is still alive)."""
@@ -131,8 +138,7 @@ def test_a_callback_registered_before_main_still_runs(tmp_path: Path) -> None:
         "from durable_cli.main import main\n"
         "main()\n"
     )
-    (tmp_path / "tools.py").write_text(TOOLS)
-    (tmp_path / "exit.yaml").write_text(WORKFLOW)
+    tmp_path = exit_folder
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
     )
