@@ -8,6 +8,7 @@ other commands nor their options, and `durable --help` not for the engine.
 from __future__ import annotations
 
 import atexit
+import errno
 import importlib
 import os
 import sys
@@ -15,7 +16,8 @@ from typing import NoReturn
 
 import click
 
-from durable.errors import DurableError
+from durable.errors import DurableError, OutputClosed
+from durable.streams import discard_rest
 
 # Each command, by name, and the module of `durable_cli` that defines it (in the
 # module's `COMMANDS`, or as the attribute of that name). Listed here rather than found
@@ -86,6 +88,13 @@ class DurableGroup(click.Group):
             return super().invoke(ctx)
         except DurableError as exc:
             refuse(ctx, exc)
+        except OSError as exc:
+            # Only the output meets these at this boundary (the journal's errors and a
+            # file's, `-o`, are durable's own): a full disk, a pipe's reader gone.
+            if exc.errno not in _OUTPUT_ERRNOS:
+                raise
+            discard_rest(sys.stdout)  # what it still buffers must not fail the exit again
+            refuse(ctx, OutputClosed(exc.strerror or str(exc)))
         except _HELP_NOT_ERROR:
             raise
         except click.UsageError as exc:
@@ -95,6 +104,9 @@ class DurableGroup(click.Group):
             # large file, say): nothing was journaled yet, nothing to resume.
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
+
+
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def refuse(ctx: click.Context, exc: DurableError) -> NoReturn:
@@ -139,6 +151,9 @@ def cli() -> None:
 
 def main() -> None:
     """The `durable` command: `cli`, then an exit without the interpreter's teardown."""
+    if sys.stdout is None:  # started with it closed (`>&-`): nowhere to say anything
+        print("error: standard output is closed (send it to /dev/null instead)", file=sys.stderr)
+        raise SystemExit(2)
     leave = _Leave()
     if getattr(atexit, "_ncallbacks", lambda: 1)() == 0:
         atexit.register(leave)  # the first registered, so the last called

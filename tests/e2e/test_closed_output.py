@@ -97,3 +97,54 @@ def test_output_closed_before_the_run_starts(
     status = as_json(durable("status", "p2", "--db", db, "--json", cwd=tmp_path, check=0))
     assert status["status"] == "interrupted"
     assert {s["state"] for s in status["tasks"].values()} == {"pending"}  # none started
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("runs",),
+        ("runs", "--json"),
+        ("status", "p3"),
+        ("log", "p3"),
+        ("output", "p3"),
+        ("export", "p3", "-o", "-"),
+        ("check",),
+    ],
+    ids=lambda args: "-".join(args),
+)
+def test_a_full_output_is_one_error_line(
+    args: tuple[str, ...], durable: Any, start: Any, stop: Any, write: Any, tmp_path: Path
+) -> None:
+    """`> /dev/full`: each write fails with ENOSPC. It was a traceback, exit 1."""
+    workflow = write(tmp_path, "chain.yaml", "name: one\ntasks:\n  - {id: a, tool: echo}\n")
+    db = tmp_path / "j.db"
+    durable("run", workflow, "--db", db, "--run-id", "p3", "-q", cwd=tmp_path, check=0)
+    with open("/dev/full", "w") as full:
+        process = start(*args, "--db", db, cwd=tmp_path, stdout=full.fileno())
+    try:
+        assert process.wait(timeout=60) == 1
+        stderr = process.stderr.read()
+    finally:
+        stop(process)
+    assert stderr == "error: cannot write the output: No space left on device\n", stderr
+
+
+def test_a_closed_stdout_is_refused_before_anything(
+    durable: Any, write: Any, journal_exists: Any, tmp_path: Path
+) -> None:
+    """`>&-`: there is no standard output at all. It was an AttributeError's traceback."""
+    import subprocess
+
+    from conftest import DURABLE, environment
+
+    workflow = write(tmp_path, "one.yaml", "name: one\ntasks:\n  - {id: a, tool: echo}\n")
+    db = tmp_path / "j.db"
+    done = subprocess.run(
+        [*DURABLE, "run", str(workflow), "--db", str(db)],
+        cwd=tmp_path, env=environment(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, timeout=60, close_fds=True, pass_fds=(),
+        preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr == "error: standard output is closed (send it to /dev/null instead)\n"
+    assert not journal_exists(db)
