@@ -120,6 +120,13 @@ def workers(db: str | None, as_json: bool) -> None:
         )
 
 
+def nothing_to_resume(run_id: str, as_json: bool) -> None:
+    """Said of a run that had succeeded (here or by `run_cmds.resume`); with --json
+    on stderr, as a note, so that stdout holds only the event stream (none here)."""
+    message = f"run {run_id} already succeeded; nothing to resume"
+    click.echo(f"note: {message}" if as_json else message, err=as_json)
+
+
 def hand_over_and_follow(
     start: Any, *, db: str | None, detach: bool, as_json: bool, quiet: bool, no_live: bool
 ) -> None:
@@ -134,7 +141,7 @@ def hand_over_and_follow(
 
     run_id, handed = asyncio.run(start())
     if not handed:
-        click.echo(f"run {run_id} already succeeded; nothing to resume")
+        nothing_to_resume(run_id, as_json)
         return
     if detach:
         click.echo(json.dumps({"run_id": run_id}) if as_json else run_id)

@@ -147,7 +147,9 @@ def _drive(
             click.echo("dry run: nothing changed")
         return
     if result.already_finished:
-        click.echo(f"run {result.run_id} already succeeded; nothing to resume")
+        from durable_cli.fleet_cmds import nothing_to_resume
+
+        nothing_to_resume(result.run_id, as_json)
         return
     _finish(result, reporter, time.monotonic() - started, db)
 

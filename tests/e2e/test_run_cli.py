@@ -673,3 +673,18 @@ def test_crawl_example_is_interrupted_and_resumed_as_the_quickstart_says(
         " GROUP BY task_id",
     )
     assert all(count == 1 for task_id, count in starts if task_id in kept)
+
+
+def test_resume_of_a_run_that_succeeded_says_so_off_the_json_stream(
+    durable, write, tmp_path: Path
+) -> None:
+    """With --json, stdout is the event stream: the sentence went there, and broke a
+    program that parsed it. It is a note on stderr now; plain, it stays on stdout."""
+    workflow = write(tmp_path, "one.yaml", "name: one\ntasks:\n  - {id: a, tool: echo}\n")
+    db = tmp_path / "j.db"
+    durable("run", workflow, "--db", db, "--run-id", "done", "-q", cwd=tmp_path, check=0)
+    as_json = durable("resume", "done", "--db", db, "--json", cwd=tmp_path, check=0)
+    assert as_json.stdout == ""
+    assert as_json.stderr == "note: run done already succeeded; nothing to resume\n"
+    plain = durable("resume", "done", "--db", db, cwd=tmp_path, check=0)
+    assert plain.stdout == "run done already succeeded; nothing to resume\n"
