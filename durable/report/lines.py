@@ -7,6 +7,7 @@ and (summary only) what `--quiet` prints. `durable log` uses `describe_event` to
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
@@ -31,8 +32,22 @@ if TYPE_CHECKING:
     from durable.runner import RunResult
 
 
+#: A terminal's escape sequences (CSI: colours, cursor moves, line erases; OSC:
+#: titles, links), then any other control character but the line break.
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|[\x00-\x09\x0b-\x1f\x7f]"
+)
+
+
 def first_line(text: str) -> str:
-    return text.split("\n", 1)[0].strip()
+    """The first line of a message a tool wrote (a progress line, an error), fit to
+    print as part of durable's own line: a program's colours and cursor moves
+    (`\x1b[2K`) would erase or garble the live view's rows, so they are dropped,
+    and a tab or other control character becomes a space."""
+    line = text.split("\n", 1)[0]
+    if not line.isprintable():
+        line = _ESCAPES.sub(lambda m: "" if m.group().startswith("\x1b") else " ", line)
+    return line.strip()
 
 
 def progress_text(fraction: float | None, message: str) -> str:

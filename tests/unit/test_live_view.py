@@ -502,3 +502,22 @@ def test_a_closed_output_is_said_once_then_nothing_is_written(kind: Any, tmp_pat
     reporter.finish(result, 0.5)
     reporter.close()
     assert stream.tries == tries
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("\x1b[32mgreen 5\x1b[0m\x1b[2K\ttab", "green 5 tab"),  # a colour, then erase the line
+        ("\x1b]0;a title\x07copying", "copying"),  # a terminal title
+        ("50 files\rdone", "50 files done"),
+        ("café ✓ plain", "café ✓ plain"),
+        ("first\n\x1b[1Asecond", "first"),
+    ],
+)
+def test_a_tools_escape_codes_never_reach_the_terminal(message: str, shown: str) -> None:
+    """A program's progress line with `\\x1b[2K` erased the row it was drawn in (the
+    task's id, tool and time) and left its text elsewhere."""
+    from durable.report.lines import first_line, progress_text
+
+    assert first_line(message) == shown
+    assert progress_text(0.5, message) == f"50% {shown}"
