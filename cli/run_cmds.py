@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 import click
 from durable_cli.options import (
@@ -123,23 +125,24 @@ def _drive(
     hooks = runner.Hooks(
         on_start=reporter.on_start,
         on_event=reporter.on_event if reporter.watches else None,
-        on_plan=partial(_show_plan, as_json),
+        on_plan=partial(_show_plan, as_json, sys.stdout),
         on_note=lambda line: click.echo(f"note: {line}", err=True),
     )
     started = time.monotonic()
+    # With --json, stdout is the event stream alone: what a Python tool prints goes
+    # to stderr. The reporter and the plan keep the stream they were given.
+    tools_print = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    session = {
+        "db": db,
+        "max_concurrency": jobs,
+        "fail_fast": fail_fast,
+        "durability": durability,
+        "max_deaths": max_deaths,
+        "cache": cache,
+    }
     try:
-        result = eventloop.run(
-            start(
-                db=db,
-                max_concurrency=jobs,
-                fail_fast=fail_fast,
-                durability=durability,
-                max_deaths=max_deaths,
-                cache=cache,
-                handle_signals=True,
-                hooks=hooks,
-            )
-        )
+        with tools_print:
+            result = eventloop.run(start(**session, handle_signals=True, hooks=hooks))
     finally:
         reporter.close()  # the terminal is given back whatever happened
     if result.dry_run:
@@ -154,8 +157,9 @@ def _drive(
     _finish(result, reporter, time.monotonic() - started, db)
 
 
-def _show_plan(as_json: bool, run_id: str, amendment: Any) -> None:
-    """An edited resume's plan: what is kept, what runs and why, what is removed."""
+def _show_plan(as_json: bool, out: IO[str], run_id: str, amendment: Any) -> None:
+    """An edited resume's plan, on `out`: what is kept, what runs and why, what is
+    removed."""
     if as_json:
         document = {
             "kind": "plan",
@@ -166,16 +170,17 @@ def _show_plan(as_json: bool, run_id: str, amendment: Any) -> None:
         }
         import json  # only here: a plain run starts without it
 
-        click.echo(json.dumps(document))
+        click.echo(json.dumps(document), file=out)
         return
     click.echo(
         f"plan for run {run_id}: {len(amendment.kept)} kept, {len(amendment.runs)} to run, "
-        f"{len(amendment.removed)} removed"
+        f"{len(amendment.removed)} removed",
+        file=out,
     )
     for task_id, why in amendment.runs:
-        click.echo(f"  run {task_id}: {why}")
+        click.echo(f"  run {task_id}: {why}", file=out)
     for task_id in amendment.removed:
-        click.echo(f"  remove {task_id}")
+        click.echo(f"  remove {task_id}", file=out)
 
 
 def _finish(result, reporter, elapsed: float, db: str | None) -> None:  # type: ignore[no-untyped-def]

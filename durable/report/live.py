@@ -75,8 +75,10 @@ class LiveReporter(Reporter):
             console=self.console,
             auto_refresh=False,
             transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
+            # What a Python tool prints is printed above the live area, as the
+            # notices are, instead of pushing the area down and being drawn over.
+            redirect_stdout=True,
+            redirect_stderr=True,
             vertical_overflow="crop",
         )
         self._live.start()

@@ -49,6 +49,30 @@ async def fail_unless_gate(gate: str) -> str:
     return gate
 """
 
+CHATTY = """
+import sys
+import time
+
+import durable
+
+
+@durable.tool
+def chatty(n: int) -> int:
+    for i in range(n):
+        print(f"chatty says line {i}")
+        print(f"chatty warns {i}", file=sys.stderr)
+        time.sleep(0.15)
+    return n
+"""
+
+CHATTY_WORKFLOW = """\
+name: chatty
+imports: [chatty_tools]
+tasks:
+  - {id: talk, tool: chatty, input: {n: 4}}
+  - {id: nap, tool: sleep, input: {seconds: 1}}
+"""
+
 GATES = """\
 name: gates
 max_concurrency: 8
@@ -243,3 +267,33 @@ def test_json_opening_carries_workflow_and_size_and_refuses_quiet(
     assert (opening["workflow"], opening["tasks"], opening["kept"]) == ("gates", 5, 4)
     both = durable("run", wf, "--db", "j.db", "--json", "--quiet", cwd=tmp_path, check=2)
     assert both.stderr.splitlines()[0] == "error: --json and --quiet cannot be combined"
+
+
+def test_what_a_tool_prints_is_shown_above_the_live_area(tmp_path, write, terminal):
+    """A Python tool's `print`: it pushed the live area down, leaving a stale header
+    per line, and was then drawn over; now each line is printed once, above it."""
+    write(tmp_path, "chatty_tools.py", CHATTY)
+    wf = write(tmp_path, "wf.yaml", CHATTY_WORKFLOW)
+    term = terminal("run", wf, "--db", "j.db", "--run-id", "talk-1", cwd=tmp_path)
+    assert term.finish() == 0, term.screen
+    screen = term.screen
+    for i in range(4):
+        assert screen.count(f"chatty says line {i}\n") == 1, screen
+        assert screen.count(f"chatty warns {i}\n") == 1, screen
+        # Each at the start of a line the live area was erased from: before, it was
+        # glued to the end of the area's last row ("#1  0.3schatty says line 1").
+        for text in (f"chatty says line {i}", f"chatty warns {i}"):
+            before = term.raw[: term.raw.index(text.encode())]
+            assert before.endswith((b"\n", b"\x1b[2K")), before[-80:]
+    assert "run talk-1 succeeded in" in screen
+
+
+def test_json_keeps_stdout_for_events_when_a_tool_prints(tmp_path, write, durable, json_lines):
+    """With --json, a tool's `print` went into the stream of events and broke its
+    parsing; it goes to stderr."""
+    write(tmp_path, "chatty_tools.py", CHATTY)
+    wf = write(tmp_path, "wf.yaml", CHATTY_WORKFLOW)
+    result = durable("run", wf, "--db", "j.db", "--json", cwd=tmp_path, check=0)
+    events = json_lines(result.stdout)
+    assert events[-1]["kind"] == "run_finished" and events[-1]["status"] == "succeeded"
+    assert "chatty says line 3" in result.stderr and "chatty warns 3" in result.stderr
