@@ -153,6 +153,8 @@ def build(
     marks: list[Mark] = []
     states: dict[str, str] = {}
     open_: dict[str, Attempt] = {}
+    #: Attempts cancelled in this session: by Ctrl-C if it ends interrupted, so cut.
+    cancelled: list[Attempt] = []
 
     def close_open(outcome: str) -> None:
         for attempt in open_.values():
@@ -165,6 +167,7 @@ def build(
             case RunStarted() | RunResumed():
                 if sessions:
                     close_open(CUT)
+                cancelled.clear()
                 sessions.append(Session(len(sessions), at, at))
                 for task_id, state in states.items():
                     if state not in ("succeeded", "skipped"):
@@ -193,7 +196,8 @@ def build(
                     marks.append(Mark(task_id, session.index, at, FAILED, error))
                 states[task_id] = "failed"
             case TaskCancelled(task_id=task_id):
-                _close(open_, task_id, at, CANCELLED)
+                if (closed := _close(open_, task_id, at, CANCELLED)) is not None:
+                    cancelled.append(closed)
                 states[task_id] = "cancelled"
             case TaskSkipped(task_id=task_id, reason=reason):
                 marks.append(Mark(task_id, session.index, at, "skipped", reason))
@@ -206,8 +210,14 @@ def build(
             case RunInterrupted():
                 session.ended = INTERRUPTED
                 close_open(CUT)
+                for attempt in cancelled:  # Ctrl-C cancels what runs, then interrupts
+                    attempt.outcome = CUT
     if sessions and open_:
         close_open(RUNNING if live else CUT)
+    if not live:  # no process drives it: in flight is interrupted, as `status` says
+        for task_id, state in states.items():
+            if state in ("running", "retrying"):
+                states[task_id] = "interrupted"
     if sessions and live and sessions[-1].ended == DIED:
         sessions[-1].ended = LIVE
     for task_id in plan.tasks:

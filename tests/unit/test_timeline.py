@@ -105,7 +105,7 @@ def test_attempts_open_at_start_and_close_at_their_outcome() -> None:
         ("a", 0, SUCCEEDED),
         ("c", 0, FAILED),
         ("b", 0, RETRIED),
-        ("e", 0, CANCELLED),
+        ("e", 0, CUT),  # cancelled by Ctrl-C (the session ends interrupted): cut off
         ("b", 0, SUCCEEDED),
         ("c", 1, FAILED),
         ("e", 1, SUCCEEDED),
@@ -127,6 +127,36 @@ def test_attempts_open_at_start_and_close_at_their_outcome() -> None:
         "e": "succeeded",
         "f": "succeeded",
     }
+
+
+def test_a_run_no_process_drives_shows_its_tasks_in_flight_interrupted() -> None:
+    """As `status` does; the header said "4 running" of a run whose process died."""
+    plan = plan_of({"a": [], "b": [], "c": []})
+    events: list[Event] = [
+        RunStarted(at=T0),
+        started("a", 0),
+        started("b", 0),
+        TaskRetrying(task_id="b", attempt=1, at=T0 + 1, error="boom", delay=60),
+        started("c", 0),
+        succeeded("c", 1),
+    ]
+    dead = build("r1", events, plan, status="interrupted")
+    assert dead.states == {"a": "interrupted", "b": "interrupted", "c": "succeeded"}
+    driven = build("r1", events, plan, status="running", live=True)
+    assert driven.states == {"a": "running", "b": "retrying", "c": "succeeded"}
+
+
+def test_a_run_cancelled_by_durable_cancel_draws_its_attempts_cancelled() -> None:
+    """Only Ctrl-C's cancellations are cut off: a session that `cancel` ended keeps them."""
+    plan = plan_of({"a": []})
+    events: list[Event] = [
+        RunStarted(at=T0),
+        started("a", 0),
+        TaskCancelled(task_id="a", attempt=1, at=T0 + 1),
+        RunFinished(at=T0 + 1, status="cancelled"),
+    ]
+    drawn = build("r1", events, plan, status="cancelled")
+    assert [a.outcome for a in drawn.attempts] == [CANCELLED]
 
 
 def test_sessions_end_at_their_last_event_and_say_how() -> None:
