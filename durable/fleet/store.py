@@ -30,7 +30,7 @@ from durable import graph, tools
 from durable.advance import Advance, Steps
 from durable.attempt import render_input
 from durable.engine import MAX_DEATHS, RUN_CANCELLED
-from durable.errors import DurableError, JournalDamaged
+from durable.errors import DurableError, JournalDamaged, RunNotFound
 from durable.events import (
     Event,
     RunFinished,
@@ -613,15 +613,21 @@ class FleetStore:
             if run is not None and run.quiet and self._moved.get(run_id, 0) < MAX_MOVED:
                 taken = await self._commit_fast(run, group, room)
             if taken is None:
-                async with self._transaction(run_id):
-                    run, opened = await self._open(
-                        run_id,
-                        [outcome.task_id for outcome in group],
-                        _want(room),
-                        2 * len(group),  # a nextval costs: more, if needed, in `_write`
-                    )
-                    writes = self._settle_outcomes(run, group, fenced, opened)
-                    taken = await self._claim_in(run, room, writes, opened)
+                try:
+                    async with self._transaction(run_id):
+                        run, opened = await self._open(
+                            run_id,
+                            [outcome.task_id for outcome in group],
+                            _want(room),
+                            2 * len(group),  # a nextval costs: more, if needed, in `_write`
+                        )
+                        writes = self._settle_outcomes(run, group, fenced, opened)
+                        taken = await self._claim_in(run, room, writes, opened)
+                except RunNotFound:
+                    # Cancelled, then pruned, while this worker ran its tasks (a copy
+                    # of an ended run is dropped): nothing is left to commit them to.
+                    fenced += group
+                    continue
             claims += taken
             if run.advance.state.status is not None:
                 self._ended(run_id)

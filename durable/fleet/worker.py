@@ -440,8 +440,8 @@ class Worker:
                     self.refused += 1
                     self.say(
                         f"late outcome refused: run {outcome.run_id} task {outcome.task_id} "
-                        f"attempt {outcome.attempt} (its lease ran out and another worker "
-                        f"took the task over)"
+                        f"attempt {outcome.attempt} (the run was cancelled, or the task's "
+                        f"lease ran out and another worker took it over)"
                     )
                 else:
                     self.committed += 1

@@ -859,6 +859,30 @@ def test_a_fast_commit_of_a_run_cancelled_meanwhile_writes_nothing_and_is_refuse
     durable("check", run_id, "--db", dsn, cwd=folder, check=0)  # checksums, a replay
 
 
+def test_a_run_pruned_while_a_worker_ran_its_task_does_not_stop_the_worker(
+    folder: Path, dsn: str, durable: Any, fleet: Fleet, write: Any
+) -> None:
+    """`durable cancel`, then `durable prune`, while the worker still runs one of the
+    run's tasks. Its outcome has no run to go to: it is refused, and the worker
+    goes on. The worker exited (exit 2, "run not found") and left its other runs
+    stranded, their tasks to be run again by another worker."""
+    worker = fleet.worker(dsn, "-j", "2", lease=60)
+    run_id = submit(durable, write(folder, "moved.yaml", MOVED), dsn, folder)
+    wait_running(dsn, run_id, folder, "t", worker)
+    durable("cancel", run_id, "--db", dsn, cwd=folder, check=0)
+    # A worker with a free slot looks for work every 0.5 s, and drops its copy of a
+    # run that ended: the outcome of `t` then has to load the run again.
+    time.sleep(1.5)
+    durable("prune", run_id, "--db", dsn, cwd=folder, check=0)
+    (folder / "go").touch()
+    worker.wait_log(lambda text: "late outcome refused" in text, "the outcome refused")
+    assert worker.process.poll() is None, worker.text()
+    after = submit(durable, write(folder, "quiet.yaml", QUIET), dsn, folder)
+    wait_status(durable, dsn, after, folder, "succeeded")
+    assert stop_and_count(worker)["refused"] == 1
+    assert runs_of(folder)["t"] == 1
+
+
 RETRIED = """
 name: retried
 imports: [fleettools, flaky_tools]
