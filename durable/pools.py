@@ -3,7 +3,9 @@
 A timed-out or cancelled *sync* tool cannot be stopped: Python cannot kill a
 thread. Its attempt is abandoned and its result ignored; the thread finishes in the
 background, and it is a daemon thread, so it never keeps the process alive once the
-run is over. A call cancelled in a worker process runs on there until the run ends;
+run is over. Its thread no longer counts against the pool's size: another takes its
+place, or a tool that hangs would hold a slot of the pool for good (of a worker,
+for every run it takes later). A call cancelled in a worker process runs on there until the run ends;
 then the workers of a pool that still has such a call are terminated, so that
 nothing outlives the run.
 
@@ -60,7 +62,7 @@ class DaemonThreadPool(Executor):
         with self._lock:
             if self._shut_down:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            future: Future[Any] = Future()
+            future: Future[Any] = _Call(self)
             self._work.put(_WorkItem(future, fn, args, kwargs))
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
                 thread = threading.Thread(
@@ -79,6 +81,12 @@ class DaemonThreadPool(Executor):
                 self._work.put(None)  # pass the stop on to the next idle thread
                 return
             item.run()
+            if item.future.abandoned:  # type: ignore[attr-defined]
+                # Another thread took its place (`_Call.cancel`): this one ends.
+                with self._lock:
+                    self._max_workers -= 1
+                    self._threads.remove(threading.current_thread())
+                return
             del item  # do not hold the last call's arguments and result while idle
             self._idle.release()
 
@@ -97,6 +105,30 @@ class DaemonThreadPool(Executor):
         if wait:
             for thread in self._threads:
                 thread.join()
+
+
+class _Call(Future[Any]):
+    """A call's future, which knows when it is abandoned: `cancel()` of a call that
+    already runs (its attempt timed out, or was cancelled: `asyncio.wrap_future`
+    passes that on) cannot stop it, so its thread stops counting against the pool,
+    which may start another in its place; the thread ends once the call returns."""
+
+    def __init__(self, pool: DaemonThreadPool) -> None:
+        super().__init__()
+        self._pool = pool
+        self.abandoned = False
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            return True
+        # Under the future's own lock, which its result is set under: marked while it
+        # runs, it is marked before `_serve` reads the mark, once the call returns.
+        with self._condition:
+            if self.running() and not self.abandoned:
+                self.abandoned = True
+                with self._pool._lock:
+                    self._pool._max_workers += 1
+        return False
 
 
 class _WorkItem:

@@ -109,6 +109,52 @@ def test_an_abandoned_sync_call_still_sees_its_context_and_is_left_running() -> 
     assert seen == ["t"]
 
 
+def test_an_abandoned_call_gives_its_place_in_the_pool_to_another_thread() -> None:
+    """A timed-out sync tool kept its thread, and with it a place of the pool's size,
+    for as long as it ran: forever for one that hangs, so later calls waited (a
+    worker's later runs too). Now another thread takes its place, and the abandoned
+    one ends when its call returns."""
+
+    async def main() -> None:
+        executors = Executors(1)
+        release = threading.Event()
+        context = TaskContext("r", "t", 1, "r:t")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(
+                executors.call(ToolDef("hang", release.wait, False), 30, context), 0.05
+            )
+        quick = executors.call(ToolDef("quick", lambda: "done", False), None, context)
+        assert await asyncio.wait_for(quick, 5) == "done"  # it waited behind the hang
+        pool = executors._threads
+        assert pool is not None and len(pool._threads) == 2
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(pool._threads) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert (len(pool._threads), pool._max_workers) == (1, 1)  # back to its size
+        executors.shutdown()
+
+    asyncio.run(main())
+
+
+def test_a_call_that_ends_as_it_is_given_up_on_leaves_the_pool_its_size() -> None:
+    """`cancel()` of a call that has finished, or not started, lends no thread."""
+    pool = DaemonThreadPool(1)
+    try:
+        done = pool.submit(lambda: 1)
+        assert done.result(timeout=5) == 1
+        assert not done.cancel() and pool._max_workers == 1
+        release = threading.Event()
+        running = pool.submit(release.wait, 5)
+        waiting = pool.submit(lambda: 2)
+        assert waiting.cancel()  # not started: simply cancelled
+        assert pool._max_workers == 1
+        release.set()
+        assert running.result(timeout=5) is True
+    finally:
+        pool.shutdown()
+
+
 ABANDON = """
     import asyncio, time
     from durable.executors import Executors, TaskContext
