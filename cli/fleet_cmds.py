@@ -92,7 +92,7 @@ def worker(
 @db_option
 @json_option
 def workers(db: str | None, as_json: bool) -> None:
-    """List the live workers: host, pid, slots, tasks held, last heartbeat."""
+    """List the live workers: host, pid, slots, tasks held, last heartbeat, tools."""
     from durable_cli.journal_cmds import _with_journal
 
     from durable.fleet.submit import needs_postgres
@@ -112,11 +112,13 @@ def workers(db: str | None, as_json: bool) -> None:
     if not rows:
         click.echo("no live workers")
         return
-    click.echo(f"{'WORKER':<10} {'HOST':<20} {'PID':>7} {'SLOTS':>5} {'HELD':>5} {'HEARTBEAT':>10}")
+    click.echo(
+        f"{'WORKER':<10} {'HOST':<20} {'PID':>7} {'SLOTS':>5} {'HELD':>5} {'HEARTBEAT':>10}  TOOLS"
+    )
     for row in rows:
         click.echo(
             f"{row.worker_id[:8]:<10} {row.host[:20]:<20} {row.pid:>7} {row.slots:>5} "
-            f"{row.held:>5} {row.heartbeat_age:>8.1f}s"
+            f"{row.held:>5} {row.heartbeat_age:>9.1f}s  {', '.join(row.tools)}"
         )
 
 

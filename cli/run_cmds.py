@@ -91,6 +91,16 @@ def session_options(command: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+def _refuse_detach_alone(workers: bool, detach: bool) -> None:
+    """`--detach` leaves the run to the workers: without `--workers` it is refused,
+    rather than taken as `--workers` (which a SQLite journal then refused, naming an
+    option the command did not have)."""
+    if detach and not workers:
+        from durable.errors import DurableError
+
+        raise DurableError("--detach leaves the run to the workers: give --workers too")
+
+
 def _drive(
     start: Callable[..., Coroutine[Any, Any, Any]],
     *,
@@ -239,10 +249,11 @@ def run(
     from durable import runner
 
     overrides = _parse_params(params)
+    _refuse_detach_alone(workers, detach)
     if dry_run:
         _explain(workflow, overrides, run_id, session)
         return
-    if workers or detach:
+    if workers:
         from durable.fleet.submit import submit
 
         async def handed(**options: Any) -> tuple[str, bool]:
@@ -342,7 +353,8 @@ def resume(
 
     if dry_run and not (reload or workflow_file):
         raise DurableError("--dry-run plans an edited resume: give --reload or --workflow")
-    if workers or detach:
+    _refuse_detach_alone(workers, detach)
+    if workers:
         if reload or workflow_file:
             raise DurableError("--reload and --workflow are not supported with --workers yet")
         from durable.fleet.submit import resubmit

@@ -343,6 +343,20 @@ def test_journal_that_is_not_sqlite(durable, write, tmp_path: Path, args: tuple[
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db", "simple.yaml"]
 
 
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_detach_without_workers_is_refused(
+    durable, journal_rows, journal: dict[str, Path], command: str
+) -> None:
+    """`--detach` was taken as `--workers`; on SQLite the error then named `--workers`,
+    an option the command did not have."""
+    db = journal["db"]
+    before = digest(journal_rows, db)
+    target = str(journal["workflow"]) if command == "run" else "known"
+    result = durable(command, target, "--detach", "--db", str(db), cwd=journal["folder"])
+    assert_refused(result, 2, "--detach", "give --workers too")
+    assert digest(journal_rows, db) == before
+
+
 @pytest.mark.sqlite_only("a --db path through a file")
 @pytest.mark.parametrize("below", ["j.db", "sub/j.db"])
 def test_journal_under_a_file_names_the_file(durable, write, tmp_path: Path, below: str) -> None:

@@ -624,7 +624,10 @@ def test_workers_lists_the_live_workers(
     assert "step" not in rows[second.pid]["tools"]
     assert all(row["held"] == 0 and row["heartbeat_age"] < 5 for row in rows.values())
     text = durable("workers", "--db", dsn, cwd=folder, check=0).stdout
-    assert str(first.pid) in text and str(second.pid) in text
+    assert text.splitlines()[0].split()[-1] == "TOOLS"
+    line = {pid: next(x for x in text.splitlines() if f" {pid} " in x) for pid in rows}
+    assert "step" in line[first.pid] and "step" not in line[second.pid]  # the table's tools
+    assert "echo" in line[second.pid]
 
     first.signal(signal.SIGTERM)  # a worker that stops says so
     assert first.wait() == 0
