@@ -109,6 +109,25 @@ class Session(msgspec.Struct):
     cache: bool = False
 
 
+def check_session(max_concurrency: int | None, durability: str, max_deaths: int) -> None:
+    """Refuse what the CLI's options would refuse, passed through the Python API: a
+    `max_concurrency` below 1 started nothing and waited forever, a `durability`
+    that is no level raised a `KeyError` after creating the journal file."""
+    from durable.journal.schema import DURABILITY
+
+    if max_concurrency is not None and (
+        max_concurrency.__class__ is not int or max_concurrency < 1
+    ):
+        raise DurableError(
+            f"max_concurrency must be a whole number of at least 1, not {max_concurrency!r}"
+        )
+    if durability not in DURABILITY:
+        levels = ", ".join(repr(level) for level in DURABILITY)
+        raise DurableError(f"durability must be one of {levels}, not {durability!r}")
+    if max_deaths.__class__ is not int or max_deaths < 1:
+        raise DurableError(f"max_deaths must be a whole number of at least 1, not {max_deaths!r}")
+
+
 def new_run_id() -> str:
     """Ten random hex digits. `os.urandom` is what `secrets.token_hex` reads; importing
     `secrets` (and `hmac` with it) cost a one-task run 1-2 ms of its start."""
@@ -190,6 +209,7 @@ async def arun(
     `Engine` (a task running at that many process deaths is failed, not restarted).
     """
     refuse_in_pool_worker()
+    check_session(max_concurrency, durability, max_deaths)
     with bulk_allocation():
         if isinstance(workflow, Workflow):
             folder = Path(base_dir or os.getcwd()).resolve()
@@ -248,6 +268,7 @@ async def aresume(
     from durable.inspection import fold_run, resolve_run_id
 
     refuse_in_pool_worker()
+    check_session(max_concurrency, durability, max_deaths)
     hooks = hooks or Hooks()
     journal = await Journal.open(db, create=False, durability=durability)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from journal_reads import journal_events
 from durable import engine as engine_module
 from durable import spec
 from durable.context import current_context
-from durable.errors import OutputClosed
+from durable.errors import DurableError, OutputClosed
 from durable.events import (
     RunFinished,
     RunInterrupted,
@@ -314,6 +315,29 @@ def test_workflow_max_concurrency_is_the_default(db):
     result = run(workflow(tasks, max_concurrency=3), db)
     assert result.ok
     assert GAUGES["all"].peak == 3
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_concurrency": -1}, "max_concurrency must be a whole number of at least 1, not -1"),
+        ({"max_concurrency": 0}, "max_concurrency must be a whole number of at least 1, not 0"),
+        ({"durability": "Full"}, "durability must be one of 'normal', 'full', 'off', not 'Full'"),
+        ({"max_deaths": 0}, "max_deaths must be a whole number of at least 1, not 0"),
+    ],
+)
+def test_the_api_refuses_session_options_the_cli_would(db, options, message):
+    """Through `durable.run`, `max_concurrency=-1` started nothing and waited forever,
+    `0` was taken for the default, and `durability='Full'` raised a KeyError after
+    making the journal file. Refused now, before anything is written."""
+    wf = workflow([{"id": "a", "tool": "echo", "input": 1}])
+    session = {"durability": "off", **options}
+    with pytest.raises(DurableError) as refused:
+        asyncio.run(arun(wf, db=db, **session))
+    assert str(refused.value) == message
+    assert not db.exists()
+    with pytest.raises(DurableError, match=re.escape(message)):
+        asyncio.run(aresume("nope", db=db, **session))
 
 
 def test_per_tool_limit_holds_while_other_tools_run(db):
