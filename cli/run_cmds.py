@@ -61,14 +61,17 @@ def _fleet(
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`-p KEY=VALUE`s, each value marked as text typed on a command line, which
+    `runner.merge_params` reads as JSON where the param's default is not text."""
     from durable.errors import ParamError
+    from durable.runner import CommandLineText
 
-    params = {}
+    params: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise ParamError(f"bad -p '{pair}': expected KEY=VALUE")
-        params[name] = value
+        params[name] = CommandLineText(value)
     return params
 
 

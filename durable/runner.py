@@ -157,12 +157,18 @@ def new_run(
     return record, opening
 
 
+class CommandLineText(str):
+    """A param's value as typed on a command line (`-p size=50`): text that
+    `merge_params` reads as JSON where the declared default is not text. A `str`
+    a Python caller passes stays the `str` it is."""
+
+
 def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """The workflow's params with overrides applied; an undeclared name is an error.
 
-    Overrides from the command line arrive as text. Where the declared default is
-    not text, the value is read as JSON when it parses (`-p size=50` gives the
-    number 50, `-p tags='["a"]'` a list); otherwise it stays text.
+    Overrides from the command line (`CommandLineText`) arrive as text. Where the
+    declared default is not text, such a value is read as JSON when it parses (`-p
+    size=50` gives the number 50, `-p tags='["a"]'` a list); otherwise it stays text.
     """
     params = dict(workflow.params)
     for name, value in (overrides or {}).items():
@@ -171,13 +177,17 @@ def merge_params(workflow: Workflow, overrides: Mapping[str, Any] | None) -> dic
             raise ParamError(
                 f"param '{name}' is not declared by workflow '{workflow.name}' (declared: {declared})"
             )
-        if isinstance(value, str) and not isinstance(params[name], str):
-            try:
-                value = msgspec.json.decode(value)
-            except msgspec.DecodeError:
-                pass
-            except RecursionError:  # deeper than Python's stack: far past MAX_DEPTH
-                raise ParamError(f"param '{name}': nested deeper than {MAX_DEPTH} levels") from None
+        if isinstance(value, CommandLineText):
+            value = str(value)  # a plain str from here on, as the journal keeps it
+            if not isinstance(params[name], str):
+                try:
+                    value = msgspec.json.decode(value)
+                except msgspec.DecodeError:
+                    pass
+                except RecursionError:  # deeper than Python's stack: far past MAX_DEPTH
+                    raise ParamError(
+                        f"param '{name}': nested deeper than {MAX_DEPTH} levels"
+                    ) from None
         problem = spec_module.data_problem(value, 3)  # as deep as a param in a file
         if problem is not None:
             raise ParamError(f"param '{name}': {problem}")

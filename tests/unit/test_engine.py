@@ -999,3 +999,18 @@ def test_an_output_closed_before_the_run_starts_runs_nothing(db):
     events = assert_fold_interrupted(result, db)
     assert [kind_of(e) for e in events] == ["run_started", "run_interrupted"]
     assert not CALLS
+
+
+def test_params_given_in_python_are_used_as_given(db):
+    """Only text typed on a command line is read as JSON where the default is not
+    text; a Python caller's `"123"` became the number 123."""
+    wf = workflow(
+        [{"id": "a", "tool": "echo", "input": {"n": "${params.n}", "tag": "${params.tag}"}}],
+        params={"n": 0, "tag": None},
+    )
+    given = run(wf, db, {"n": "7", "tag": "true"})
+    assert given.outputs["a"] == {"n": "7", "tag": "true"}
+    from durable.runner import CommandLineText
+
+    typed = run(wf, db, {"n": CommandLineText("7"), "tag": CommandLineText("true")})
+    assert typed.outputs["a"] == {"n": 7, "tag": True}
