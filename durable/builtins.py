@@ -161,19 +161,30 @@ async def http(
                 method.upper(), url, headers=headers, json=json, data=body, params=params
             ) as response,
         ):
-            result: dict[str, Any] = {"status": response.status, "headers": dict(response.headers)}
-            text = await response.text()
+            received = response.headers
+            result: dict[str, Any] = {
+                "status": response.status,
+                # A header sent more than once (Set-Cookie) is its values joined, as
+                # HTTP folds them; `dict()` kept only the first.
+                "headers": {k: ", ".join(received.getall(k)) for k in dict.fromkeys(received)},
+            }
+            # Bytes that are not the text they say (no charset, Latin-1, binary) are
+            # replaced, not a failed task that every retry would fetch again.
+            text = await response.text(errors="replace")
+            result["text"] = text
             if response.content_type == "application/json" or response.content_type.endswith(
                 "+json"
             ):
                 import msgspec
 
                 try:
-                    result["json"] = msgspec.json.decode(text)
-                except msgspec.DecodeError:
-                    result["text"] = text
-            else:
-                result["text"] = text
+                    decoded = msgspec.json.decode(text)
+                    msgspec.msgpack.encode(decoded)  # what the journal can keep (64-bit ints)
+                except (msgspec.DecodeError, OverflowError):
+                    pass  # kept as text
+                else:
+                    del result["text"]
+                    result["json"] = decoded
     except aiohttp.ClientError as exc:
         raise ToolFailed(f"http: {method.upper()} {url}: {type(exc).__name__}: {exc}") from None
     except TimeoutError:

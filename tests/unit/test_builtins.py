@@ -530,6 +530,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(500, {"error": f"failure {hits}"})
             else:
                 self._json(200, {"ok": True, "hits": hits})
+        elif path == "/bigint":  # valid JSON the journal's msgpack cannot hold
+            self._reply(200, b'{"n": 123456789012345678901234567890}', "application/json")
+        elif path == "/latin":  # text/plain with no charset, and not UTF-8
+            self._reply(200, b"caf\xe9", "text/plain")
+        elif path == "/cookies":
+            self.send_response(200)
+            self.send_header("Set-Cookie", "a=1")
+            self.send_header("Set-Cookie", "b=2")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif path == "/slow":
             # Answers only once the test is over (or after a minute): a client timeout
             # always fires first, however loaded the machine.
@@ -599,6 +609,26 @@ def test_http_json_content_type_that_does_not_parse_is_text(
     assert result.status == "succeeded"
     assert result.tasks["t"].output["text"] == "{not json"
     assert "json" not in result.tasks["t"].output
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [("/bigint", '{"n": 123456789012345678901234567890}'), ("/latin", "caf\ufffd")],
+)
+def test_http_a_good_response_it_cannot_keep_as_sent_is_text(
+    tmp_path: Path, server: _Server, path: str, text: str
+) -> None:
+    """A 200 whose JSON holds an integer over 64 bits, or whose bytes are not the text
+    they say: the task failed (and each retry fetched it again)."""
+    result = run_one(tmp_path, "http", {"url": f"{server.url}{path}"})
+    assert result.status == "succeeded", result.tasks["t"].error
+    assert result.tasks["t"].output["text"] == text
+    assert "json" not in result.tasks["t"].output
+
+
+def test_http_a_header_sent_twice_keeps_both_values(tmp_path: Path, server: _Server) -> None:
+    result = run_one(tmp_path, "http", {"url": f"{server.url}/cookies"})
+    assert result.tasks["t"].output["headers"]["Set-Cookie"] == "a=1, b=2"  # was "a=1"
 
 
 def test_http_post_json_body_is_sent(tmp_path: Path, server: _Server) -> None:
