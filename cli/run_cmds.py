@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -274,11 +273,11 @@ def _explain(
     the run would refuse is refused here too: a bad run id, one the journal holds,
     a journal that is not durable's. Nothing is written (the journal is read, if
     there is one)."""
+    from durable_cli.journal_cmds import _with_journal
+
     from durable import runner
     from durable.errors import JournalAbsent, RunExists
     from durable.explain import explain, render, to_dict
-    from durable.journal import default_path
-    from durable.journal.file import is_postgres
     from durable.loader import plan_file
     from durable.runlock import check_run_id
 
@@ -286,19 +285,16 @@ def _explain(
     params = runner.merge_params(plan.workflow, overrides)
     if run_id is not None:
         check_run_id(run_id)
-    target = str(session["db"] or default_path())
-    if is_postgres(target) or os.path.exists(target):
-        from durable_cli.journal_cmds import _with_journal
 
-        async def taken(journal: Any) -> bool:  # opening it checks it is durable's
-            return run_id is not None and await journal.has_run(run_id)
+    async def taken(journal: Any) -> bool:  # opening it checks it is durable's
+        return run_id is not None and await journal.has_run(run_id)
 
-        try:
-            exists = _with_journal(session["db"], taken)
-        except JournalAbsent:  # a PostgreSQL database durable has not written to yet
-            exists = False
-        if exists:
-            raise RunExists(str(run_id))
+    try:
+        exists = _with_journal(session["db"], taken)
+    except JournalAbsent:  # no journal yet (no file, or a database durable never wrote)
+        exists = False
+    if exists:
+        raise RunExists(str(run_id))
     cached = runner.cache_preview(plan, params, session["db"], session["cache"])
     explanation = explain(plan, max_concurrency=session["jobs"], cached=cached)
     if session["as_json"]:

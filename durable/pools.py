@@ -5,9 +5,9 @@ thread. Its attempt is abandoned and its result ignored; the thread finishes in 
 background, and it is a daemon thread, so it never keeps the process alive once the
 run is over. Its thread no longer counts against the pool's size: another takes its
 place, or a tool that hangs would hold a slot of the pool for good (of a worker,
-for every run it takes later). A call cancelled in a worker process runs on there until the run ends;
-then the workers of a pool that still has such a call are terminated, so that
-nothing outlives the run.
+for every run it takes later). A call cancelled in a worker process runs on there
+until the run ends; then the workers of a pool that still has such a call are
+terminated, so that nothing outlives the run.
 
 Pool processes are started by forkserver, which imports the main script in each new
 process: a script that starts a run at top level, without an

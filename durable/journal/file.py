@@ -20,7 +20,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from durable.errors import JournalError
+from durable.errors import JournalAbsent, JournalError
 
 SCHEMA_VERSION = 4
 
@@ -64,7 +64,7 @@ def check_file(path: Path, create: bool) -> None:
     try:
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
             if not create:
-                raise JournalError(
+                raise JournalAbsent(
                     str(path), "no journal here (run a workflow first, or pass --db)"
                 )
             return
